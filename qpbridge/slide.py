@@ -93,8 +93,12 @@ def _mpp_from_properties(props: dict[str, str]) -> tuple[float | None, str | Non
     um_per_unit = {"centimeter": 10_000.0, "inch": 25_400.0}.get(unit)
     if x_res is not None and um_per_unit is not None:
         return um_per_unit / x_res, "tiff.XResolution"
-    for key in ("aperio.MPP", "hamamatsu.XResolution", "mirax.LAYER_0_LEVEL_0_SECTION.MICROMETER_PER_PIXEL_X",
-                "philips.DICOM_PIXEL_SPACING"):
+    for key in (
+        "aperio.MPP",
+        "hamamatsu.XResolution",
+        "mirax.LAYER_0_LEVEL_0_SECTION.MICROMETER_PER_PIXEL_X",
+        "philips.DICOM_PIXEL_SPACING",
+    ):
         raw = props.get(key)
         if raw is None:
             continue
@@ -340,14 +344,17 @@ class Slide:
         if not same_size:
             resample = Image.Resampling.BOX if scale / downsample >= 1 else Image.Resampling.BILINEAR
             region = region.resize((width_px, height_px), resample=resample, box=box)
-        return np.asarray(region, dtype=np.uint8)
+        return np.array(region, dtype=np.uint8)
 
     def _read_level(self, level: int, lx: int, ly: int, width: int, height: int) -> Image.Image:
         """Read a region in level coordinates as an RGB image, white outside the slide and where transparent."""
         if self._osr is None:
             assert self._image is not None
-            return self._image.crop((lx, ly, lx + width, ly + height)) if (lx, ly, width, height) != (
-                0, 0, *self._image.size) else self._image
+            return (
+                self._image.crop((lx, ly, lx + width, ly + height))
+                if (lx, ly, width, height) != (0, 0, *self._image.size)
+                else self._image
+            )
         import openslide
 
         downsample = self.level_downsamples[level]

@@ -1,0 +1,134 @@
+"""``qpbridge predict SLIDE... -o OUT``: the DeepBatch cascade into QuPath GeoJSON."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from qpbridge.commands._common import err_console, reported_errors, warn
+from qpbridge.errors import InputError, OutputError, QpbridgeError
+from qpbridge.naming import prediction_filename
+
+#: What a folder given as SLIDE is searched for.
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
+
+
+def _expand_slides(slides: list[Path]) -> list[Path]:
+    found: list[Path] = []
+    for path in slides:
+        if path.is_dir():
+            inside = sorted(p for p in path.iterdir() if p.suffix.lower() in SLIDE_SUFFIXES and p.is_file())
+            if not inside:
+                raise InputError(f"no slides ({', '.join(SLIDE_SUFFIXES)}) in folder {path}")
+            found.extend(inside)
+        else:
+            found.append(path)
+    return found
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``predict`` command to ``app``."""
+
+    @app.command(
+        "predict",
+        help=(
+            "Run the DeepBatch cascade (tissue -> ROI U-Net -> cell U-Net inside the ROI) over slides and write "
+            "QuPath GeoJSON: ROI regions as annotations, class regions as detections, with area and mean "
+            "probability; provenance and timings go to <out>.meta.json.\n\n"
+            "One slide writes the file given by -o; several slides (or a folder) write <image name>.geojson into "
+            "the folder given by -o, skipping slides whose finished output exists (unless --overwrite).\n\n"
+            "Examples:\n\n"
+            "  qpbridge predict slide.svs -o slide.geojson --overlay slide.png\n\n"
+            "  qpbridge predict slides/ -o predictions/ --device cuda\n\n"
+            "  qpbridge predict slide.svs -o slide.geojson --no-roi --min-area-um2 50"
+        ),
+    )
+    def predict_cmd(
+        slides: list[Path] = typer.Argument(..., metavar="SLIDE...", help="Slide files or folders of slides."),
+        output: Path = typer.Option(..., "-o", "--output", help="Output .geojson(.gz) (one slide) or folder."),
+        model_roi: str = typer.Option("deepbatch-synth-roi", "--model-roi", help="ROI model: name or path."),
+        model_cell: str = typer.Option("deepbatch-synth-cell", "--model-cell", help="Cell model: name or path."),
+        mpp: float | None = typer.Option(None, "--mpp", help="Slide pixel size override (um/px at level 0)."),
+        device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
+        batch_size: int | None = typer.Option(None, "--batch-size", help="Windows per forward pass."),
+        threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
+        no_roi: bool = typer.Option(False, "--no-roi", help="Run the cell model over all tissue."),
+        roi_only: bool = typer.Option(False, "--roi-only", help="Stop after ROI detection."),
+        roi_margin_um: float = typer.Option(64.0, "--roi-margin-um", help="Dilate the ROI by this much."),
+        object_type: str = typer.Option("detection", "--object-type", help="detection or annotation."),
+        min_area_um2: float = typer.Option(20.0, "--min-area-um2", help="Drop class regions smaller than this."),
+        simplify_um: float = typer.Option(0.0, "--simplify-um", help="Simplify outlines (tolerance in um)."),
+        heatmap: bool = typer.Option(False, "--heatmap", help="Also write tiles with class probabilities."),
+        overlay: Path | None = typer.Option(None, "--overlay", help="Write a thumbnail PNG with predictions."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace finished outputs."),
+    ) -> None:
+        from qpbridge.pipeline import PredictConfig, is_finished, predict_slide
+
+        with reported_errors():
+            paths = _expand_slides(slides)
+            many = len(paths) > 1 or any(p.is_dir() for p in slides)
+            if many:
+                if output.suffix.lower() in (".geojson", ".gz", ".json"):
+                    raise OutputError(f"-o {output} looks like a file but several slides were given: give a folder")
+                if not output.is_dir():
+                    raise OutputError(f"output folder {output} does not exist: create it first")
+                if overlay is not None:
+                    raise InputError("--overlay takes one slide; several were given")
+                targets = [output / prediction_filename(p) for p in paths]
+            else:
+                targets = [output / prediction_filename(paths[0]) if output.is_dir() else output]
+            config = PredictConfig(
+                model_roi=model_roi, model_cell=model_cell, mpp=mpp, device=device, batch_size=batch_size,
+                threads=threads, use_roi=not no_roi, roi_only=roi_only, roi_margin_um=roi_margin_um,
+                object_type=object_type, min_area_um2=min_area_um2, simplify_um=simplify_um, heatmap=heatmap,
+                overlay=overlay,
+            )
+            config.check()
+            failures = 0
+            for slide_path, target in zip(paths, targets, strict=True):
+                if is_finished(target) and not overwrite:
+                    if not many:
+                        raise OutputError(f"{target} exists and is finished: use --overwrite to replace it")
+                    err_console.print(f"skip {slide_path}: {target} is finished (use --overwrite to redo it)")
+                    continue
+                try:
+                    _predict_one(predict_slide, slide_path, target, config)
+                except QpbridgeError as exc:
+                    if not many:
+                        raise
+                    failures += 1
+                    typer.echo(f"error: {slide_path}: {exc}", err=True)
+            if failures:
+                typer.echo(f"{failures} of {len(paths)} slides failed", err=True)
+                raise typer.Exit(1)
+
+
+def _predict_one(predict_slide: object, slide_path: Path, target: Path, config: object) -> None:
+    start = time.perf_counter()
+    columns = (
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int, windows: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(f"{slide_path.name}: {stage}", total=total, rate="")
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            bar.update(tasks[stage], completed=done, total=total, rate=f"{windows / elapsed:.1f} tiles/s")
+
+        summary = predict_slide(slide_path, target, config, progress=progress, warn=warn)  # type: ignore[operator]
+    by_class = ", ".join(f"{name} {count}" for name, count in sorted(summary.features_by_class.items())) or "none"
+    roi = (f", ROI {summary.roi_fraction_of_tissue:.1%} of tissue" if summary.roi_fraction_of_tissue is not None
+           else "")
+    saved = (f", ROI gate skipped {summary.high_mag_saved_frac:.0%} of high-mag tiles"
+             if summary.high_mag_saved_frac is not None else "")
+    typer.echo(
+        f"{slide_path} -> {target}: {summary.features_written} features ({by_class}); tissue "
+        f"{summary.tissue_fraction:.1%} of slide{roi}{saved}; {summary.windows_run} tiles in "
+        f"{summary.timings_s.get('total_s', 0):.1f} s"
+    )

@@ -1,0 +1,576 @@
+"""The DeepBatch cascade over a whole slide: the only module that composes the steps.
+
+slide -> tissue & pen mask (thumbnail scale) -> ROI U-Net (low magnification, over tissue only) -> ROI mask,
+dilated -> cell U-Net (high magnification, MONAI sliding window, block by block, windows only inside the ROI)
+-> class labels per block -> polygons (seams merged) -> QuPath GeoJSON, streamed; plus ``<out>.meta.json``.
+
+Memory is bounded by the block: the high-magnification image is never held whole; the only whole-slide
+arrays are the tissue mask, the ROI mask (at the ROI model's um/px) and the overlay thumbnail.
+
+Example
+-------
+>>> from qpbridge.pipeline import PredictConfig, predict_slide
+>>> summary = predict_slide("slide.svs", "slide.geojson", PredictConfig())     # doctest: +SKIP
+>>> summary.features_written                                                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+import shapely.affinity
+from affine import Affine
+from scipy import ndimage
+
+from qpbridge import __version__
+from qpbridge.errors import InputError, OutputError
+from qpbridge.inference import BlockSegmenter, configure_threads, resolve_device
+from qpbridge.models import LoadedModel, inference_network, load_model
+from qpbridge.naming import prediction_properties
+from qpbridge.qupath import Feature, GeoJSONWriter
+from qpbridge.slide import Slide, check_mpp, open_slide
+from qpbridge.tiling import BlockGrid, Window, window_affine
+from qpbridge.tissue import DEFAULT_TISSUE_MPP, TissueMask, detect_tissue
+from qpbridge.vectorize import BlockVectorizer, ClassPolygons, vectorize_mask
+
+DEFAULT_ROI_MODEL = "deepbatch-synth-roi"
+DEFAULT_CELL_MODEL = "deepbatch-synth-cell"
+
+#: Progress callback: (stage, blocks done, blocks total, windows run so far).
+Progress = Callable[[str, int, int, int], None]
+
+
+@dataclass
+class PredictConfig:
+    """Options of :func:`predict_slide` (the CLI's ``qpbridge predict`` flags)."""
+
+    model_roi: str = DEFAULT_ROI_MODEL
+    model_cell: str = DEFAULT_CELL_MODEL
+    mpp: float | None = None  #: slide pixel size override (um/px at level 0)
+    device: str = "cpu"
+    batch_size: int | None = None
+    threads: int | None = None
+    use_roi: bool = True  #: False = ``--no-roi``: the cell model over all tissue
+    roi_only: bool = False  #: True = ``--roi-only``: stop after the ROI
+    roi_margin_um: float = 64.0  #: the ROI is dilated by this much before gating the cell model
+    tissue_mpp: float = DEFAULT_TISSUE_MPP
+    block_px: int = 1024  #: cell-stage block side in pixels at the cell model's um/px
+    overlap_frac: float | None = None  #: override the cards' sliding-window overlap
+    object_type: str = "detection"  #: QuPath object type of the cell-level class regions
+    min_area_um2: float = 20.0
+    simplify_um: float = 0.0
+    heatmap: bool = False
+    heatmap_um: float = 64.0
+    overlay: Path | None = None
+    overlay_max_px: int = 1600
+
+    def check(self) -> None:
+        """Raise :class:`InputError` for out-of-range options."""
+        if self.mpp is not None:
+            check_mpp(self.mpp)
+        if self.roi_only and not self.use_roi:
+            raise InputError("--roi-only and --no-roi exclude each other: choose one")
+        if self.object_type not in ("detection", "annotation"):
+            raise InputError(f"--object-type must be detection or annotation, got {self.object_type!r}")
+        for name, value in (("--min-area-um2", self.min_area_um2), ("--simplify-um", self.simplify_um),
+                            ("--roi-margin-um", self.roi_margin_um)):
+            if not math.isfinite(value) or value < 0:
+                raise InputError(f"{name} must be >= 0, got {value}")
+        if self.block_px < 256:
+            raise InputError(f"--block-px must be >= 256, got {self.block_px}")
+        if self.heatmap_um <= 0:
+            raise InputError(f"--heatmap-um must be > 0, got {self.heatmap_um}")
+
+
+@dataclass
+class PredictSummary:
+    """What :func:`predict_slide` did (also written, with provenance, to ``<out>.meta.json``)."""
+
+    slide: str
+    output: str
+    slide_mpp: float
+    width_px: int
+    height_px: int
+    tissue_fraction: float
+    roi_fraction_of_tissue: float | None
+    features_written: int
+    features_by_class: dict[str, int]
+    blocks_total: int
+    blocks_read: int
+    blocks_skipped: int
+    windows_run: int
+    windows_skipped: int
+    high_mag_saved_frac: float | None  #: share of the tissue's high-magnification windows the ROI gate skipped
+    timings_s: dict[str, float]
+    forward_s: float
+    warnings: list[str] = field(default_factory=list)
+
+
+def meta_path_for(output: str | os.PathLike[str]) -> Path:
+    """The sidecar of an output: ``out.geojson`` -> ``out.geojson.meta.json``."""
+    output = Path(output)
+    return output.with_name(output.name + ".meta.json")
+
+
+def is_finished(output: str | os.PathLike[str]) -> bool:
+    """A finished prediction has its GeoJSON and its meta sidecar (written last) and the sidecar says so."""
+    meta = meta_path_for(output)
+    if not (Path(output).is_file() and meta.is_file()):
+        return False
+    try:
+        return bool(json.loads(meta.read_text()).get("finished"))
+    except (OSError, ValueError):
+        return False
+
+
+def _check_output(output: Path) -> None:
+    folder = output.parent if str(output.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"output folder {folder} does not exist: create it first or choose another -o")
+    if not os.access(folder, os.W_OK):
+        raise OutputError(f"output folder {folder} is not writable: choose another -o")
+    name = output.name.lower()
+    if not (name.endswith(".geojson") or name.endswith(".geojson.gz") or name.endswith(".json")):
+        raise OutputError(f"output {output} must end in .geojson or .geojson.gz (what QuPath imports)")
+
+
+def sample_mask(mask: np.ndarray, mask_affine: Affine, out_affine: Affine, out_shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour sample of a boolean mask onto another axis-aligned grid (via level-0 coordinates).
+
+    Output pixel centres are mapped to level 0 by ``out_affine`` and into ``mask`` by ``~mask_affine``;
+    centres outside ``mask`` read False.
+    """
+    height, width = out_shape
+    to_mask = ~mask_affine * out_affine
+    cols = np.floor(to_mask.a * (np.arange(width) + 0.5) + to_mask.c).astype(np.int64)
+    rows = np.floor(to_mask.e * (np.arange(height) + 0.5) + to_mask.f).astype(np.int64)
+    col_ok = (cols >= 0) & (cols < mask.shape[1])
+    row_ok = (rows >= 0) & (rows < mask.shape[0])
+    out = np.zeros(out_shape, dtype=bool)
+    if col_ok.any() and row_ok.any():
+        out[np.ix_(row_ok, col_ok)] = mask[np.ix_(rows[row_ok], cols[col_ok])]
+    return out
+
+
+class _ProbabilityLedger:
+    """Mean class probability of each polygon, also when a polygon is merged from pieces of several blocks.
+
+    Per block, every connected piece of a class (4-connectivity, as the vectorizer) gets its probability sum
+    and pixel count. A polygon emitted from inside the block is matched to its piece by a point on its surface;
+    pieces touching the block border also leave a record (a pixel centre inside the piece, in level 0) that the
+    polygon they end up in collects when the seams are merged.
+    """
+
+    def __init__(self) -> None:
+        self.points = np.empty((0, 2))
+        self.labels = np.empty(0, dtype=np.int64)
+        self.sums = np.empty(0)
+        self.counts = np.empty(0)
+        self._block: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._affine = Affine.identity()
+        self._shape = (0, 0)
+
+    def add_block(self, labels: np.ndarray, probs: np.ndarray, affine: Affine, emit: tuple[int, ...]) -> None:
+        structure = ndimage.generate_binary_structure(2, 1)
+        self._block, self._affine, self._shape = {}, affine, labels.shape
+        parts = [(self.points, self.labels, self.sums, self.counts)]
+        for label in emit:
+            components, count = ndimage.label(labels == label, structure=structure)
+            if count == 0:
+                continue
+            flat = components.ravel()
+            counts = np.bincount(flat, minlength=count + 1).astype(np.float64)
+            sums = np.bincount(flat, weights=probs[label].ravel(), minlength=count + 1)
+            self._block[label] = (components, sums, counts)
+            edge_ids = np.unique(np.concatenate([components[0], components[-1], components[:, 0], components[:, -1]]))
+            edge_ids = edge_ids[edge_ids > 0]
+            if len(edge_ids):
+                ids, first = np.unique(flat, return_index=True)
+                first = first[np.isin(ids, edge_ids)]
+                rows, cols = np.divmod(first, labels.shape[1])
+                xs, ys = affine * (cols + 0.5, rows + 0.5)
+                parts.append((np.column_stack([xs, ys]), np.full(len(edge_ids), label), sums[edge_ids],
+                              counts[edge_ids]))
+        self.points = np.concatenate([p[0] for p in parts])
+        self.labels = np.concatenate([p[1] for p in parts])
+        self.sums = np.concatenate([p[2] for p in parts])
+        self.counts = np.concatenate([p[3] for p in parts])
+
+    def settle(self, emitted: ClassPolygons, *, last: bool = False) -> np.ndarray:
+        """Mean probability per emitted polygon (NaN where nothing matched)."""
+        means = np.full(len(emitted), np.nan)
+        if not len(emitted):
+            return means
+        rest = np.ones(len(emitted), dtype=bool)
+        if self._block and not last:
+            height, width = self._shape
+            x0, y0 = self._affine * (0, 0)
+            x1, y1 = self._affine * (width, height)
+            bounds = shapely.bounds(emitted.polygons)
+            inside = (bounds[:, 0] > x0) & (bounds[:, 1] > y0) & (bounds[:, 2] < x1) & (bounds[:, 3] < y1)
+            if inside.any():
+                where = np.flatnonzero(inside)
+                xy = shapely.get_coordinates(shapely.point_on_surface(emitted.polygons[where]))
+                cols, rows = ~self._affine * (xy[:, 0], xy[:, 1])
+                cols = np.clip(np.floor(cols).astype(np.int64), 0, width - 1)
+                rows = np.clip(np.floor(rows).astype(np.int64), 0, height - 1)
+                for label, (components, sums, counts) in self._block.items():
+                    sel = emitted.labels[where] == label
+                    ids = components[rows[sel], cols[sel]]
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        means[where[sel]] = np.where(ids > 0, sums[ids] / np.maximum(counts[ids], 1), np.nan)
+                rest[where] = False
+        if rest.any() and len(self.points):
+            where = np.flatnonzero(rest)
+            tree = shapely.STRtree(emitted.polygons[where])
+            pairs = tree.query(shapely.points(self.points), predicate="within")
+            ok = self.labels[pairs[0]] == emitted.labels[where][pairs[1]]
+            rec, poly = pairs[0][ok], pairs[1][ok]
+            total = np.bincount(poly, weights=self.sums[rec], minlength=len(where))
+            n = np.bincount(poly, weights=self.counts[rec], minlength=len(where))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                means[where] = np.where(n > 0, total / n, np.nan)
+            keep = np.ones(len(self.points), dtype=bool)
+            keep[rec] = False
+            self.points, self.labels = self.points[keep], self.labels[keep]
+            self.sums, self.counts = self.sums[keep], self.counts[keep]
+        return means
+
+
+class _Overlay:
+    """A thumbnail with the predictions painted on, accumulated block by block (bounded memory)."""
+
+    def __init__(self, slide: Slide, max_px: int) -> None:
+        width, height = slide.dimensions
+        self.mpp = max(slide.mpp * max(width, height) / max_px, slide.mpp)
+        self.rgb, self.affine = slide.read_whole_at(self.mpp)
+        self.labels = np.zeros(self.rgb.shape[:2], dtype=np.uint8)
+        self.roi = np.zeros(self.rgb.shape[:2], dtype=bool)
+
+    def paint(self, labels: np.ndarray, labels_affine: Affine) -> None:
+        to_block = ~labels_affine * self.affine
+        cols = np.floor(to_block.a * (np.arange(self.labels.shape[1]) + 0.5) + to_block.c).astype(np.int64)
+        rows = np.floor(to_block.e * (np.arange(self.labels.shape[0]) + 0.5) + to_block.f).astype(np.int64)
+        col_sel = np.flatnonzero((cols >= 0) & (cols < labels.shape[1]))
+        row_sel = np.flatnonzero((rows >= 0) & (rows < labels.shape[0]))
+        if len(col_sel) and len(row_sel):
+            self.labels[np.ix_(row_sel, col_sel)] = labels[np.ix_(rows[row_sel], cols[col_sel])]
+
+    def save(self, path: Path, colors: dict[int, tuple[int, int, int]], roi_color: tuple[int, int, int]) -> None:
+        from PIL import Image
+        from skimage.segmentation import find_boundaries
+
+        out = self.rgb.astype(np.float32)
+        for label, color in colors.items():
+            where = self.labels == label
+            out[where] = 0.5 * out[where] + 0.5 * np.asarray(color, dtype=np.float32)
+        edge = find_boundaries(self.roi, mode="outer")
+        out[edge] = roi_color
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+        Image.fromarray(out.clip(0, 255).astype(np.uint8)).save(tmp)
+        os.replace(tmp, path)
+
+
+def _run_id(slide_path: Path, config: PredictConfig, models: list[LoadedModel]) -> str:
+    digest = hashlib.sha256()
+    digest.update(str(slide_path.resolve()).encode())
+    digest.update(json.dumps(asdict(config), default=str, sort_keys=True).encode())
+    for model in models:
+        digest.update(model.card.weights_sha256.encode())
+    return digest.hexdigest()[:16]
+
+
+def predict_slide(
+    slide_path: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    config: PredictConfig | None = None,
+    *,
+    progress: Progress | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> PredictSummary:
+    """Run the DeepBatch cascade over one slide and write QuPath GeoJSON (+ ``<output>.meta.json``).
+
+    The GeoJSON is written to a temporary file and renamed when complete; the meta sidecar is written last
+    and marks the run finished, so an interrupted run never looks finished.
+    """
+    config = config or PredictConfig()
+    config.check()
+    if config.overlay is not None:
+        config.overlay = Path(config.overlay)
+    slide_path, output = Path(slide_path), Path(output)
+    _check_output(output)
+    warnings: list[str] = []
+
+    def _warn(message: str) -> None:
+        warnings.append(message)
+        if warn is not None:
+            warn(message)
+
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    device = resolve_device(config.device)
+    threads = configure_threads(config.threads) if device.type == "cpu" else None
+    roi_model = load_model(config.model_roi, role="roi", device=device) if config.use_roi else None
+    cell_model = None if config.roi_only else load_model(config.model_cell, role="cell", device=device)
+    for model in (roi_model, cell_model):
+        if model is not None:
+            model.network = inference_network(model.card, model.network)
+    timings["load_models_s"] = time.perf_counter() - clock
+
+    with open_slide(slide_path, mpp=config.mpp) as slide:
+        slide_mpp = slide.mpp  # raises a clear error when the slide has no pixel size
+        width, height = slide.dimensions
+        ox, oy = slide.qupath_offset_xy_px
+        run_id = _run_id(slide_path, config, [m for m in (roi_model, cell_model) if m is not None])
+        marker = prediction_properties(run_id)
+
+        clock = time.perf_counter()
+        tissue = detect_tissue(slide, mpp=config.tissue_mpp)
+        timings["tissue_s"] = time.perf_counter() - clock
+        if not tissue.tissue.any():
+            _warn(f"no tissue found in {slide_path}: the output is an empty FeatureCollection")
+
+        overlay = _Overlay(slide, config.overlay_max_px) if config.overlay is not None else None
+        colors: dict[str, tuple[int, int, int]] = {}
+        for model in (roi_model, cell_model):
+            if model is not None:
+                colors.update({c.name: c.color for c in model.card.classes})
+
+        stats: dict[str, Any] = {"blocks_total": 0, "blocks_read": 0, "windows_run": 0, "windows_skipped": 0,
+                                 "tissue_windows": 0, "forward_s": 0.0}
+        by_class: dict[str, int] = {}
+        roi_fraction: float | None = None
+        with GeoJSONWriter(output, default_color=colors) as writer:
+
+            def emit(features: list[Feature]) -> None:
+                for feature in features:
+                    if (ox, oy) != (0, 0):
+                        feature.geometry = shapely.affinity.translate(feature.geometry, -ox, -oy)
+                    feature.measurements.update(marker["measurements"])
+                    feature.metadata.update(marker["metadata"])
+                    by_class[feature.class_name or ""] = by_class.get(feature.class_name or "", 0) + 1
+                writer.write_many(features)
+
+            gate: tuple[np.ndarray, Affine] = (tissue.tissue, tissue.affine)
+            if roi_model is not None and tissue.tissue.any():
+                clock = time.perf_counter()
+                roi_mask, roi_affine, roi_stats = _detect_roi(slide, roi_model, tissue, config, device, progress)
+                timings["roi_s"] = time.perf_counter() - clock
+                stats["forward_s"] += roi_stats["forward_s"]
+                roi_tissue = sample_mask(tissue.tissue, tissue.affine, roi_affine, roi_mask.shape)
+                roi_fraction = float(roi_mask.sum() / max(roi_tissue.sum(), 1))
+                emit(_roi_features(roi_mask, roi_affine, roi_model, slide_mpp, config))
+                if overlay is not None:
+                    overlay.roi = sample_mask(roi_mask, roi_affine, overlay.affine, overlay.roi.shape)
+                margin_px = int(round(config.roi_margin_um / roi_model.card.mpp))
+                dilated = ndimage.binary_dilation(roi_mask, iterations=margin_px) if margin_px else roi_mask
+                gate = (dilated, roi_affine)
+
+            if cell_model is not None and tissue.tissue.any():
+                clock = time.perf_counter()
+                _segment_cells(slide, cell_model, tissue, gate, config, device, emit, stats, overlay, progress)
+                timings["cells_s"] = time.perf_counter() - clock
+        if overlay is not None and config.overlay is not None:
+            class_colors = {c.label: c.color for c in cell_model.card.classes if c.emit} if cell_model else {}
+            roi_color = roi_model.card.classes[-1].color if roi_model else (255, 215, 0)
+            overlay.save(config.overlay, class_colors, roi_color)
+
+    timings["total_s"] = sum(timings.values())
+    saved = None
+    if config.use_roi and cell_model is not None and stats["tissue_windows"]:
+        saved = 1.0 - stats["windows_run"] / stats["tissue_windows"]
+    summary = PredictSummary(
+        slide=str(slide_path), output=str(output), slide_mpp=slide_mpp, width_px=width, height_px=height,
+        tissue_fraction=tissue.tissue_fraction, roi_fraction_of_tissue=roi_fraction,
+        features_written=writer.summary.written, features_by_class=by_class,
+        blocks_total=stats["blocks_total"], blocks_read=stats["blocks_read"],
+        blocks_skipped=stats["blocks_total"] - stats["blocks_read"], windows_run=stats["windows_run"],
+        windows_skipped=stats["windows_skipped"], high_mag_saved_frac=saved, timings_s=timings,
+        forward_s=stats["forward_s"], warnings=warnings,
+    )
+    meta = {
+        "qpbridge_version": __version__, "run_id": run_id, "finished": True,
+        "slide": str(slide_path.resolve()), "config": {k: (str(v) if isinstance(v, Path) else v)
+                                                        for k, v in asdict(config).items()},
+        "threads": threads, "device": str(device),
+        "models": {m.card.role: {"name": m.card.name, "path": str(m.path), "sha256": m.card.weights_sha256,
+                                 "mpp": m.card.mpp} for m in (roi_model, cell_model) if m is not None},
+        "qupath_offset_xy_px": [ox, oy], "summary": asdict(summary),
+    }
+    _atomic_json(meta_path_for(output), meta)
+    return summary
+
+
+def _atomic_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _detect_roi(
+    slide: Slide, model: LoadedModel, tissue: TissueMask, config: PredictConfig, device: Any,
+    progress: Progress | None,
+) -> tuple[np.ndarray, Affine, dict[str, float]]:
+    """ROI mask of the whole slide at the ROI model's um/px (tissue only)."""
+    card = model.card
+    mpp = max(card.mpp, slide.mpp)
+    width, height = slide.size_at_mpp(mpp)
+    affine = slide.affine_at(mpp)
+    segmenter = BlockSegmenter(model, device=device, batch_size=config.batch_size, overlap_frac=config.overlap_frac)
+    roi = np.zeros((height, width), dtype=bool)
+    grid = BlockGrid(width, height, 2048)
+    threshold = card.threshold if card.threshold is not None else 0.5
+    for index, window in enumerate(grid.windows()):
+        block_affine = window_affine(affine, window)
+        active = sample_mask(tissue.tissue, tissue.affine, block_affine, window.shape)
+        if active.any():
+            rgb = slide.read_region_at(window.x_px, window.y_px, window.width_px, window.height_px, mpp)
+            result = segmenter.predict(rgb, active)
+            roi[window.slices] = (result.probabilities[0] >= threshold) & active
+        if progress is not None:
+            progress("roi", index + 1, len(grid), segmenter.windows_run)
+    return roi, affine, {"forward_s": segmenter.forward_seconds}
+
+
+def _roi_features(
+    roi: np.ndarray, affine: Affine, model: LoadedModel, slide_mpp: float, config: PredictConfig
+) -> list[Feature]:
+    roi_class = next((c for c in model.card.classes if c.label == 1), model.card.classes[-1])
+    polygons = vectorize_mask(roi.astype(np.uint8), affine, labels_to_vectorize=(1,), mpp=slide_mpp,
+                              simplify_um=config.simplify_um)
+    return [
+        Feature(geometry=polygon, class_name=roi_class.name, color=roi_class.color, object_type="annotation",
+                name=roi_class.name, measurements={"Area um^2": float(polygon.area) * slide_mpp**2})
+        for polygon in polygons.polygons
+    ]
+
+
+def _segment_cells(
+    slide: Slide, model: LoadedModel, tissue: TissueMask, gate: tuple[np.ndarray, Affine], config: PredictConfig,
+    device: Any, emit: Callable[[list[Feature]], None], stats: dict[str, Any], overlay: _Overlay | None,
+    progress: Progress | None,
+) -> None:
+    """Cell U-Net block by block inside the gate; polygons stream to ``emit``."""
+    card = model.card
+    mpp = max(card.mpp, slide.mpp)
+    slide_mpp = slide.mpp
+    width, height = slide.size_at_mpp(mpp)
+    affine = slide.affine_at(mpp)
+    grid = BlockGrid(width, height, config.block_px)
+    emit_classes = {c.label: c for c in card.classes if c.emit}
+    vectorizer = BlockVectorizer(grid, affine, labels_to_vectorize=tuple(emit_classes), mpp=slide_mpp,
+                                 simplify_um=config.simplify_um, min_area_um2=config.min_area_um2)
+    ledger = _ProbabilityLedger()
+    segmenter = BlockSegmenter(model, device=device, batch_size=config.batch_size, overlap_frac=config.overlap_frac)
+    gate_mask, gate_affine = gate
+    heat_px = max(1, int(round(config.heatmap_um / mpp)))
+
+    def plan(window: Window) -> tuple[np.ndarray, np.ndarray]:
+        block_affine = window_affine(affine, window)
+        tissue_block = sample_mask(tissue.tissue, tissue.affine, block_affine, window.shape)
+        active = sample_mask(gate_mask, gate_affine, block_affine, window.shape) & tissue_block
+        return tissue_block, active
+
+    def read(window: Window) -> np.ndarray:
+        return slide.read_region_at(window.x_px, window.y_px, window.width_px, window.height_px, mpp)
+
+    windows = grid.windows()
+    stats["blocks_total"] = len(windows)
+    plans = {}
+    todo: list[Window] = []
+    for window in windows:
+        tissue_block, active = plan(window)
+        if tissue_block.any():
+            stats["tissue_windows"] += _windows_touching(tissue_block, segmenter)
+        if active.any():
+            todo.append(window)
+            plans[window] = (tissue_block, active)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # read the next block while the network runs
+        pending: Future[np.ndarray] | None = pool.submit(read, todo[0]) if todo else None
+        for index, window in enumerate(todo):
+            assert pending is not None
+            rgb = pending.result()
+            pending = pool.submit(read, todo[index + 1]) if index + 1 < len(todo) else None
+            tissue_block, active = plans.pop(window)
+            result = segmenter.predict(rgb, active)
+            labels = result.probabilities.argmax(axis=0).astype(np.uint8)
+            labels[~active] = 0
+            block_affine = window_affine(affine, window)
+            ledger.add_block(labels, result.probabilities, block_affine, tuple(emit_classes))
+            done = vectorizer.add(window, labels)
+            emit(_cell_features(done, ledger.settle(done), emit_classes, config, slide_mpp))
+            if config.heatmap:
+                emit(_heatmap_features(result.probabilities, active, block_affine, heat_px, card))
+            if overlay is not None:
+                overlay.paint(labels, block_affine)
+            stats["blocks_read"] += 1
+            if progress is not None:
+                progress("cells", index + 1, len(todo), segmenter.windows_run)
+    rest = vectorizer.finish()
+    emit(_cell_features(rest, ledger.settle(rest, last=True), emit_classes, config, slide_mpp))
+    stats["windows_run"] += segmenter.windows_run
+    stats["windows_skipped"] += segmenter.windows_skipped
+    stats["forward_s"] += segmenter.forward_seconds
+
+
+def _windows_touching(mask: np.ndarray, segmenter: BlockSegmenter) -> int:
+    """Windows of the block's sliding-window grid that touch ``mask`` (the work without ROI gating)."""
+    from monai.inferers.utils import _get_scan_interval, dense_patch_slices
+
+    tile = segmenter.tile_px
+    size = (max(mask.shape[0], tile), max(mask.shape[1], tile))
+    interval = _get_scan_interval(size, (tile, tile), 2, (segmenter.overlap_frac,) * 2)
+    count = 0
+    for rows, cols in dense_patch_slices(size, (tile, tile), interval):
+        if mask[rows, cols].any():
+            count += 1
+    return count
+
+
+def _cell_features(
+    polygons: ClassPolygons, mean_probs: np.ndarray, classes: dict[int, Any], config: PredictConfig, slide_mpp: float
+) -> list[Feature]:
+    features = []
+    areas = shapely.area(polygons.polygons) if len(polygons) else np.empty(0)
+    for label, polygon, area_px, prob in zip(polygons.labels, polygons.polygons, areas, mean_probs, strict=True):
+        cls = classes[int(label)]
+        measurements = {"Area um^2": float(area_px) * slide_mpp**2}
+        if np.isfinite(prob):
+            measurements["Mean probability"] = float(prob)
+        features.append(Feature(geometry=polygon, class_name=cls.name, color=cls.color,
+                                object_type=config.object_type, measurements=measurements))
+    return features
+
+
+def _heatmap_features(
+    probs: np.ndarray, active: np.ndarray, block_affine: Affine, heat_px: int, card: Any
+) -> list[Feature]:
+    """Square tiles carrying the mean class probabilities as measurements (QuPath colours by measurement)."""
+    features = []
+    channels, height, width = probs.shape
+    for y in range(0, height, heat_px):
+        for x in range(0, width, heat_px):
+            sel = active[y:y + heat_px, x:x + heat_px]
+            if not sel.any():
+                continue
+            patch = probs[:, y:y + heat_px, x:x + heat_px][:, sel]
+            means = patch.mean(axis=1)
+            x0, y0 = block_affine * (x, y)
+            x1, y1 = block_affine * (min(x + heat_px, width), min(y + heat_px, height))
+            best = card.classes[int(means.argmax())]
+            features.append(Feature(
+                geometry=shapely.box(x0, y0, x1, y1), class_name=best.name, color=best.color, object_type="tile",
+                measurements={f"Probability {c.name}": float(means[i]) for i, c in enumerate(card.classes)},
+            ))
+    return features
