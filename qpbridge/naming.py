@@ -1,0 +1,429 @@
+"""Names and folders shared by qpbridge and its QuPath scripts (``groovy/*.groovy``).
+
+This module is the single Python owner of every rule that the Groovy scripts must follow too;
+``tests/test_groovy.py`` checks that the scripts use the same literals and that the Groovy copy of
+:func:`image_basename` gives the same answer as this one on a table of names.
+
+**File names.** A prediction for an image lives in ``<project>/qpbridge/<base>.geojson`` (or
+``.geojson.gz``), a pathologist's corrections in ``<project>/qpbridge/corrections/<base>.geojson`` with a
+sidecar ``<base>.json``. ``<base>`` comes from QuPath's image name (usually the slide's file name, e.g.
+``slide1.svs``) or from the slide path given to ``qpbridge predict``, by :func:`image_basename`:
+
+1. keep the part after the last ``/`` or ``\\``;
+2. remove **one** known slide extension (:data:`SLIDE_EXTENSIONS`, any letter case) if the name is
+   longer than it (``slide1.svs`` -> ``slide1``, ``a.ome.tiff`` -> ``a``, ``x.czi - Scene #1`` is kept
+   whole: QuPath's names for one series of a multi-image file end in `` - <series>``);
+3. replace each character that a file name cannot hold on Windows, macOS or Linux
+   (``\\ / : * ? " < > |`` and control characters) with ``_``.
+
+**How a prediction is recognised in QuPath.** Every object that qpbridge writes carries the measurement
+:data:`PREDICTION_MEASUREMENT` (``"qpbridge prediction"``, written as ``1``; see
+:func:`prediction_properties`). QuPath 0.4 keeps GeoJSON ``measurements`` on annotations *and*
+detections, whereas it drops ``properties.metadata`` on both (0.4 restores metadata only for TMA cores;
+per-object metadata arrived in 0.5), so the measurement is what the scripts go by:
+
+* ``import_predictions.groovy`` replaces the value by a fingerprint in [1, 2) of the object's class,
+  area and centroid. On the next import, a marked object whose fingerprint no longer matches was
+  reclassified, reshaped or moved by the pathologist: it loses the marker and is kept as a correction;
+  the objects still marked are earlier predictions and are removed. Objects the pathologist drew never
+  carry the marker.
+* ``export_corrections.groovy`` does the same release before writing, so in an exported corrections file
+  a feature that still has the marker (:func:`is_prediction_feature`) is a prediction nobody changed.
+
+The writer also puts :data:`PREDICTION_METADATA_KEY` / :data:`PREDICTION_RUN_METADATA_KEY` into
+``metadata`` for provenance (kept by QuPath 0.5+); nothing relies on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qpbridge.errors import InputError
+
+#: Folder, inside the QuPath project folder, that holds qpbridge's predictions.
+PREDICTIONS_DIRNAME = "qpbridge"
+
+#: Folder, inside :data:`PREDICTIONS_DIRNAME`, that ``export_corrections.groovy`` writes to.
+CORRECTIONS_DIRNAME = "corrections"
+
+#: Endings of a prediction file, in the order the import script looks for them.
+PREDICTION_SUFFIXES: tuple[str, ...] = (".geojson", ".geojson.gz")
+
+#: Ending of a corrections GeoJSON file and of its sidecar.
+CORRECTIONS_SUFFIX = ".geojson"
+SIDECAR_SUFFIX = ".json"
+
+#: Measurement that marks an object as a qpbridge prediction. qpbridge writes
+#: :data:`PREDICTION_MEASUREMENT_VALUE`; the import script replaces it by a fingerprint in [1, 2).
+PREDICTION_MEASUREMENT = "qpbridge prediction"
+PREDICTION_MEASUREMENT_VALUE = 1.0
+
+#: ``properties.metadata`` keys written for provenance (the qpbridge version and the run id).
+PREDICTION_METADATA_KEY = "qpbridge"
+PREDICTION_RUN_METADATA_KEY = "qpbridge_run"
+
+#: Slide extensions removed from an image name, longest first where one ends another.
+SLIDE_EXTENSIONS: tuple[str, ...] = (
+    ".ome.tiff",
+    ".ome.tif",
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".mrxs",
+    ".scn",
+    ".vms",
+    ".vmu",
+    ".bif",
+    ".svslide",
+    ".dcm",
+    ".czi",
+    ".vsi",
+    ".qptiff",
+    ".isyntax",
+    ".png",
+    ".jpg",
+    ".jpeg",
+)
+
+#: Characters replaced by ``_`` in a base name.
+_FORBIDDEN_CHARS = re.compile(r'[\\/:*?"<>|\x00-\x1F\x7F]')
+
+#: Sidecar written by ``export_corrections.groovy`` next to each corrections GeoJSON.
+SIDECAR_FORMAT = "qpbridge-corrections-sidecar"
+SIDECAR_FORMAT_KEY = "format"
+SIDECAR_VERSION_KEY = "format_version"
+SIDECAR_IMAGE_NAME_KEY = "image_name"
+SIDECAR_IMAGE_PATHS_KEY = "image_paths"
+SIDECAR_IMAGE_URIS_KEY = "image_uris"
+SIDECAR_WIDTH_KEY = "width_px"
+SIDECAR_HEIGHT_KEY = "height_px"
+SIDECAR_PIXEL_SIZE_KEY = "pixel_size_um"
+SIDECAR_GEOJSON_KEY = "geojson"
+
+
+def image_basename(image_name_or_slide_path: str | os.PathLike[str]) -> str:
+    """Return the base name used for an image's prediction and corrections files.
+
+    Parameters
+    ----------
+    image_name_or_slide_path
+        QuPath's image name (``getProjectEntry().getImageName()``, e.g. ``"slide1.svs"``) or the path
+        of the slide file.
+
+    Returns
+    -------
+    str
+        The name without folders and without one known slide extension, with characters that are
+        not allowed in file names replaced by ``_``. The Groovy scripts apply the same rule.
+
+    Raises
+    ------
+    InputError
+        If nothing is left of the name (``""``, ``"folder/"``).
+
+    Examples
+    --------
+    >>> image_basename("/data/slides/Case 12.SVS")
+    'Case 12'
+    >>> image_basename("scan.ome.tiff")
+    'scan'
+    >>> image_basename("tma.czi - Scene #1")
+    'tma.czi - Scene #1'
+    >>> image_basename("a:b?.ndpi")
+    'a_b_'
+    """
+    name = os.fspath(image_name_or_slide_path)
+    cut = max(name.rfind("/"), name.rfind("\\"))
+    if cut >= 0:
+        name = name[cut + 1 :]
+    for extension in SLIDE_EXTENSIONS:
+        if len(name) > len(extension) and name[-len(extension) :].lower() == extension:
+            name = name[: -len(extension)]
+            break
+    name = _FORBIDDEN_CHARS.sub("_", name)
+    if not name:
+        raise InputError(
+            f"cannot make a file name from the image name {os.fspath(image_name_or_slide_path)!r}: "
+            "give the slide's file path or QuPath's image name"
+        )
+    return name
+
+
+def prediction_filename(image_name_or_slide_path: str | os.PathLike[str], *, gzip: bool = False) -> str:
+    """Return the file name ``import_predictions.groovy`` looks for, for one image.
+
+    Parameters
+    ----------
+    image_name_or_slide_path
+        QuPath's image name or the slide path (see :func:`image_basename`).
+    gzip
+        Return the ``.geojson.gz`` name instead of ``.geojson``.
+
+    Examples
+    --------
+    >>> prediction_filename("slides/slide1.svs")
+    'slide1.geojson'
+    >>> prediction_filename("slide1.svs", gzip=True)
+    'slide1.geojson.gz'
+    """
+    suffix = PREDICTION_SUFFIXES[1] if gzip else PREDICTION_SUFFIXES[0]
+    return image_basename(image_name_or_slide_path) + suffix
+
+
+def project_folder(project: str | os.PathLike[str]) -> Path:
+    """Return the QuPath project folder for a project folder or a ``project.qpproj`` path.
+
+    Examples
+    --------
+    >>> project_folder("/data/study/project.qpproj").as_posix()
+    '/data/study'
+    >>> project_folder("/data/study").as_posix()
+    '/data/study'
+    """
+    path = Path(project)
+    return path.parent if path.suffix.lower() == ".qpproj" else path
+
+
+def predictions_dir(project: str | os.PathLike[str]) -> Path:
+    """Return ``<project>/qpbridge``, where predictions for the QuPath scripts go.
+
+    Examples
+    --------
+    >>> predictions_dir("/data/study/project.qpproj").as_posix()
+    '/data/study/qpbridge'
+    """
+    return project_folder(project) / PREDICTIONS_DIRNAME
+
+
+def prediction_path(
+    project: str | os.PathLike[str], image_name_or_slide_path: str | os.PathLike[str], *, gzip: bool = False
+) -> Path:
+    """Return where ``qpbridge predict`` should write an image's prediction for ``import_predictions.groovy``.
+
+    Examples
+    --------
+    >>> prediction_path("/data/study", "/slides/slide1.svs").as_posix()
+    '/data/study/qpbridge/slide1.geojson'
+    """
+    return predictions_dir(project) / prediction_filename(image_name_or_slide_path, gzip=gzip)
+
+
+def corrections_dir(project: str | os.PathLike[str]) -> Path:
+    """Return ``<project>/qpbridge/corrections``, where ``export_corrections.groovy`` writes.
+
+    Examples
+    --------
+    >>> corrections_dir("/data/study").as_posix()
+    '/data/study/qpbridge/corrections'
+    """
+    return predictions_dir(project) / CORRECTIONS_DIRNAME
+
+
+def corrections_paths(
+    project: str | os.PathLike[str], image_name_or_slide_path: str | os.PathLike[str]
+) -> tuple[Path, Path]:
+    """Return ``(geojson_path, sidecar_path)`` of an image's exported corrections.
+
+    Parameters
+    ----------
+    project
+        The QuPath project folder or its ``project.qpproj`` file.
+    image_name_or_slide_path
+        QuPath's image name or the slide path (see :func:`image_basename`).
+
+    Examples
+    --------
+    >>> geojson, sidecar = corrections_paths("/data/study/project.qpproj", "slide1.svs")
+    >>> geojson.as_posix(), sidecar.name
+    ('/data/study/qpbridge/corrections/slide1.geojson', 'slide1.json')
+    """
+    folder = corrections_dir(project)
+    base = image_basename(image_name_or_slide_path)
+    return folder / (base + CORRECTIONS_SUFFIX), folder / (base + SIDECAR_SUFFIX)
+
+
+def prediction_properties(run_id: str, version: str | None = None) -> dict[str, dict[str, Any]]:
+    """Return the ``measurements`` and ``metadata`` entries that mark a feature as a qpbridge prediction.
+
+    Merge them into each feature's ``properties`` (measurements of your own may sit beside the marker).
+
+    Parameters
+    ----------
+    run_id
+        Identifier of the prediction run (kept in ``metadata`` for provenance).
+    version
+        qpbridge version; defaults to the installed one.
+
+    Examples
+    --------
+    >>> props = prediction_properties("run-1", version="0.1.0")
+    >>> props["measurements"]
+    {'qpbridge prediction': 1.0}
+    >>> props["metadata"]
+    {'qpbridge': '0.1.0', 'qpbridge_run': 'run-1'}
+    """
+    if version is None:
+        from qpbridge import __version__
+
+        version = __version__
+    return {
+        "measurements": {PREDICTION_MEASUREMENT: PREDICTION_MEASUREMENT_VALUE},
+        "metadata": {PREDICTION_METADATA_KEY: str(version), PREDICTION_RUN_METADATA_KEY: str(run_id)},
+    }
+
+
+def is_prediction_feature(feature: Mapping[str, Any]) -> bool:
+    """Tell whether a GeoJSON feature still carries qpbridge's prediction marker.
+
+    Works on what qpbridge writes and on what QuPath exports (``measurements`` as an object, or as
+    QuPath 0.3's ``[{"name", "value"}]`` list). In a file written by ``export_corrections.groovy``, a
+    marked feature is a prediction that nobody reclassified, reshaped or moved; an object that a
+    pathologist drew or changed has no marker.
+
+    Examples
+    --------
+    >>> is_prediction_feature({"properties": {"measurements": {"qpbridge prediction": 1}}})
+    True
+    >>> is_prediction_feature({"properties": {"measurements": [{"name": "Area", "value": 3.0}]}})
+    False
+    """
+    properties = feature.get("properties")
+    if not isinstance(properties, Mapping):
+        return False
+    measurements = properties.get("measurements")
+    if isinstance(measurements, Mapping):
+        return PREDICTION_MEASUREMENT in measurements
+    if isinstance(measurements, list):
+        return any(isinstance(item, Mapping) and item.get("name") == PREDICTION_MEASUREMENT for item in measurements)
+    return False
+
+
+@dataclass(frozen=True)
+class CorrectionsSidecar:
+    """What ``export_corrections.groovy`` records about an image next to its corrections."""
+
+    image_name: str
+    image_paths: tuple[str, ...]
+    image_uris: tuple[str, ...]
+    width_px: int | None
+    height_px: int | None
+    pixel_size_um: float | None
+
+
+def load_corrections_sidecar(path: str | os.PathLike[str]) -> CorrectionsSidecar:
+    """Read a corrections sidecar (``<project>/qpbridge/corrections/<base>.json``).
+
+    Raises
+    ------
+    InputError
+        If the file is missing, is not JSON, or lacks the image name or the path list.
+
+    Examples
+    --------
+    >>> import json, tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "s.json").write_text(json.dumps({"image_name": "s.svs", "image_paths": ["/x/s.svs"]}))
+    >>> load_corrections_sidecar(folder / "s.json").image_paths
+    ('/x/s.svs',)
+    """
+    sidecar = Path(path)
+    try:
+        text = sidecar.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(
+            f"corrections sidecar {sidecar} not found: run groovy/export_corrections.groovy in QuPath "
+            "for this image, or give the slide path with --slide"
+        ) from None
+    except OSError as exc:
+        raise InputError(f"cannot read corrections sidecar {sidecar}: {exc}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"corrections sidecar {sidecar} is not valid JSON ({exc}): export it again from QuPath"
+        ) from exc
+    if not isinstance(data, dict):
+        raise InputError(f"corrections sidecar {sidecar} must hold a JSON object, got {type(data).__name__}")
+    image_name = data.get(SIDECAR_IMAGE_NAME_KEY)
+    paths = data.get(SIDECAR_IMAGE_PATHS_KEY)
+    if not isinstance(image_name, str):
+        raise InputError(f"corrections sidecar {sidecar} has no {SIDECAR_IMAGE_NAME_KEY!r} string")
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise InputError(f"corrections sidecar {sidecar} has no {SIDECAR_IMAGE_PATHS_KEY!r} list of strings")
+    uris = data.get(SIDECAR_IMAGE_URIS_KEY, [])
+    if not isinstance(uris, list):
+        uris = []
+    return CorrectionsSidecar(
+        image_name=image_name,
+        image_paths=tuple(paths),
+        image_uris=tuple(str(u) for u in uris),
+        width_px=_optional_int(data.get(SIDECAR_WIDTH_KEY)),
+        height_px=_optional_int(data.get(SIDECAR_HEIGHT_KEY)),
+        pixel_size_um=_optional_float(data.get(SIDECAR_PIXEL_SIZE_KEY)),
+    )
+
+
+def read_corrections_sidecar(path: str | os.PathLike[str], *, must_exist: bool = True) -> Path:
+    """Return the slide file recorded in a corrections sidecar.
+
+    Parameters
+    ----------
+    path
+        The sidecar, ``<project>/qpbridge/corrections/<base>.json``.
+    must_exist
+        Return the first recorded path that exists on this machine, and fail if none does (the
+        project may come from another computer). With ``False``, return the first recorded path.
+
+    Raises
+    ------
+    InputError
+        If the sidecar cannot be read (see :func:`load_corrections_sidecar`), records no local file
+        (e.g. an image served over the network), or none of its files exists here.
+
+    Examples
+    --------
+    >>> import json, tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> slide = folder / "s.svs"
+    >>> _ = slide.write_bytes(b"")
+    >>> _ = (folder / "s.json").write_text(json.dumps({"image_name": "s.svs", "image_paths": [str(slide)]}))
+    >>> read_corrections_sidecar(folder / "s.json") == slide
+    True
+    """
+    info = load_corrections_sidecar(path)
+    if not info.image_paths:
+        uris = ", ".join(info.image_uris) or "none"
+        raise InputError(
+            f"corrections sidecar {path} records no local file for image {info.image_name!r} "
+            f"(image URIs: {uris}): give the slide path with --slide"
+        )
+    if not must_exist:
+        return Path(info.image_paths[0])
+    for candidate in info.image_paths:
+        if Path(candidate).is_file():
+            return Path(candidate)
+    listed = ", ".join(info.image_paths)
+    raise InputError(
+        f"slide of image {info.image_name!r} not found: the corrections sidecar {path} lists {listed}, "
+        "none of which exists on this machine; give the slide path with --slide"
+    )
+
+
+def _optional_int(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return int(value)
+
+
+def _optional_float(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    number = float(value)
+    return number if number == number and number > 0 else None
