@@ -1,0 +1,62 @@
+"""``qpbridge evaluate PRED TRUTH``: IoU, Dice, sensitivity, specificity, AUC of a prediction against truth."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from qpbridge.commands._common import reported_errors
+from qpbridge.errors import InputError
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``evaluate`` command to ``app``."""
+
+    @app.command(
+        "evaluate",
+        help=(
+            "Compare a prediction with the truth, per class and overall: IoU, Dice (F1), pixel accuracy, "
+            "sensitivity, specificity, precision, and AUC when --probs is given. Label masks (PNG/TIFF of the "
+            "same size) or QuPath GeoJSON files (rasterized over --slide at --mpp). Truth pixels labelled 255 "
+            "are ignored.\n\n"
+            "Examples:\n\n"
+            "  qpbridge evaluate pred.png truth.png --class-map 'Normal=0,Benign=1,In situ carcinoma=2,"
+            "Invasive carcinoma=3'\n\n"
+            "  qpbridge evaluate pred.geojson truth.geojson --slide slide.svs --mpp 2 --json"
+        ),
+    )
+    def evaluate_cmd(
+        pred: Path = typer.Argument(..., metavar="PRED", help="Predicted label mask or GeoJSON."),
+        truth: Path = typer.Argument(..., metavar="TRUTH", help="True label mask or GeoJSON."),
+        slide: Path | None = typer.Option(None, "--slide", help="The slide (GeoJSON inputs: extent and um/px)."),
+        mpp: float | None = typer.Option(None, "--mpp", help="GeoJSON inputs: compare at this um/px."),
+        class_map: str | None = typer.Option(
+            None, "--class-map",
+            help="Class names: 'Name=label,...', a dataset.json/card.json/JSON {name: label} file, or a model name.",
+        ),
+        probs: Path | None = typer.Option(None, "--probs", help="Masks: class probabilities (C x H x W .npy/TIFF)."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    ) -> None:
+        with reported_errors():
+            from qpbridge.metrics import evaluate_geojson, evaluate_masks, is_geojson_path, parse_class_map
+
+            mapping = parse_class_map(class_map) if class_map else None
+            geo = [is_geojson_path(pred), is_geojson_path(truth)]
+            if any(geo) and not all(geo):
+                raise InputError(f"compare like with like: {pred} and {truth} are not both GeoJSON or both masks")
+            if all(geo):
+                if probs is not None:
+                    raise InputError("--probs applies to label masks, not GeoJSON")
+                result = evaluate_geojson(pred, truth, class_map=mapping, slide=slide, mpp=mpp)
+            else:
+                if slide is not None or mpp is not None:
+                    raise InputError("--slide and --mpp apply to GeoJSON inputs; masks are compared pixel by pixel")
+                result = evaluate_masks(pred, truth, class_map=mapping, probs_path=probs)
+        if as_json:
+            typer.echo(json.dumps(result.to_dict(), indent=2))
+            return
+        Console(width=160).print(result.table(title=f"{pred} vs {truth}"))
+        typer.echo(f"pixels compared: {result.n_pixels} ({result.n_ignored} ignored)")
