@@ -39,8 +39,8 @@ class TissueParams:
     #: Pixels brighter than this (max of R, G, B) with low saturation are background glass.
     background_value: float = 0.82
     #: Black ink: max(R, G, B) below this and saturation below ``black_saturation`` (dark nuclei are purple).
-    black_value: float = 0.30
-    black_saturation: float = 0.50
+    black_value: float = 0.42
+    black_saturation: float = 0.35
     #: Blue ink: hue within this range (0-1), saturation above ``ink_saturation`` and B - R above ``blue_minus_red``.
     blue_hue: tuple[float, float] = (0.52, 0.70)
     blue_minus_red: float = 0.20

@@ -53,3 +53,24 @@ def pyramid_tiff(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("pyramid") / "gradient.tiff"
     write_pyramid_tiff(path, gradient_rgb(768, 1024), mpp=0.5)
     return path
+
+
+@pytest.fixture(scope="session")
+def synth_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 6000 x 4500 synthetic slide (seed 1: tissue, lesions of every class, black, blue and green pen)."""
+    from qpbridge.synth import write_synthetic_slide
+
+    path = tmp_path_factory.mktemp("synth") / "seed1.svs"
+    write_synthetic_slide(path, width_px=6000, height_px=4500, seed=1)
+    return path
+
+
+def truth_geometries(slide_path: Path, class_name: str) -> list:
+    """Shapely geometries of one class in the truth GeoJSON beside a synthetic slide."""
+    import json
+
+    from shapely.geometry import shape
+
+    truth = slide_path.with_suffix(".truth.geojson")
+    features = json.loads(truth.read_text())["features"]
+    return [shape(f["geometry"]) for f in features if f["properties"]["classification"]["name"] == class_name]
