@@ -1,0 +1,235 @@
+"""``qpbridge masks SLIDE GEOJSON -o DIR``: (corrected) QuPath objects -> label masks and training tiles."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
+
+from qpbridge.classes import IGNORE_LABEL
+from qpbridge.commands._common import err_console, reported_errors, warn
+from qpbridge.dataset import (
+    DEFAULT_MPP,
+    DEFAULT_QA_MPP,
+    DEFAULT_TILE_PX,
+    DatasetSummary,
+    MaskConfig,
+    build_tile_dataset,
+    load_card_config,
+)
+from qpbridge.errors import InputError
+from qpbridge.rasterize import ClassMap, load_class_map_file, parse_class_option
+
+_HELP = f"""Turn a slide and its (corrected) QuPath GeoJSON into training tiles: RGB and label-mask PNGs,
+manifest.csv and dataset.json (the tile dataset `qpbridge train` reads).
+
+Classes: a model card's classes and aliases (--model), else the DeepBatch classes (0 Normal, 1 Benign,
+2 In situ carcinoma, 3 Invasive carcinoma; "Tissue" = 0). Map other QuPath classes with --class "NAME=LABEL"
+(or =ignore, =region, =skip) or --class-map FILE.json. "Pen mark*"/"Ignore*" objects are 255 (ignored);
+"Region*" objects mark the reviewed area (outside it: 255). Overlaps: the higher label wins
+(--overlap later-wins: the later object in the file).
+
+Resolution: --model gives its um/px and tile size; otherwise {DEFAULT_MPP} um/px and {DEFAULT_TILE_PX} px
+tiles. Tiles are kept when labelled and on tissue; --max-per-class N samples at most N tiles per majority
+class (seeded). Runs into the same DIR append slides to one dataset.
+
+Examples:
+
+  qpbridge masks slide.svs slide.geojson -o tiles/
+
+  qpbridge masks slide.svs corrected.geojson -o tiles/ --model my-cell-model --max-per-class 500
+
+  qpbridge masks slide.svs slide.geojson --dry-run --class "Tumor=3" --class "Stroma=0"
+"""
+
+
+class _RateColumn(ProgressColumn):
+    """Blocks per second."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.1f} blocks/s" if speed else "- blocks/s")
+
+
+def _print_summary(summary: DatasetSummary) -> None:
+    names = {c["label"]: c["name"] for c in summary.classes}
+    names[IGNORE_LABEL] = "(ignore)"
+    total_px = sum(summary.pixels_by_label.values()) or 1
+    w, h = summary.slide_size_px
+    gw, gh = summary.grid_size_px
+    reviewed = summary.reviewed_effective
+    lines = [
+        f"slide {summary.slide_id}: {w} x {h} px at {summary.slide_mpp:.4g} um/px -> {gw} x {gh} px at "
+        f"{summary.mpp:g} um/px, {summary.tiles_total} tiles of {summary.tile_px} px "
+        f"(stride {summary.stride_px})",
+        f"objects: {summary.objects_painted} labelled, {summary.objects_regions} region; reviewed area: {reviewed}",
+        f"{'label':>5}  {'class':<22} {'pixels':>14} {'share':>7} {'tiles kept':>11} "
+        f"{'selected' if summary.dry_run else 'written':>8}",
+    ]
+    for label in sorted(summary.pixels_by_label):
+        px = summary.pixels_by_label[label]
+        kept = summary.kept_by_class.get(label)
+        written = summary.written_by_class.get(label)
+        lines.append(
+            f"{label:>5}  {names.get(label, '?'):<22} {px:>14,} {100 * px / total_px:>6.1f}% "
+            f"{'' if kept is None else kept:>11} {'' if written is None else written:>8}"
+        )
+    if summary.dry_run:
+        lines.append(
+            f"dry run: {summary.tiles_selected} tiles would be written ({summary.tiles_kept} pass the "
+            "filters); nothing written"
+        )
+    else:
+        lines.append(
+            f"wrote {summary.tiles_written} tiles to {summary.out_dir} (manifest.csv, dataset.json)"
+            f" in {summary.seconds:.1f} s"
+        )
+        if summary.qa_mask:
+            lines.append(f"QA label mask: {summary.qa_mask}")
+    typer.echo("\n".join(lines))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``masks`` command to ``app``."""
+
+    @app.command("masks", help=_HELP)
+    def masks_cmd(
+        slide_path: Path = typer.Argument(..., metavar="SLIDE", help="The slide the GeoJSON belongs to."),
+        geojson_path: Path = typer.Argument(..., metavar="GEOJSON", help="QuPath objects (level-0 pixels)."),
+        out_dir: Path | None = typer.Option(
+            None,
+            "-o",
+            "--out",
+            help="Dataset folder (created; one that holds a dataset gets this slide added).",
+        ),
+        model: str | None = typer.Option(
+            None, "--model", help="Model name or directory: its classes, um/px and tile size."
+        ),
+        mpp: float | None = typer.Option(None, "--mpp", help=f"Tile um/px (default: the model's, else {DEFAULT_MPP})."),
+        slide_mpp: float | None = typer.Option(None, "--slide-mpp", help="Override the slide's level-0 um/px."),
+        tile_px: int | None = typer.Option(
+            None, "--tile-px", help=f"Tile side in px (default: the model's, else {DEFAULT_TILE_PX})."
+        ),
+        stride_px: int | None = typer.Option(None, "--stride-px", help="Step between tiles (default: tile side)."),
+        class_opts: list[str] | None = typer.Option(
+            None, "--class", help='Map a QuPath class: "NAME=LABEL", =ignore, =region or =skip (repeatable).'
+        ),
+        class_map_file: Path | None = typer.Option(
+            None, "--class-map", help='JSON file {"QuPath name": label or "ignore"/"region"/"skip"}.'
+        ),
+        ignore_unknown: bool = typer.Option(
+            False, "--ignore-unknown", help="Skip objects of unmapped classes instead of failing."
+        ),
+        overlap: str = typer.Option("priority", "--overlap", help="priority (higher label wins) or later-wins."),
+        reviewed: str = typer.Option(
+            "region",
+            "--reviewed",
+            help="region: outside Region* objects is 255 (all when there are none); all; "
+            "annotated: only drawn objects are labelled.",
+        ),
+        region_class: list[str] | None = typer.Option(
+            None, "--region-class", help="Class pattern(s) marking the reviewed area (default 'Region*')."
+        ),
+        min_labelled_frac: float = typer.Option(
+            0.05, "--min-labelled-frac", help="Skip tiles with less than this fraction labelled (not 255)."
+        ),
+        min_tissue_frac: float = typer.Option(
+            0.05,
+            "--min-tissue-frac",
+            help="Skip tiles with less tissue (or labelled lesion) than this; 0 = off.",
+        ),
+        max_per_class: int | None = typer.Option(
+            None, "--max-per-class", help="At most N tiles per majority class (seeded sample)."
+        ),
+        seed: int = typer.Option(0, "--seed", help="Seed of the --max-per-class sample."),
+        qa_mpp: float = typer.Option(
+            DEFAULT_QA_MPP,
+            "--qa-mpp",
+            help="um/px of the QA label mask TIFF (qa/<slide>_label_mask.tiff); 0 = none.",
+        ),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print pixel and tile counts; write nothing."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace this slide's tiles if DIR has them."),
+        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    ) -> None:
+        with reported_errors():
+            if out_dir is None and not dry_run:
+                raise InputError("give the dataset folder with -o DIR (or --dry-run to only count)")
+            if model is not None:
+                config = load_card_config(model, mpp=mpp, tile_px=tile_px)
+            else:
+                config = MaskConfig(
+                    mpp=DEFAULT_MPP if mpp is None else mpp,
+                    tile_px=DEFAULT_TILE_PX if tile_px is None else tile_px,
+                )
+            class_map: ClassMap = config.class_map
+            overrides: dict[str, int | str] = {}
+            if class_map_file is not None:
+                overrides.update(load_class_map_file(class_map_file))
+            for text in class_opts or []:
+                name, value = parse_class_option(text)
+                overrides[name] = value
+            if overrides:
+                class_map = class_map.with_overrides(overrides)
+            if region_class:
+                class_map = class_map.with_patterns(region=region_class)
+            config = replace(
+                config,
+                class_map=class_map,
+                stride_px=stride_px,
+                slide_mpp=slide_mpp,
+                overlap=overlap,
+                reviewed=reviewed,
+                ignore_unknown=ignore_unknown,
+                min_labelled_frac=min_labelled_frac,
+                min_tissue_frac=min_tissue_frac,
+                max_per_class=max_per_class,
+                seed=seed,
+                qa_mpp=None if qa_mpp == 0 else qa_mpp,
+                dry_run=dry_run,
+                overwrite=overwrite,
+            )
+            bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                _RateColumn(),
+                TimeElapsedColumn(),
+                console=err_console,
+                transient=True,
+            )
+            tasks: dict[str, TaskID] = {}
+
+            def progress(stage: str, done: int, total: int) -> None:
+                if not err_console.is_terminal:
+                    return
+                if not tasks:
+                    bar.start()  # only once there is something to show
+                if stage not in tasks:
+                    label = {"scan": "counting labels", "write": "writing tiles"}.get(stage, stage)
+                    tasks[stage] = bar.add_task(label, total=total)
+                bar.update(tasks[stage], completed=done)
+
+            try:
+                summary = build_tile_dataset(slide_path, geojson_path, out_dir or Path("."), config, progress)
+            finally:
+                if tasks:
+                    bar.stop()
+        for message in summary.warnings:
+            warn(message)
+        if as_json:
+            typer.echo(json.dumps(summary.to_dict(), indent=2))
+        else:
+            _print_summary(summary)

@@ -1,0 +1,1008 @@
+"""Training tiles from a slide and its (corrected) QuPath GeoJSON: ``qpbridge masks``.
+
+:func:`build_tile_dataset` cuts a slide into ``tile_px`` tiles at ``mpp`` um/px and writes, per kept tile, an
+RGB PNG and a label-mask PNG, plus ``manifest.csv`` and ``dataset.json`` in the *tile dataset format*
+(``qpbridge-tiles/1``) that ``qpbridge train`` reads::
+
+    DIR/dataset.json    format, mpp, tile_px, stride_px, ignore_label, role, classes, slides, qpbridge_version
+    DIR/manifest.csv    slide,image,mask,x0_px,y0_px,mpp,tile_px,count_<label>...,count_ignore
+    DIR/images/<slide>_<x0>_<y0>.png, DIR/masks/<slide>_<x0>_<y0>.png    (x0, y0: level-0 pixels)
+    DIR/qa/<slide>_label_mask.tiff      whole-slide label mask at a coarse um/px (QA; palette TIFF pyramid)
+
+How it works
+------------
+The slide's grid at ``mpp`` is covered by tiles every ``stride_px``; tiles are grouped into blocks of about
+``block_px`` target pixels. Each block's labels are rasterized once (objects chosen with an STRtree, see
+:class:`qpbridge.rasterize.LabelRasterizer`), each block's image is read once (only over the tiles kept), and
+the tiles are cut from both: memory is bounded by the block, never the slide (blocks are 2048 px, smaller
+when the level read is finer than the target; PNG encoding runs on a few threads with a bounded queue). The
+only whole-slide arrays are coarse: the tissue mask (16 um/px) and the QA mask (written strip by strip). Tiles
+that reach past the slide's edge are white in the image and 255 (ignore) in the mask.
+
+Which tiles are kept
+--------------------
+A tile is kept when at least ``min_labelled_frac`` of its pixels are labelled (not 255) and it shows tissue:
+``min_tissue_frac`` of it is tissue by :func:`qpbridge.tissue.detect_tissue` (coarse, pen ink excluded) or is
+covered by a labelled object other than the background label. ``min_tissue_frac=0`` skips tissue detection.
+With ``max_per_class=N`` a seeded sample keeps at most N tiles per class, a tile counting for its majority
+non-background class (label 0 when it has none); the labels are then rasterized in a first pass (counts only)
+and again for the chosen tiles in a second pass.
+
+Appending and atomicity
+-----------------------
+Several runs into one DIR make one dataset (multiple slides): mpp, tile and stride size, role and classes
+must match the DIR's ``dataset.json``. A slide already in DIR is refused unless ``overwrite=True`` (its tiles
+are then replaced). Tile PNGs are written first; ``manifest.csv`` and then ``dataset.json`` are written last,
+each to a temporary file renamed over the target, so an interrupted run leaves the previous dataset as it was:
+tiles it wrote are listed nowhere (manifest rows of a slide that ``dataset.json`` does not list are dropped on
+the next run) and are overwritten when the run is repeated.
+
+Example
+-------
+>>> from qpbridge.dataset import MaskConfig, build_tile_dataset
+>>> summary = build_tile_dataset("slide.svs", "slide.geojson", "tiles/",       # doctest: +SKIP
+...                              MaskConfig(mpp=0.5, tile_px=256, max_per_class=500))
+>>> summary.tiles_written                                                      # doctest: +SKIP
+1312
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+from affine import Affine
+from PIL import Image
+
+from qpbridge import __version__
+from qpbridge.classes import IGNORE_LABEL
+from qpbridge.errors import GeoJSONError, InputError, OutputError
+from qpbridge.rasterize import (
+    OVERLAP_MODES,
+    REVIEWED_MODES,
+    ClassMap,
+    LabelRasterizer,
+    apply_affine,
+    compose_affine,
+)
+from qpbridge.slide import Slide, check_mpp, open_slide
+
+__all__ = [
+    "DATASET_FORMAT",
+    "DatasetSummary",
+    "MaskConfig",
+    "build_tile_dataset",
+    "label_mask_for_window",
+    "load_card_config",
+    "tile_starts",
+]
+
+#: ``dataset.json``'s ``format``.
+DATASET_FORMAT = "qpbridge-tiles/1"
+#: Tile um/px when neither ``--model`` nor ``--mpp`` says (the resolution of qpbridge's cell model cards).
+DEFAULT_MPP = 0.5
+DEFAULT_TILE_PX = 256
+DEFAULT_BLOCK_PX = 2048
+DEFAULT_QA_MPP = 8.0
+#: um/px of the coarse whole-slide tissue detection behind --min-tissue-frac (its read is the one whole-slide
+#: array: 16 um/px keeps it at ~2 MP for a 25 x 20 mm slide).
+DEFAULT_TISSUE_MPP = 16.0
+#: Colour of ignore (255) pixels in the QA mask's palette.
+IGNORE_COLOR = (0, 0, 0)
+_QA_TILE_PX = 256
+#: Tiles queued for PNG encoding at most (each ~200 kB for 256 px RGB).
+_MAX_PENDING = 64
+_QA_MIN_LEVEL_PX = 512
+#: Entries an unfinished run may leave in DIR (no dataset.json yet); anything else means "not ours".
+_OWN_ENTRIES = {"images", "masks", "qa", "manifest.csv"}
+
+Progress = Callable[[str, int, int], None]
+
+
+# --------------------------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class MaskConfig:
+    """Options of :func:`build_tile_dataset` (``qpbridge masks``); see the module docstring.
+
+    Attributes
+    ----------
+    class_map
+        QuPath class names -> labels, and the training classes (default: DeepBatch's four).
+    mpp, tile_px, stride_px
+        Tile resolution (um/px), side and step in tile pixels (stride default = tile: no overlap).
+    slide_mpp
+        Override of the slide's level-0 pixel size (um/px).
+    overlap, reviewed, ignore_unknown, priority
+        Rasterization rules (:class:`qpbridge.rasterize.LabelRasterizer`).
+    min_labelled_frac, min_tissue_frac
+        Tile filters (fractions of the tile's pixels).
+    max_per_class, seed
+        Seeded sampling: at most this many tiles per (majority) class.
+    qa_mpp
+        um/px of the QA label mask TIFF; ``None`` = no QA mask.
+    block_px
+        Side of the blocks worked on at once (target pixels); bounds memory.
+    tissue_mpp
+        um/px of the coarse tissue detection.
+    dry_run
+        Count pixels and tiles, write nothing.
+    overwrite
+        Replace this slide's tiles when DIR already holds them.
+
+    Example
+    -------
+    >>> MaskConfig(mpp=1.0, tile_px=128).checked().stride
+    128
+    """
+
+    class_map: ClassMap = field(default_factory=ClassMap.deepbatch)
+    mpp: float = DEFAULT_MPP
+    tile_px: int = DEFAULT_TILE_PX
+    stride_px: int | None = None
+    slide_mpp: float | None = None
+    overlap: str = "priority"
+    reviewed: str = "region"
+    ignore_unknown: bool = False
+    priority: tuple[int, ...] | None = None
+    min_labelled_frac: float = 0.05
+    min_tissue_frac: float = 0.05
+    max_per_class: int | None = None
+    seed: int = 0
+    qa_mpp: float | None = DEFAULT_QA_MPP
+    block_px: int = DEFAULT_BLOCK_PX
+    tissue_mpp: float = DEFAULT_TISSUE_MPP
+    dry_run: bool = False
+    overwrite: bool = False
+    png_compress_level: int = 1
+
+    @property
+    def stride(self) -> int:
+        """The stride in tile pixels."""
+        return self.tile_px if self.stride_px is None else self.stride_px
+
+    def checked(self) -> MaskConfig:
+        """This config, or :class:`InputError` naming the first bad value."""
+        check_mpp(self.mpp, "--mpp")
+        if self.slide_mpp is not None:
+            check_mpp(self.slide_mpp, "--slide-mpp")
+        if self.qa_mpp is not None:
+            check_mpp(self.qa_mpp, "--qa-mpp")
+        check_mpp(self.tissue_mpp, "tissue mpp")
+        if not isinstance(self.tile_px, int) or not 16 <= self.tile_px <= 8192:
+            raise InputError(f"--tile-px must be a whole number of pixels 16-8192, got {self.tile_px}")
+        if not isinstance(self.stride, int) or not 1 <= self.stride <= self.tile_px:
+            raise InputError(
+                f"--stride-px must be 1 to --tile-px ({self.tile_px}), got {self.stride}: a larger step leaves gaps"
+            )
+        if self.overlap not in OVERLAP_MODES:
+            raise InputError(f"--overlap must be one of {', '.join(OVERLAP_MODES)}, got {self.overlap!r}")
+        if self.reviewed not in REVIEWED_MODES:
+            raise InputError(f"--reviewed must be one of {', '.join(REVIEWED_MODES)}, got {self.reviewed!r}")
+        for name, value in (
+            ("--min-labelled-frac", self.min_labelled_frac),
+            ("--min-tissue-frac", self.min_tissue_frac),
+        ):
+            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                raise InputError(f"{name} must be a fraction 0-1, got {value}")
+        if self.max_per_class is not None and self.max_per_class < 1:
+            raise InputError(f"--max-per-class must be >= 1, got {self.max_per_class}: leave it out for no cap")
+        if self.block_px < self.tile_px:
+            raise InputError(f"block size ({self.block_px} px) must be at least the tile size ({self.tile_px} px)")
+        return self
+
+
+def load_card_config(model: str, **overrides: Any) -> MaskConfig:
+    """A :class:`MaskConfig` with a model card's classes, aliases, role, mpp and tile size.
+
+    ``model`` is a registry name or a model directory / ``card.json`` path (:mod:`qpbridge.models`);
+    ``overrides`` (``mpp=...``, ``tile_px=...``; ``None`` values ignored) replace the card's values.
+    """
+    from qpbridge.models import load_card, resolve_model_path
+
+    card = load_card(resolve_model_path(model))
+    config = MaskConfig(class_map=ClassMap.from_card(card), mpp=float(card.mpp), tile_px=int(card.tile_px))
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+# --------------------------------------------------------------------------------------------- summary
+@dataclass
+class DatasetSummary:
+    """What :func:`build_tile_dataset` did (or, with ``dry_run``, would do)."""
+
+    slide_id: str
+    slide_path: str
+    geojson_path: str
+    out_dir: str
+    dry_run: bool
+    mpp: float
+    tile_px: int
+    stride_px: int
+    slide_mpp: float
+    slide_size_px: tuple[int, int]
+    grid_size_px: tuple[int, int]
+    classes: list[dict[str, Any]]
+    reviewed_effective: str
+    tiles_total: int = 0
+    tiles_kept: int = 0
+    tiles_selected: int = 0
+    tiles_written: int = 0
+    kept_by_class: dict[int, int] = field(default_factory=dict)
+    written_by_class: dict[int, int] = field(default_factory=dict)
+    pixels_by_label: dict[int, int] = field(default_factory=dict)
+    written_pixels_by_label: dict[int, int] = field(default_factory=dict)
+    objects_painted: int = 0
+    objects_regions: int = 0
+    blocks: int = 0
+    seconds: float = 0.0
+    qa_mask: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary."""
+        out = dict(self.__dict__)
+        for key in ("kept_by_class", "written_by_class", "pixels_by_label", "written_pixels_by_label"):
+            out[key] = {str(k): v for k, v in out[key].items()}
+        return out
+
+
+# --------------------------------------------------------------------------------------------- windows
+def tile_starts(extent_px: int, tile_px: int, stride_px: int) -> list[int]:
+    """Tile starts along one axis: 0, stride, 2*stride... until the tiles cover ``extent_px``.
+
+    The last tile may reach past the end (that part is padding: white image, 255 mask).
+
+    >>> tile_starts(1000, 256, 256), tile_starts(100, 256, 256), tile_starts(600, 256, 128)
+    ([0, 256, 512, 768], [0], [0, 128, 256, 384])
+    """
+    starts = list(range(0, max(extent_px - tile_px, 0) + 1, stride_px))
+    if starts[-1] + tile_px < extent_px:
+        starts.append(starts[-1] + stride_px)
+    return starts
+
+
+def _qupath_affine(slide: Slide, mpp: float, x_px: int, y_px: int) -> Affine:
+    """Target-grid window pixels -> QuPath's coordinates (level 0 minus the bounds offset QuPath applies)."""
+    ox, oy = slide.qupath_offset_xy_px
+    return compose_affine(Affine.translation(-ox, -oy), slide.affine_at(mpp, x_px, y_px))
+
+
+def label_mask_for_window(
+    rasterizer: LabelRasterizer, slide: Slide, x_px: int, y_px: int, width_px: int, height_px: int, mpp: float
+) -> np.ndarray:
+    """The label mask of a window of the slide's grid at ``mpp`` (what :meth:`Slide.read_region_at` reads).
+
+    Pixels past the slide's edge are 255. GeoJSON coordinates are taken as QuPath's (shifted by
+    :attr:`Slide.qupath_offset_xy_px` where QuPath crops to the slide's bounds).
+
+    Example
+    -------
+    >>> mask = label_mask_for_window(rasterizer, slide, 0, 0, 256, 256, mpp=1.0)     # doctest: +SKIP
+    """
+    mask = rasterizer.window((height_px, width_px), _qupath_affine(slide, mpp, x_px, y_px))
+    grid_w, grid_h = slide.size_at_mpp(mpp)
+    if x_px + width_px > grid_w:
+        mask[:, max(0, grid_w - x_px) :] = IGNORE_LABEL
+    if y_px + height_px > grid_h:
+        mask[max(0, grid_h - y_px) :, :] = IGNORE_LABEL
+    if x_px < 0:
+        mask[:, : min(width_px, -x_px)] = IGNORE_LABEL
+    if y_px < 0:
+        mask[: min(height_px, -y_px), :] = IGNORE_LABEL
+    return mask
+
+
+@dataclass(frozen=True)
+class _Block:
+    """A group of tiles: their start indices along x and y, and the window that covers them."""
+
+    ix: tuple[int, ...]
+    iy: tuple[int, ...]
+    x_px: int
+    y_px: int
+    width_px: int
+    height_px: int
+
+
+def _blocks(xs: Sequence[int], ys: Sequence[int], tile_px: int, stride_px: int, block_px: int) -> list[_Block]:
+    per = max(1, (block_px - tile_px) // stride_px + 1)
+    blocks = []
+    for r0 in range(0, len(ys), per):
+        iy = tuple(range(r0, min(r0 + per, len(ys))))
+        for c0 in range(0, len(xs), per):
+            ix = tuple(range(c0, min(c0 + per, len(xs))))
+            x0, y0 = xs[ix[0]], ys[iy[0]]
+            blocks.append(_Block(ix, iy, x0, y0, xs[ix[-1]] + tile_px - x0, ys[iy[-1]] + tile_px - y0))
+    return blocks
+
+
+class _TissueFractions:
+    """Tissue fraction of any target-grid rectangle from a coarse tissue mask (summed-area table)."""
+
+    def __init__(self, tissue: np.ndarray, tissue_affine: Affine, grid_affine: Affine) -> None:
+        self.height, self.width = tissue.shape
+        sat = np.zeros((self.height + 1, self.width + 1), dtype=np.int64)
+        sat[1:, 1:] = np.cumsum(np.cumsum(tissue, axis=0, dtype=np.int64), axis=1)
+        self.sat = sat
+        # grid pixels -> tissue-mask pixels
+        self.to_mask = compose_affine(~tissue_affine, grid_affine)
+
+    def fraction(self, x_px: int, y_px: int, width_px: int, height_px: int) -> float:
+        ax, ay = apply_affine(self.to_mask, x_px, y_px)
+        bx, by = apply_affine(self.to_mask, x_px + width_px, y_px + height_px)
+        c0, r0 = math.floor(ax + 1e-9), math.floor(ay + 1e-9)
+        c1, r1 = max(c0 + 1, math.ceil(bx - 1e-9)), max(r0 + 1, math.ceil(by - 1e-9))
+        area = (c1 - c0) * (r1 - r0)
+        c0, r0 = min(max(c0, 0), self.width), min(max(r0, 0), self.height)
+        c1, r1 = min(max(c1, 0), self.width), min(max(r1, 0), self.height)
+        s = self.sat
+        inside = int(s[r1, c1] - s[r0, c1] - s[r1, c0] + s[r0, c0])
+        return inside / area
+
+
+# --------------------------------------------------------------------------------------------- output dir
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _manifest_header(labels: Sequence[int]) -> list[str]:
+    return [
+        "slide",
+        "image",
+        "mask",
+        "x0_px",
+        "y0_px",
+        "mpp",
+        "tile_px",
+        *[f"count_{lab}" for lab in labels],
+        "count_ignore",
+    ]
+
+
+@dataclass
+class _Existing:
+    """A dataset already in DIR."""
+
+    meta: dict[str, Any]
+    rows: list[dict[str, str]]
+
+
+def _describe(meta: dict[str, Any]) -> str:
+    names = ", ".join(f"{c.get('label')} {c.get('name')}" for c in meta.get("classes", []))
+    return (
+        f"{meta.get('mpp')} um/px, {meta.get('tile_px')} px tiles, stride {meta.get('stride_px')}, "
+        f"role {meta.get('role')}, classes [{names}]"
+    )
+
+
+def _open_existing(out_dir: Path, config: MaskConfig, slide_id: str, slide_path: Path) -> _Existing | None:
+    """Check that DIR can take this slide's tiles; the dataset it holds (or ``None`` for a new one)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"{out_dir} is a file, not a folder: give a folder for the tile dataset")
+    meta_path = out_dir / "dataset.json"
+    if not meta_path.exists():
+        if out_dir.exists():
+            foreign = sorted(
+                p.name for p in out_dir.iterdir() if p.name not in _OWN_ENTRIES and not p.name.startswith(".")
+            )
+            if foreign:
+                raise OutputError(
+                    f"{out_dir} is not empty and holds no tile dataset (found {', '.join(foreign[:5])}): "
+                    "give a new or empty folder, or a folder written by qpbridge masks"
+                )
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise OutputError(f"cannot read {meta_path} ({exc}): give another folder, or delete the broken one") from None
+    if not isinstance(meta, dict) or meta.get("format") != DATASET_FORMAT:
+        raise OutputError(f"{meta_path} is not a {DATASET_FORMAT} dataset: give another folder")
+    our_classes = config.class_map.to_json()
+    ours = {
+        "mpp": config.mpp,
+        "tile_px": config.tile_px,
+        "stride_px": config.stride,
+        "role": config.class_map.role,
+        "classes": our_classes,
+    }
+    same_classes = [(c.get("label"), c.get("name")) for c in meta.get("classes", [])] == [
+        (c["label"], c["name"]) for c in our_classes
+    ]
+    mpp = meta.get("mpp")
+    same_mpp = isinstance(mpp, (int, float)) and math.isclose(mpp, config.mpp, rel_tol=1e-6)
+    if not (
+        same_mpp
+        and meta.get("tile_px") == config.tile_px
+        and meta.get("stride_px") == config.stride
+        and meta.get("role") == config.class_map.role
+        and same_classes
+    ):
+        raise OutputError(
+            f"{out_dir} holds a dataset of {_describe(meta)}; this run makes {_describe(ours)}: "
+            "tiles of one dataset must match, so write to another folder (or give matching --mpp/--tile-px/"
+            "--stride-px/--model)"
+        )
+    slides = {s.get("slide"): s for s in meta.get("slides", []) if isinstance(s, dict)}
+    if slide_id in slides and not config.overwrite:
+        previous = slides[slide_id]
+        raise OutputError(
+            f"slide {slide_id!r} is already in {out_dir} ({previous.get('tiles', '?')} tiles from "
+            f"{previous.get('path')}): give --overwrite to replace its tiles, or rename the slide"
+            if Path(str(previous.get("path"))).resolve() == slide_path.resolve()
+            else f"a slide named {slide_id!r} ({previous.get('path')}) is already in {out_dir}: slide ids "
+            "are file names without extension and must be unique in a dataset; rename this slide, write "
+            "to another folder, or give --overwrite to replace it"
+        )
+    manifest = out_dir / "manifest.csv"
+    rows: list[dict[str, str]] = []
+    header = _manifest_header(config.class_map.labels)
+    if manifest.exists():
+        with open(manifest, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames != header:
+                raise OutputError(
+                    f"{manifest} has columns {reader.fieldnames}, expected {header}: the dataset is damaged; "
+                    "write to another folder"
+                )
+            rows = list(reader)
+    return _Existing(meta, rows)
+
+
+# --------------------------------------------------------------------------------------------- QA mask
+def _palette(class_map: ClassMap) -> np.ndarray:
+    cmap = np.zeros((3, 256), dtype=np.uint16)
+    for c in class_map.classes:
+        cmap[:, c.label] = [v * 257 for v in c.color]
+    cmap[:, IGNORE_LABEL] = [v * 257 for v in IGNORE_COLOR]
+    return cmap
+
+
+def legend(class_map: ClassMap) -> list[dict[str, Any]]:
+    """The QA mask's legend: every value with its name and palette colour (255 = ignore)."""
+    return [*class_map.to_json(), {"label": IGNORE_LABEL, "name": "Ignore", "color": list(IGNORE_COLOR)}]
+
+
+def write_label_mask_tiff(path: Path, rasterizer: LabelRasterizer, slide: Slide, qa_mpp: float) -> tuple[int, int]:
+    """Write the whole-slide label mask at ``qa_mpp`` as a tiled, pyramidal palette TIFF, strip by strip.
+
+    Levels halve the resolution until the largest side is at most 512 px; each level is rasterized at its own
+    um/px (no resampling of labels). Written to a temporary file renamed over ``path``. Returns the size of
+    level 0 ``(width, height)``.
+    """
+    import tifffile
+
+    qa_mpp = max(qa_mpp, slide.mpp)
+    levels: list[tuple[float, int, int]] = []
+    mpp = qa_mpp
+    while True:
+        width, height = slide.size_at_mpp(mpp)
+        levels.append((mpp, width, height))
+        if max(width, height) <= _QA_MIN_LEVEL_PX or len(levels) >= 12:
+            break
+        mpp *= 2
+    colormap = _palette(rasterizer.class_map)
+    tile = _QA_TILE_PX
+
+    def tiles(level_mpp: float, width: int, height: int) -> Iterator[np.ndarray]:
+        for y in range(0, height, tile):
+            strip = label_mask_for_window(rasterizer, slide, 0, y, width, min(tile, height - y), level_mpp)
+            for x in range(0, width, tile):
+                yield strip[:, x : x + tile]
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tifffile.TiffWriter(tmp, bigtiff=levels[0][1] * levels[0][2] > 2**31) as tif:
+            for k, (level_mpp, width, height) in enumerate(levels):
+                resolution = 10_000.0 / level_mpp
+                tif.write(
+                    tiles(level_mpp, width, height),
+                    shape=(height, width),
+                    dtype=np.uint8,
+                    tile=(tile, tile),
+                    photometric="palette",
+                    colormap=colormap,
+                    compression="zlib",
+                    subfiletype=0 if k == 0 else 1,
+                    resolution=(resolution, resolution),
+                    resolutionunit="CENTIMETER",
+                    description=json.dumps({"qpbridge": "label mask", "mpp": level_mpp}) if k == 0 else None,
+                )
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return levels[0][1], levels[0][2]
+
+
+# --------------------------------------------------------------------------------------------- the build
+def _check_extent(features: Sequence[Any], slide: Slide, geojson_path: Path, warnings: list[str]) -> None:
+    """Fail clearly when no object lies on the slide (a GeoJSON of another slide); warn about strays."""
+    geoms = np.empty(len(features), dtype=object)
+    geoms[:] = [f.geometry for f in features]
+    width, height = slide.dimensions
+    ox, oy = slide.qupath_offset_xy_px
+    slide_box = shapely.box(-ox, -oy, width - ox, height - oy)
+    on_slide = shapely.intersects(geoms, slide_box)
+    if not on_slide.any():
+        b = shapely.bounds(geoms)
+        raise GeoJSONError(
+            f"none of the {len(features)} objects in {geojson_path} lie on the slide {slide.path} "
+            f"({width} x {height} px at level 0): the objects span x {np.nanmin(b[:, 0]):.0f} to "
+            f"{np.nanmax(b[:, 2]):.0f}, y {np.nanmin(b[:, 1]):.0f} to {np.nanmax(b[:, 3]):.0f} px. "
+            "Is the GeoJSON from another slide? Export it from this slide's QuPath image"
+        )
+    off = int((~on_slide).sum())
+    if off:
+        warnings.append(f"{off} of {len(features)} objects lie wholly outside the slide ({width} x {height} px)")
+
+
+def _majority(counts: np.ndarray, labels: Sequence[int], background: int) -> int:
+    """The label with most pixels among the non-background classes (ties: higher label), else background."""
+    best, best_count = background, 0
+    for j, lab in enumerate(labels):
+        if lab != background and counts[j] > 0 and counts[j] >= best_count:
+            best, best_count = lab, int(counts[j])
+    return best
+
+
+def _save_png(path: Path, array: np.ndarray, compress_level: int) -> None:
+    Image.fromarray(np.ascontiguousarray(array)).save(path, format="PNG", compress_level=compress_level)
+
+
+class _Writer:
+    """Writes tile PNGs on a small thread pool (PNG encoding dominates; zlib runs without the GIL) and collects
+    manifest rows. At most ``_MAX_PENDING`` tiles wait, so memory stays bounded."""
+
+    def __init__(self, out_dir: Path, slide_id: str, config: MaskConfig, labels: Sequence[int], scale: float):
+        self.out_dir = out_dir
+        self.slide_id = slide_id
+        self.config = config
+        self.labels = labels
+        self.scale = scale
+        self.rows: list[dict[str, str]] = []
+        (out_dir / "images").mkdir(parents=True, exist_ok=True)
+        (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
+        self._pending: deque[Future[None]] = deque()
+
+    def write(self, x_t: int, y_t: int, rgb: np.ndarray, mask: np.ndarray, counts: np.ndarray) -> None:
+        """Queue one tile (image and mask copied, so the caller may reuse its arrays) and record its row."""
+        x0, y0 = int(round(x_t * self.scale)), int(round(y_t * self.scale))
+        name = f"{self.slide_id}_{x0}_{y0}.png"
+        level = self.config.png_compress_level
+        while len(self._pending) >= _MAX_PENDING:
+            self._pending.popleft().result()
+        for folder, array in (("images", rgb), ("masks", mask)):
+            self._pending.append(self._pool.submit(_save_png, self.out_dir / folder / name, array.copy(), level))
+        row = {
+            "slide": self.slide_id,
+            "image": f"images/{name}",
+            "mask": f"masks/{name}",
+            "x0_px": str(x0),
+            "y0_px": str(y0),
+            "mpp": repr(float(self.config.mpp)),
+            "tile_px": str(self.config.tile_px),
+        }
+        for j, lab in enumerate(self.labels):
+            row[f"count_{lab}"] = str(int(counts[j]))
+        row["count_ignore"] = str(int(counts[-1]))
+        self.rows.append(row)
+
+    def close(self) -> None:
+        """Wait for every queued tile (re-raising the first write error) and stop the threads."""
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def build_tile_dataset(
+    slide_path: str | os.PathLike[str],
+    geojson_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    config: MaskConfig | None = None,
+    progress: Progress | None = None,
+) -> DatasetSummary:
+    """Cut a slide and its QuPath GeoJSON into training tiles (RGB + label mask PNGs) with a manifest.
+
+    Parameters
+    ----------
+    slide_path
+        The slide (any format :func:`qpbridge.slide.open_slide` reads).
+    geojson_path
+        QuPath objects of that slide (:func:`qpbridge.qupath.read_geojson`), level-0 pixels.
+    out_dir
+        The dataset folder (created; a folder holding a dataset gets this slide appended).
+    config
+        :class:`MaskConfig` (default: DeepBatch classes at 0.5 um/px, 256 px tiles).
+    progress
+        Called as ``progress(stage, done, total)`` with stage ``"scan"`` or ``"write"`` (blocks).
+
+    Returns
+    -------
+    DatasetSummary
+        Counts of pixels per label, tiles kept and written per class, paths, warnings.
+
+    Raises
+    ------
+    InputError
+        Missing files, bad options, unknown classes (listed with counts), no pixel size.
+    GeoJSONError
+        An empty GeoJSON, no area objects, or objects that all lie off the slide.
+    OutputError
+        DIR is a file, holds something else, holds a dataset of other settings or this slide already.
+
+    Example
+    -------
+    >>> s = build_tile_dataset("a.svs", "a.geojson", "tiles", MaskConfig(dry_run=True))  # doctest: +SKIP
+    >>> s.kept_by_class                                                                   # doctest: +SKIP
+    {0: 812, 1: 40, 2: 13, 3: 96}
+    """
+    from qpbridge.qupath import read_geojson, require_features
+
+    started = time.perf_counter()
+    config = (config or MaskConfig()).checked()
+    slide_path, geojson_path, out_dir = Path(slide_path), Path(geojson_path), Path(out_dir)
+    if not slide_path.exists():
+        raise InputError(f"slide not found: {slide_path}: check the path")
+    if not geojson_path.is_file():
+        raise InputError(
+            f"GeoJSON not found: {geojson_path}: export the objects from QuPath "
+            "(File > Export objects as GeoJSON) and give that file"
+        )
+    slide_id = slide_path.stem
+    existing = None if config.dry_run else _open_existing(out_dir, config, slide_id, slide_path)
+
+    with open_slide(slide_path, mpp=config.slide_mpp) as slide:
+        if not slide.has_mpp:
+            raise InputError(
+                f"{slide_path} has no pixel size in its metadata: give it with --slide-mpp (um/px at full "
+                "resolution, e.g. --slide-mpp 0.25 for a 40x scan)"
+            )
+        warnings: list[str] = []
+        if config.mpp < slide.mpp * 0.99:
+            warnings.append(
+                f"tiles at {config.mpp} um/px are finer than the slide ({slide.mpp:.4g} um/px): images are upsampled"
+            )
+        result = require_features(read_geojson(geojson_path), geojson_path)
+        warnings.extend(result.warnings[:20])
+        if len(result.warnings) > 20:
+            warnings.append(f"... and {len(result.warnings) - 20} more GeoJSON warnings")
+        _check_extent(result.features, slide, geojson_path, warnings)
+        rasterizer = LabelRasterizer(
+            result.features,
+            config.class_map,
+            overlap=config.overlap,
+            reviewed=config.reviewed,
+            ignore_unknown=config.ignore_unknown,
+            priority=config.priority,
+            source=str(geojson_path),
+        )
+        warnings.extend(rasterizer.report.notes())
+        if rasterizer.n_painted == 0 and rasterizer.n_regions == 0:
+            raise GeoJSONError(
+                f"{geojson_path} holds no area objects to make labels from ({len(result.features)} objects, "
+                "none a polygon of a mapped class): draw or export annotations with areas"
+            )
+        if config.reviewed == "region" and rasterizer.reviewed_effective == "all":
+            warnings.append("no 'Region*' objects: the whole slide counts as reviewed (--reviewed all)")
+
+        summary = _run(slide, rasterizer, config, out_dir, slide_id, geojson_path, existing, warnings, progress)
+        summary.objects_painted, summary.objects_regions = rasterizer.n_painted, rasterizer.n_regions
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The tiles of a slide at the target um/px: starts along x and y, blocks, sizes."""
+
+    mpp: float
+    tile_px: int
+    width_px: int
+    height_px: int
+    xs: list[int]
+    ys: list[int]
+    blocks: list[_Block]
+
+    @classmethod
+    def of(cls, slide: Slide, config: MaskConfig) -> _Grid:
+        width, height = slide.size_at_mpp(config.mpp)
+        xs = tile_starts(width, config.tile_px, config.stride)
+        ys = tile_starts(height, config.tile_px, config.stride)
+        # A block is read from the level chosen for mpp: when that level is finer than the target, shrink the
+        # block so the pixels read (not only the pixels kept) stay within block_px x block_px.
+        level = slide.level_for_mpp(config.mpp)
+        finer = slide.scale_for_mpp(config.mpp) / slide.level_downsamples[level]
+        block_px = max(config.tile_px, int(config.block_px / finer)) if finer > 1 else config.block_px
+        blocks = _blocks(xs, ys, config.tile_px, config.stride, block_px)
+        return cls(config.mpp, config.tile_px, width, height, xs, ys, blocks)
+
+    @property
+    def n_tiles(self) -> int:
+        return len(self.xs) * len(self.ys)
+
+    def tiles(self, block: _Block) -> list[int]:
+        """Indices (row-major over the whole grid) of a block's tiles."""
+        return [iy * len(self.xs) + ix for iy in block.iy for ix in block.ix]
+
+    def origin(self, t: int) -> tuple[int, int]:
+        """Top-left target pixel of tile ``t``."""
+        return self.xs[t % len(self.xs)], self.ys[t // len(self.xs)]
+
+    def owned(self, block: _Block) -> tuple[int, int]:
+        """Width and height of the part of a block no later block covers, inside the grid (for pixel totals)."""
+        last_x, last_y = block.ix[-1] + 1, block.iy[-1] + 1
+        x1 = min(self.width_px, self.xs[last_x] if last_x < len(self.xs) else self.width_px)
+        y1 = min(self.height_px, self.ys[last_y] if last_y < len(self.ys) else self.height_px)
+        return x1 - block.x_px, y1 - block.y_px
+
+
+@dataclass
+class _Scan:
+    """Per-tile label counts (columns: class labels, then 255), the keep decision and slide-wide totals."""
+
+    counts: np.ndarray
+    keep: np.ndarray
+    pixel_totals: np.ndarray
+
+
+def _scan(
+    slide: Slide,
+    rasterizer: LabelRasterizer,
+    config: MaskConfig,
+    grid: _Grid,
+    tissue: _TissueFractions | None,
+    writer: _Writer | None,
+    progress: Progress | None,
+) -> _Scan:
+    """Rasterize every block once: count labels per tile, decide which tiles to keep, write them if ``writer``."""
+    columns = np.asarray([*config.class_map.labels, IGNORE_LABEL])
+    tile, area = grid.tile_px, grid.tile_px * grid.tile_px
+    scan = _Scan(
+        np.zeros((grid.n_tiles, len(columns)), dtype=np.int64),
+        np.zeros(grid.n_tiles, dtype=bool),
+        np.zeros(256, dtype=np.int64),
+    )
+    min_labelled = max(1, math.ceil(config.min_labelled_frac * area))
+    # Pixels that count as "something drawn here": every labelled pixel, except uncovered background ones.
+    background = rasterizer.fill_label if rasterizer.uncovered_label == rasterizer.fill_label else None
+    for b, block in enumerate(grid.blocks):
+        labels = label_mask_for_window(rasterizer, slide, block.x_px, block.y_px, block.width_px, block.height_px,
+                                       grid.mpp)  # fmt: skip
+        own_w, own_h = grid.owned(block)
+        scan.pixel_totals += np.bincount(labels[:own_h, :own_w].ravel(), minlength=256)
+        kept: list[int] = []
+        for t in grid.tiles(block):
+            x, y = grid.origin(t)
+            ox, oy = x - block.x_px, y - block.y_px
+            tile_counts = np.bincount(labels[oy : oy + tile, ox : ox + tile].ravel(), minlength=256)
+            scan.counts[t] = tile_counts[columns]
+            labelled = area - int(tile_counts[IGNORE_LABEL])
+            if labelled < min_labelled:
+                continue
+            if tissue is not None:
+                drawn = labelled - (int(tile_counts[background]) if background is not None else 0)
+                need = config.min_tissue_frac
+                if drawn < need * area and tissue.fraction(x, y, tile, tile) < need:
+                    continue
+            scan.keep[t] = True
+            kept.append(t)
+        if writer is not None and kept:
+            _write_tiles(slide, writer, grid, kept, scan.counts, labels, (block.x_px, block.y_px))
+        if progress is not None:
+            progress("write" if writer is not None else "scan", b + 1, len(grid.blocks))
+    return scan
+
+
+def _sample(scan: _Scan, labels: Sequence[int], background: int, config: MaskConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Each kept tile's majority class (-1 for tiles not kept) and the tiles selected under ``max_per_class``."""
+    majority = np.full(len(scan.keep), -1, dtype=np.int64)
+    for t in np.flatnonzero(scan.keep).tolist():
+        majority[t] = _majority(scan.counts[t], labels, background)
+    selected = scan.keep.copy()
+    if config.max_per_class is not None:
+        rng = np.random.default_rng(config.seed)
+        for lab in labels:
+            members = np.flatnonzero(majority == lab)
+            if len(members) > config.max_per_class:
+                chosen = rng.choice(members, size=config.max_per_class, replace=False)
+                selected[np.setdiff1d(members, chosen)] = False
+    return majority, selected
+
+
+def _run(
+    slide: Slide,
+    rasterizer: LabelRasterizer,
+    config: MaskConfig,
+    out_dir: Path,
+    slide_id: str,
+    geojson_path: Path,
+    existing: _Existing | None,
+    warnings: list[str],
+    progress: Progress | None,
+) -> DatasetSummary:
+    grid = _Grid.of(slide, config)
+    labels = list(config.class_map.labels)
+    summary = DatasetSummary(
+        slide_id=slide_id,
+        slide_path=str(slide.path),
+        geojson_path=str(geojson_path),
+        out_dir=str(out_dir),
+        dry_run=config.dry_run,
+        mpp=config.mpp,
+        tile_px=config.tile_px,
+        stride_px=config.stride,
+        slide_mpp=slide.mpp,
+        slide_size_px=slide.dimensions,
+        grid_size_px=(grid.width_px, grid.height_px),
+        classes=config.class_map.to_json(),
+        reviewed_effective=rasterizer.reviewed_effective,
+        tiles_total=grid.n_tiles,
+        blocks=len(grid.blocks),
+        warnings=warnings,
+    )
+    tissue: _TissueFractions | None = None
+    if config.min_tissue_frac > 0:
+        from qpbridge.tissue import detect_tissue
+
+        found = detect_tissue(slide, mpp=config.tissue_mpp)
+        tissue = _TissueFractions(found.tissue, found.affine, slide.affine_at(config.mpp))
+
+    writer = None if config.dry_run else _Writer(out_dir, slide_id, config, labels, slide.scale_for_mpp(config.mpp))
+    try:
+        # Without sampling one pass writes as it goes; with sampling, pass 1 counts and pass 2 writes the chosen.
+        single_pass = config.max_per_class is None
+        scan = _scan(slide, rasterizer, config, grid, tissue, writer if single_pass else None, progress)
+        majority, selected = _sample(scan, labels, rasterizer.fill_label, config)
+        if writer is not None and not single_pass:
+            todo = [[t for t in grid.tiles(block) if selected[t]] for block in grid.blocks]
+            todo = [tiles for tiles in todo if tiles]
+            for done, tiles in enumerate(todo):
+                _write_tiles(slide, writer, grid, tiles, scan.counts, rasterizer)
+                if progress is not None:
+                    progress("write", done + 1, len(todo))
+    finally:
+        if writer is not None:
+            writer.close()
+
+    columns = [*labels, IGNORE_LABEL]
+    summary.tiles_kept = int(scan.keep.sum())
+    summary.tiles_selected = int(selected.sum())
+    summary.tiles_written = 0 if config.dry_run else summary.tiles_selected
+    summary.kept_by_class = {lab: int((majority == lab).sum()) for lab in labels}
+    summary.written_by_class = {lab: int((majority[selected] == lab).sum()) for lab in labels}
+    summary.pixels_by_label = {v: int(scan.pixel_totals[v]) for v in columns}
+    summary.written_pixels_by_label = {v: int(scan.counts[selected, j].sum()) for j, v in enumerate(columns)}
+    if writer is None:
+        return summary
+    qa_rel: str | None = None
+    if config.qa_mpp is not None:
+        (out_dir / "qa").mkdir(parents=True, exist_ok=True)
+        qa_rel = f"qa/{slide_id}_label_mask.tiff"
+        write_label_mask_tiff(out_dir / qa_rel, rasterizer, slide, config.qa_mpp)
+        summary.qa_mask = str(out_dir / qa_rel)
+    _commit(out_dir, config, slide, slide_id, summary, writer.rows, existing, qa_rel)
+    return summary
+
+
+def _write_tiles(
+    slide: Slide,
+    writer: _Writer,
+    grid: _Grid,
+    tiles: Sequence[int],
+    counts: np.ndarray,
+    labels: np.ndarray | LabelRasterizer,
+    labels_origin: tuple[int, int] = (0, 0),
+) -> None:
+    """Read the image once over the bounding box of ``tiles`` and queue each tile with its mask.
+
+    ``labels`` is the label array of a window starting at ``labels_origin`` that covers the tiles, or a
+    :class:`LabelRasterizer` to rasterize the bounding box with.
+    """
+    tile = grid.tile_px
+    origins = [grid.origin(t) for t in tiles]
+    x0, y0 = min(x for x, _ in origins), min(y for _, y in origins)
+    width, height = max(x for x, _ in origins) + tile - x0, max(y for _, y in origins) + tile - y0
+    rgb = slide.read_region_at(x0, y0, width, height, grid.mpp)
+    if isinstance(labels, LabelRasterizer):
+        labels = label_mask_for_window(labels, slide, x0, y0, width, height, grid.mpp)
+        labels_origin = (x0, y0)
+    lx, ly = labels_origin
+    for t, (x, y) in zip(tiles, origins, strict=True):
+        writer.write(
+            x,
+            y,
+            rgb[y - y0 : y - y0 + tile, x - x0 : x - x0 + tile],
+            labels[y - ly : y - ly + tile, x - lx : x - lx + tile],
+            counts[t],
+        )
+
+
+def _commit(
+    out_dir: Path,
+    config: MaskConfig,
+    slide: Slide,
+    slide_id: str,
+    summary: DatasetSummary,
+    rows: list[dict[str, str]],
+    existing: _Existing | None,
+    qa_rel: str | None,
+) -> None:
+    """Write manifest.csv, then dataset.json (temp + rename each); then drop a replaced slide's old tiles."""
+    header = _manifest_header(config.class_map.labels)
+    slides: list[dict[str, Any]] = []
+    old_rows: list[dict[str, str]] = []
+    stale: set[str] = set()
+    if existing is not None:
+        listed = {s.get("slide") for s in existing.meta.get("slides", []) if isinstance(s, dict)}
+        for row in existing.rows:
+            if row["slide"] == slide_id:
+                stale.update((row["image"], row["mask"]))
+            elif row["slide"] in listed:
+                old_rows.append(row)
+        dropped = sum(1 for row in existing.rows if row["slide"] not in listed)
+        if dropped:
+            summary.warnings.append(f"dropped {dropped} manifest rows of an interrupted earlier run")
+        for s in existing.meta.get("slides", []):
+            if not isinstance(s, dict):
+                continue
+            if s.get("slide") != slide_id:
+                slides.append(s)
+            elif isinstance(s.get("label_mask"), str):
+                stale.add(s["label_mask"])
+    entry: dict[str, Any] = {
+        "slide": slide_id,
+        "path": str(Path(summary.slide_path).resolve()),
+        "geojson": str(Path(summary.geojson_path).resolve()),
+        "slide_mpp": slide.mpp,
+        "tiles": len(rows),
+        "reviewed": summary.reviewed_effective,
+    }
+    if qa_rel is not None:
+        entry["label_mask"] = qa_rel
+        entry["label_mask_mpp"] = max(config.qa_mpp or 0.0, slide.mpp)
+    slides.append(entry)
+    buffer = io.StringIO()
+    csv_writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\n")
+    csv_writer.writeheader()
+    csv_writer.writerows(old_rows)
+    csv_writer.writerows(rows)
+    meta = {
+        "format": DATASET_FORMAT,
+        "mpp": config.mpp,
+        "tile_px": config.tile_px,
+        "stride_px": config.stride,
+        "ignore_label": IGNORE_LABEL,
+        "role": config.class_map.role,
+        "classes": config.class_map.to_json(),
+        "slides": slides,
+        "qpbridge_version": __version__,
+        "label_mask_legend": legend(config.class_map),
+    }
+    _atomic_write_text(out_dir / "manifest.csv", buffer.getvalue())
+    _atomic_write_text(out_dir / "dataset.json", json.dumps(meta, indent=2) + "\n")
+    written = {r["image"] for r in rows} | {r["mask"] for r in rows} | ({qa_rel} if qa_rel else set())
+    for rel in stale - written:
+        (out_dir / rel).unlink(missing_ok=True)
