@@ -592,7 +592,8 @@ def is_geojson_path(path: str | os.PathLike[str]) -> bool:
 
 
 def _labels_from_geojson(path: str | os.PathLike[str], class_map: Mapping[str, int] | None, *,
-                         truth: bool) -> tuple[Any, tuple[int, ...], dict[int, str], tuple[float, ...] | None]:
+                         truth: bool, role: str = "cell"
+                         ) -> tuple[Any, tuple[int, ...], dict[int, str], tuple[float, ...] | None]:
     """Prepare a GeoJSON file for rasterizing windows: ``(window(shape_hw, affine) -> labels, labels, names, bounds)``.
 
     Uses :mod:`qpbridge.rasterize` (imported here, so that mask evaluation works without it). The truth is
@@ -606,7 +607,9 @@ def _labels_from_geojson(path: str | os.PathLike[str], class_map: Mapping[str, i
     except ImportError as exc:
         raise InputError(f"evaluating GeoJSON needs {exc.name}, which this installation lacks: "
                          "compare label masks (PNG/TIFF) instead") from None
-    if class_map:
+    if role == "roi":
+        cmap = ClassMap.roi()
+    elif class_map:
         names = _names_by_label(class_map)
         known = {c.label: c.color for c in DEEPBATCH_CLASSES}
         infos = [ClassInfo(label, name, known.get(label, (128, 128, 128))) for label, name in sorted(names.items())]
@@ -614,23 +617,32 @@ def _labels_from_geojson(path: str | os.PathLike[str], class_map: Mapping[str, i
     else:
         cmap = ClassMap.deepbatch()
     features = list(read_geojson(path).features)
-    rasterizer = LabelRasterizer(features, cmap, reviewed="region" if truth else "all", source=str(path))
+    if not truth:
+        # A prediction holds the ROI model's regions and the cell model's classes: keep the role's own.
+        roi_names = {c.name for c in ClassMap.roi().classes if c.label != 0}
+        features = [f for f in features if (f.class_name in roi_names) == (role == "roi")]
+    rasterizer = LabelRasterizer(features, cmap, reviewed="region" if truth else "all", source=str(path),
+                                 ignore_unknown=not truth)
     return (rasterizer.window, cmap.labels, {c.label: c.name for c in cmap.classes}, rasterizer.bounds())
 
 
 def evaluate_geojson(pred_path: str | os.PathLike[str], truth_path: str | os.PathLike[str], *,
                      class_map: Mapping[str, int] | None = None, slide: str | os.PathLike[str] | None = None,
-                     mpp: float | None = None, block_px: int = 4096) -> SegmentationMetrics:
+                     mpp: float | None = None, block_px: int = 4096, role: str = "cell") -> SegmentationMetrics:
     """Compare two QuPath GeoJSON files over a slide, rasterized block by block at ``mpp`` um/px.
 
     With ``slide`` the whole slide is compared (at ``mpp``, default the slide's own um/px); without it, the union
     of both files' feature bounds at level-0 pixels. ``class_map`` maps QuPath class names to labels (default:
-    the DeepBatch classes). Memory is bounded by one block of ``block_px`` x ``block_px`` pixels.
+    the DeepBatch classes). ``role="roi"`` compares the prediction's "ROI" regions with the truth's lesions
+    (every DeepBatch lesion class counts as ROI). Memory is bounded by one block of ``block_px`` x ``block_px``
+    pixels.
     """
+    if role not in ("cell", "roi"):
+        raise InputError(f"--role must be cell or roi, got {role!r}")
     from affine import Affine
 
-    pred_window, labels, names, pred_bounds = _labels_from_geojson(pred_path, class_map, truth=False)
-    truth_window, _, _, truth_bounds = _labels_from_geojson(truth_path, class_map, truth=True)
+    pred_window, labels, names, pred_bounds = _labels_from_geojson(pred_path, class_map, truth=False, role=role)
+    truth_window, _, _, truth_bounds = _labels_from_geojson(truth_path, class_map, truth=True, role=role)
     if slide is not None:
         from qpbridge.slide import open_slide
 

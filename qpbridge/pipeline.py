@@ -145,21 +145,42 @@ def _check_output(output: Path) -> None:
         raise OutputError(f"output {output} must end in .geojson or .geojson.gz (what QuPath imports)")
 
 
+def _nearest_index(
+    source_shape: tuple[int, ...], source_affine: Affine, out_affine: Affine, out_shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Nearest-neighbour lookup between two axis-aligned grids (via level-0 coordinates).
+
+    Returns ``(out_rows, out_cols, source_rows, source_cols)``: the output rows/columns whose pixel centres fall
+    inside the source, and the source row/column each one reads.
+    """
+    height, width = out_shape
+    to_source = ~source_affine @ out_affine
+    cols = np.floor(to_source.a * (np.arange(width) + 0.5) + to_source.c).astype(np.int64)
+    rows = np.floor(to_source.e * (np.arange(height) + 0.5) + to_source.f).astype(np.int64)
+    out_cols = np.flatnonzero((cols >= 0) & (cols < source_shape[1]))
+    out_rows = np.flatnonzero((rows >= 0) & (rows < source_shape[0]))
+    return out_rows, out_cols, rows[out_rows], cols[out_cols]
+
+
+def _apply(affine: Affine, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``affine`` applied to arrays of x and y."""
+    return affine.a * xs + affine.b * ys + affine.c, affine.d * xs + affine.e * ys + affine.f
+
+
 def sample_mask(mask: np.ndarray, mask_affine: Affine, out_affine: Affine, out_shape: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour sample of a boolean mask onto another axis-aligned grid (via level-0 coordinates).
 
     Output pixel centres are mapped to level 0 by ``out_affine`` and into ``mask`` by ``~mask_affine``;
     centres outside ``mask`` read False.
+
+    >>> m = np.zeros((2, 2), bool); m[0, 1] = True
+    >>> sample_mask(m, Affine.scale(4), Affine.scale(2), (4, 4)).astype(int).tolist()
+    [[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0]]
     """
-    height, width = out_shape
-    to_mask = ~mask_affine * out_affine
-    cols = np.floor(to_mask.a * (np.arange(width) + 0.5) + to_mask.c).astype(np.int64)
-    rows = np.floor(to_mask.e * (np.arange(height) + 0.5) + to_mask.f).astype(np.int64)
-    col_ok = (cols >= 0) & (cols < mask.shape[1])
-    row_ok = (rows >= 0) & (rows < mask.shape[0])
     out = np.zeros(out_shape, dtype=bool)
-    if col_ok.any() and row_ok.any():
-        out[np.ix_(row_ok, col_ok)] = mask[np.ix_(rows[row_ok], cols[col_ok])]
+    out_rows, out_cols, rows, cols = _nearest_index(mask.shape, mask_affine, out_affine, out_shape)
+    if len(out_rows) and len(out_cols):
+        out[np.ix_(out_rows, out_cols)] = mask[np.ix_(rows, cols)]
     return out
 
 
@@ -199,7 +220,7 @@ class _ProbabilityLedger:
                 ids, first = np.unique(flat, return_index=True)
                 first = first[np.isin(ids, edge_ids)]
                 rows, cols = np.divmod(first, labels.shape[1])
-                xs, ys = affine * (cols + 0.5, rows + 0.5)
+                xs, ys = _apply(affine, cols + 0.5, rows + 0.5)
                 parts.append((np.column_stack([xs, ys]), np.full(len(edge_ids), label), sums[edge_ids],
                               counts[edge_ids]))
         self.points = np.concatenate([p[0] for p in parts])
@@ -215,14 +236,14 @@ class _ProbabilityLedger:
         rest = np.ones(len(emitted), dtype=bool)
         if self._block and not last:
             height, width = self._shape
-            x0, y0 = self._affine * (0, 0)
-            x1, y1 = self._affine * (width, height)
+            x0, y0 = self._affine @ (0, 0)
+            x1, y1 = self._affine @ (width, height)
             bounds = shapely.bounds(emitted.polygons)
             inside = (bounds[:, 0] > x0) & (bounds[:, 1] > y0) & (bounds[:, 2] < x1) & (bounds[:, 3] < y1)
             if inside.any():
                 where = np.flatnonzero(inside)
                 xy = shapely.get_coordinates(shapely.point_on_surface(emitted.polygons[where]))
-                cols, rows = ~self._affine * (xy[:, 0], xy[:, 1])
+                cols, rows = _apply(~self._affine, xy[:, 0], xy[:, 1])
                 cols = np.clip(np.floor(cols).astype(np.int64), 0, width - 1)
                 rows = np.clip(np.floor(rows).astype(np.int64), 0, height - 1)
                 for label, (components, sums, counts) in self._block.items():
@@ -255,17 +276,14 @@ class _Overlay:
         width, height = slide.dimensions
         self.mpp = max(slide.mpp * max(width, height) / max_px, slide.mpp)
         self.rgb, self.affine = slide.read_whole_at(self.mpp)
-        self.labels = np.zeros(self.rgb.shape[:2], dtype=np.uint8)
-        self.roi = np.zeros(self.rgb.shape[:2], dtype=bool)
+        shape = (int(self.rgb.shape[0]), int(self.rgb.shape[1]))
+        self.labels = np.zeros(shape, dtype=np.uint8)
+        self.roi = np.zeros(shape, dtype=bool)
 
     def paint(self, labels: np.ndarray, labels_affine: Affine) -> None:
-        to_block = ~labels_affine * self.affine
-        cols = np.floor(to_block.a * (np.arange(self.labels.shape[1]) + 0.5) + to_block.c).astype(np.int64)
-        rows = np.floor(to_block.e * (np.arange(self.labels.shape[0]) + 0.5) + to_block.f).astype(np.int64)
-        col_sel = np.flatnonzero((cols >= 0) & (cols < labels.shape[1]))
-        row_sel = np.flatnonzero((rows >= 0) & (rows < labels.shape[0]))
-        if len(col_sel) and len(row_sel):
-            self.labels[np.ix_(row_sel, col_sel)] = labels[np.ix_(rows[row_sel], cols[col_sel])]
+        out_rows, out_cols, rows, cols = _nearest_index(labels.shape, labels_affine, self.affine, self.labels.shape)
+        if len(out_rows) and len(out_cols):
+            self.labels[np.ix_(out_rows, out_cols)] = labels[np.ix_(rows, cols)]
 
     def save(self, path: Path, colors: dict[int, tuple[int, int, int]], roi_color: tuple[int, int, int]) -> None:
         from PIL import Image
@@ -372,7 +390,7 @@ def predict_slide(
                 roi_fraction = float(roi_mask.sum() / max(roi_tissue.sum(), 1))
                 emit(_roi_features(roi_mask, roi_affine, roi_model, slide_mpp, config))
                 if overlay is not None:
-                    overlay.roi = sample_mask(roi_mask, roi_affine, overlay.affine, overlay.roi.shape)
+                    overlay.roi = sample_mask(roi_mask, roi_affine, overlay.affine, overlay.labels.shape)
                 margin_px = int(round(config.roi_margin_um / roi_model.card.mpp))
                 dilated = ndimage.binary_dilation(roi_mask, iterations=margin_px) if margin_px else roi_mask
                 gate = (dilated, roi_affine)
@@ -566,8 +584,8 @@ def _heatmap_features(
                 continue
             patch = probs[:, y:y + heat_px, x:x + heat_px][:, sel]
             means = patch.mean(axis=1)
-            x0, y0 = block_affine * (x, y)
-            x1, y1 = block_affine * (min(x + heat_px, width), min(y + heat_px, height))
+            x0, y0 = block_affine @ (x, y)
+            x1, y1 = block_affine @ (min(x + heat_px, width), min(y + heat_px, height))
             best = card.classes[int(means.argmax())]
             features.append(Feature(
                 geometry=shapely.box(x0, y0, x1, y1), class_name=best.name, color=best.color, object_type="tile",

@@ -65,7 +65,7 @@ import shapely
 from affine import Affine
 from rasterio.features import rasterize as _rio_rasterize
 
-from qpbridge.classes import DEEPBATCH_CLASSES, IGNORE_LABEL, ClassInfo
+from qpbridge.classes import DEEPBATCH_CLASSES, IGNORE_LABEL, ROI_CLASS, ClassInfo
 from qpbridge.errors import InputError
 
 __all__ = [
@@ -183,6 +183,17 @@ class ClassMap:
     def deepbatch(cls) -> ClassMap:
         """The DeepBatch cell classes (0 Normal, 1 Benign, 2 In situ carcinoma, 3 Invasive carcinoma)."""
         return cls.from_classes(DEEPBATCH_CLASSES, role="cell")
+
+    @classmethod
+    def roi(cls) -> ClassMap:
+        """The ROI classes (0 Background; 1 ROI, which every DeepBatch lesion class maps to).
+
+        >>> ClassMap.roi().lookup("In situ carcinoma"), ClassMap.roi().lookup("Tissue")
+        (1, 0)
+        """
+        background = ClassInfo(0, "Background", (0, 0, 0))
+        aliases = {c.name: ROI_CLASS.label for c in DEEPBATCH_CLASSES if c.label != 0}
+        return cls.from_classes((background, ROI_CLASS), aliases, role="roi")
 
     @classmethod
     def from_card(cls, card: Any) -> ClassMap:
@@ -633,6 +644,13 @@ class LabelRasterizer:
         return rank
 
     # -- queries -----------------------------------------------------------------------------------
+    def bounds(self) -> tuple[float, float, float, float] | None:
+        """Level-0 bounds (xmin, ymin, xmax, ymax) of everything painted, or None when nothing is."""
+        if not len(self._geoms):
+            return None
+        xmin, ymin, xmax, ymax = shapely.total_bounds(self._geoms)
+        return float(xmin), float(ymin), float(xmax), float(ymax)
+
     @property
     def n_painted(self) -> int:
         """Objects that carry a label (or ignore)."""

@@ -25,7 +25,8 @@ def register(app: typer.Typer) -> None:
             "Examples:\n\n"
             "  qpbridge evaluate pred.png truth.png --class-map 'Normal=0,Benign=1,In situ carcinoma=2,"
             "Invasive carcinoma=3'\n\n"
-            "  qpbridge evaluate pred.geojson truth.geojson --slide slide.svs --mpp 2 --json"
+            "  qpbridge evaluate pred.geojson truth.geojson --slide slide.svs --mpp 2 --json\n\n"
+            "  qpbridge evaluate pred.geojson truth.geojson --slide slide.svs --mpp 2 --role roi"
         ),
     )
     def evaluate_cmd(
@@ -38,6 +39,10 @@ def register(app: typer.Typer) -> None:
             help="Class names: 'Name=label,...', a dataset.json/card.json/JSON {name: label} file, or a model name.",
         ),
         probs: Path | None = typer.Option(None, "--probs", help="Masks: class probabilities (C x H x W .npy/TIFF)."),
+        role: str = typer.Option(
+            "cell", "--role",
+            help="GeoJSON: cell (the four DeepBatch classes) or roi (predicted ROI regions vs the truth's lesions).",
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
         with reported_errors():
@@ -50,7 +55,7 @@ def register(app: typer.Typer) -> None:
             if all(geo):
                 if probs is not None:
                     raise InputError("--probs applies to label masks, not GeoJSON")
-                result = evaluate_geojson(pred, truth, class_map=mapping, slide=slide, mpp=mpp)
+                result = evaluate_geojson(pred, truth, class_map=mapping, slide=slide, mpp=mpp, role=role)
             else:
                 if slide is not None or mpp is not None:
                     raise InputError("--slide and --mpp apply to GeoJSON inputs; masks are compared pixel by pixel")

@@ -115,6 +115,9 @@ def register(app: typer.Typer) -> None:
             "--out",
             help="Dataset folder (created; one that holds a dataset gets this slide added).",
         ),
+        role: str = typer.Option(
+            "cell", "--role", help="Without --model: cell (the four DeepBatch classes) or roi (Background/ROI)."
+        ),
         model: str | None = typer.Option(
             None, "--model", help="Model name or directory: its classes, um/px and tile size."
         ),
@@ -170,7 +173,10 @@ def register(app: typer.Typer) -> None:
             if model is not None:
                 config = load_card_config(model, mpp=mpp, tile_px=tile_px)
             else:
+                if role not in ("cell", "roi"):
+                    raise InputError(f"--role must be cell or roi, got {role!r}")
                 config = MaskConfig(
+                    class_map=ClassMap.roi() if role == "roi" else ClassMap.deepbatch(),
                     mpp=DEFAULT_MPP if mpp is None else mpp,
                     tile_px=DEFAULT_TILE_PX if tile_px is None else tile_px,
                 )

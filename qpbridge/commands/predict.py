@@ -6,7 +6,15 @@ import time
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from qpbridge.commands._common import err_console, reported_errors, warn
 from qpbridge.errors import InputError, OutputError, QpbridgeError
@@ -113,7 +121,7 @@ def _predict_one(predict_slide: object, slide_path: Path, target: Path, config: 
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
     )
     with Progress(*columns, console=err_console, transient=True) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def progress(stage: str, done: int, total: int, windows: int) -> None:
             if stage not in tasks:

@@ -1,0 +1,192 @@
+"""Benchmark of ``qpbridge predict``: conv peak, model efficiency inside predict, overheads, ROI savings, memory.
+
+Prints, in one run on one machine (asserts nothing about time):
+
+1. a reference conv throughput of this machine (GFLOP/s of a large 3x3 convolution, batched);
+2. the cell model's achieved GFLOP/s inside predict and its ratio to (1)            (target >= 0.8);
+3. predict's wall time / the pure forward time of the same tiles                    (target <= 1.15);
+4. high-magnification work with the ROI gate / work with ``--no-roi``                 (target <= 0.15);
+5. peak RSS of predict on a small and a large synthetic slide (each in its own process) (target <= 2 GB,
+   within 10% of each other).
+
+Usage::
+
+    python benchmarks/predict.py                         # 20,000 x 15,000 and 40,000 x 30,000 slides, CPU
+    python benchmarks/predict.py --large 80000x60000     # the issue's large slide (synth takes ~15 min)
+    python benchmarks/predict.py --device cuda --batch-size 64
+
+Slides are cached in ``--workdir`` (default ``/tmp/qpbridge-bench``) between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def conv_reference_gflops(device: torch.device, seconds: float = 3.0) -> float:
+    """GFLOP/s of a 64->64 channel 3x3 convolution over a batch of 8 x 256 x 256 (float32 on CPU)."""
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).to(device).eval()
+    x = torch.randn(8, 64, 256, 256, device=device)
+    flops = 2 * 8 * 64 * 64 * 9 * 256 * 256
+    with torch.inference_mode():
+        for _ in range(2):
+            conv(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        runs, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            conv(x)
+            runs += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+    return flops * runs / elapsed / 1e9
+
+
+def model_flops_per_window(model: object, device: torch.device) -> float:
+    """FLOPs of one forward of one tile (torch's flop counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    card = model.card  # type: ignore[attr-defined]
+    x = torch.randn(1, 3, card.tile_px, card.tile_px, device=device)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model.network(x)  # type: ignore[attr-defined]
+    return float(counter.get_total_flops())
+
+
+def pure_forward_seconds(model: object, device: torch.device, windows: int, batch: int) -> float:
+    """Seconds to run ``windows`` tiles through the network in batches, nothing else."""
+    card = model.card  # type: ignore[attr-defined]
+    x = torch.randn(batch, 3, card.tile_px, card.tile_px, device=device)
+    with torch.inference_mode():
+        model.network(x)  # type: ignore[attr-defined]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        done = 0
+        while done < windows:
+            model.network(x)  # type: ignore[attr-defined]
+            done += batch
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return (time.perf_counter() - start) * windows / done
+
+
+def ensure_slide(workdir: Path, width: int, height: int, seed: int) -> Path:
+    path = workdir / f"bench_{width}x{height}_s{seed}.svs"
+    if not path.exists():
+        from qpbridge.synth import write_synthetic_slide
+
+        start = time.perf_counter()
+        write_synthetic_slide(path, width_px=width, height_px=height, seed=seed)
+        print(f"  synthesized {path.name} in {time.perf_counter() - start:.0f} s", flush=True)
+    return path
+
+
+def child_predict(args: argparse.Namespace) -> None:
+    """Run predict once in this process and print its summary and peak RSS as JSON (for the parent)."""
+    from qpbridge.pipeline import PredictConfig, predict_slide
+
+    config = PredictConfig(device=args.device, batch_size=args.batch_size, use_roi=not args.no_roi,
+                           model_roi=args.model_roi, model_cell=args.model_cell)
+    start = time.perf_counter()
+    summary = predict_slide(args.child, args.out, config)
+    wall = time.perf_counter() - start
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"wall_s": wall, "rss_mb": rss_mb, "windows_run": summary.windows_run,
+                      "forward_s": summary.forward_s, "timings": summary.timings_s,
+                      "features": summary.features_written, "saved": summary.high_mag_saved_frac,
+                      "roi_fraction": summary.roi_fraction_of_tissue}))
+
+
+def run_child(slide: Path, out: Path, args: argparse.Namespace, no_roi: bool = False) -> dict:
+    cmd = [sys.executable, __file__, "--child", str(slide), "--out", str(out), "--device", args.device,
+           "--model-roi", args.model_roi, "--model-cell", args.model_cell]
+    if args.batch_size:
+        cmd += ["--batch-size", str(args.batch_size)]
+    if no_roi:
+        cmd.append("--no-roi")
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"predict failed on {slide}:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small", default="20000x15000")
+    parser.add_argument("--large", default="40000x30000")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--model-roi", default="deepbatch-synth-roi")
+    parser.add_argument("--model-cell", default="deepbatch-synth-cell")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/qpbridge-bench"))
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--no-roi", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child_predict(args)
+        return
+
+    from qpbridge.inference import configure_threads
+    from qpbridge.models import inference_network, load_model
+
+    device = torch.device(args.device)
+    threads = configure_threads(None) if device.type == "cpu" else None
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+          + (f", {threads} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}" if threads else ""))
+
+    ref = conv_reference_gflops(device)
+    print(f"(1) reference 3x3 conv (8x64x256x256, 64->64): {ref:.1f} GFLOP/s")
+
+    cell = load_model(args.model_cell, role="cell", device=device)
+    cell.network = inference_network(cell.card, cell.network)
+    flops = model_flops_per_window(cell, device)
+    print(f"    cell model: {flops / 1e9:.2f} GFLOP per {cell.card.tile_px}px window "
+          f"({flops / cell.card.tile_px**2 / 1e3:.1f} GFLOP/MP) at {cell.card.mpp} um/px")
+
+    w, h = (int(v) for v in args.small.split("x"))
+    small = ensure_slide(args.workdir, w, h, args.seed)
+    with_roi = run_child(small, args.workdir / "small.geojson", args)
+    batch = args.batch_size or (64 if device.type == "cuda" else 8)
+    pure = pure_forward_seconds(cell, device, with_roi["windows_run"], batch)
+    achieved = flops * with_roi["windows_run"] / max(with_roi["timings"].get("cells_s", 0) or 1e-9, 1e-9) / 1e9
+    in_forward = flops * with_roi["windows_run"] / max(with_roi["forward_s"], 1e-9) / 1e9
+    stages = json.dumps({k: round(v, 1) for k, v in with_roi["timings"].items()})
+    print(f"    predict {small.name}: {with_roi['wall_s']:.1f} s wall, {with_roi['windows_run']} cell windows, "
+          f"{with_roi['features']} features; stages {stages}")
+    print(f"(2) cell model inside predict: {in_forward:.1f} GFLOP/s in its forward passes "
+          f"(ratio {in_forward / ref:.2f}); {achieved:.1f} GFLOP/s over the whole cell stage (ratio {achieved / ref:.2f})")
+    print(f"(3) predict wall / pure forward of the same {with_roi['windows_run']} windows: "
+          f"{with_roi['wall_s']:.1f} / {pure:.1f} s = {with_roi['wall_s'] / max(pure, 1e-9):.2f}")
+
+    no_roi = run_child(small, args.workdir / "small_noroi.geojson", args, no_roi=True)
+    work_ratio = with_roi["windows_run"] / max(no_roi["windows_run"], 1)
+    print(f"(4) ROI is {with_roi['roi_fraction']:.1%} of tissue; high-mag windows with ROI / --no-roi: "
+          f"{with_roi['windows_run']} / {no_roi['windows_run']} = {work_ratio:.3f}"
+          f"; wall {with_roi['wall_s']:.1f} / {no_roi['wall_s']:.1f} s = {with_roi['wall_s'] / no_roi['wall_s']:.3f}")
+
+    w, h = (int(v) for v in args.large.split("x"))
+    large = ensure_slide(args.workdir, w, h, args.seed)
+    big = run_child(large, args.workdir / "large.geojson", args)
+    print(f"(5) peak RSS: {small.name} {with_roi['rss_mb']:.0f} MB, {large.name} {big['rss_mb']:.0f} MB "
+          f"(ratio {big['rss_mb'] / with_roi['rss_mb']:.2f}); large slide: {big['wall_s']:.0f} s wall, "
+          f"{big['windows_run']} windows")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""predict: the gated sliding window, the cascade end to end, its outputs, and its bad-input behaviour."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from affine import Affine
+from typer.testing import CliRunner
+
+from qpbridge.cli import app
+from qpbridge.errors import ModelError, OutputError
+from qpbridge.inference import BlockSegmenter
+from qpbridge.models import build_network, example_card, save_model
+from qpbridge.pipeline import PredictConfig, is_finished, meta_path_for, predict_slide, sample_mask
+from qpbridge.qupath import read_geojson
+from qpbridge.validate import validate_geojson
+from tests.conftest import shared_file
+
+runner = CliRunner()
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+class _PlusOne(torch.nn.Module):
+    """An oracle network: logits = input channel 0 + 1 for class 1, 0 elsewhere (so outputs are exact)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(x.shape[0], 2, x.shape[2], x.shape[3])
+        out[:, 1] = x[:, 0] + 1
+        return out
+
+
+def _oracle_segmenter() -> BlockSegmenter:
+    card = SimpleNamespace(
+        role="cell", classes=[0, 1], tile_px=64, overlap_frac=0.25, blend="gaussian", color_space="RGB",
+        norm_mean=(0.0, 0.0, 0.0), norm_std=(1.0, 1.0, 1.0),
+    )
+    return BlockSegmenter(SimpleNamespace(card=card, network=_PlusOne()), batch_size=4)
+
+
+def test_sliding_window_is_exact_and_gated() -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, size=(200, 300, 3), dtype=np.uint8)
+    segmenter = _oracle_segmenter()
+    result = segmenter.predict(rgb)
+    expected = torch.softmax(torch.stack([torch.zeros(200, 300), torch.from_numpy(rgb[..., 0] / 255.0 + 1)]), 0)
+    assert np.allclose(result.probabilities, expected.numpy(), atol=1e-5)
+    assert result.windows_run == 4 * 6 and result.windows_skipped == 0  # stride 48 over 200 x 300
+
+    active = np.zeros((200, 300), dtype=bool)
+    active[10:20, 10:20] = True  # touches only the first window
+    gated = _oracle_segmenter().predict(rgb, active)
+    assert gated.windows_run == 1 and gated.windows_skipped == 23
+    assert np.allclose(gated.probabilities[:, 10:20, 10:20], expected.numpy()[:, 10:20, 10:20], atol=1e-5)
+    far = gated.probabilities[:, 150:, 250:]
+    assert np.allclose(far[0], 1.0) and np.allclose(far[1], 0.0)  # skipped windows say "background"
+
+    nothing = _oracle_segmenter().predict(rgb, np.zeros((200, 300), dtype=bool))
+    assert nothing.windows_run == 0 and nothing.windows_skipped == 24
+
+
+def test_sample_mask_between_grids() -> None:
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[2:4, 5:7] = True  # 8 level-0 px per mask px
+    out = sample_mask(mask, Affine.scale(8), Affine.scale(2), (40, 40))  # 4 out px per mask px
+    assert out.sum() == 8 * 8 and out[8:16, 20:28].all()
+
+
+@pytest.fixture(scope="module")
+def random_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    paths = []
+    for role in ("roi", "cell"):
+        card = example_card(role, channels=(4, 8))
+        save_model(root / role, card, build_network(card.architecture))
+        paths.append(root / role)
+    return paths[0], paths[1]
+
+
+def _shipped(name: str) -> Path:
+    path = MODELS / name
+    if not (path / "card.json").exists():
+        pytest.skip(f"shipped model {name} absent")
+    return path
+
+
+def test_predict_shipped_models_on_held_out_slide(tmp_path: Path) -> None:
+    """A small held-out synthetic slide: outputs valid for QuPath and close to the truth."""
+    from qpbridge.metrics import evaluate_geojson
+    from qpbridge.synth import write_synthetic_slide
+
+    roi, cell = _shipped("deepbatch-synth-roi"), _shipped("deepbatch-synth-cell")
+    slide = tmp_path / "heldout.svs"
+    write_synthetic_slide(slide, width_px=4096, height_px=3072, seed=9001)
+    out = tmp_path / "heldout.geojson"
+    overlay = tmp_path / "overlay.png"
+    summary = predict_slide(slide, out, PredictConfig(model_roi=str(roi), model_cell=str(cell), overlay=overlay))
+    assert is_finished(out) and overlay.stat().st_size > 1000
+    report = validate_geojson(out)
+    assert report.ok and not report.issues, report.lines(10)
+    features = read_geojson(out).features
+    assert {f.object_type for f in features} == {"annotation", "detection"}
+    assert all("qpbridge prediction" in f.measurements for f in features)
+    assert all(0 < f.measurements.get("Mean probability", 0.5) <= 1 for f in features)
+    assert summary.windows_run > 0 and summary.high_mag_saved_frac is not None and summary.high_mag_saved_frac > 0.3
+    meta = json.loads(meta_path_for(out).read_text())
+    assert meta["finished"] and set(meta["models"]) == {"roi", "cell"}
+    assert {"tissue_s", "roi_s", "cells_s"} <= set(meta["summary"]["timings_s"])
+
+    truth = slide.with_suffix(".truth.geojson")
+    scores = evaluate_geojson(out, truth, slide=slide, mpp=1.0).to_dict()
+    per_class = {c["name"]: c for c in scores["classes"]}
+    assert per_class["Invasive carcinoma"]["iou"] > 0.6
+    assert per_class["In situ carcinoma"]["iou"] > 0.6
+
+
+def test_no_tissue_gives_empty_collection_and_warning(tmp_path: Path, random_models: tuple[Path, Path]) -> None:
+    import tifffile
+
+    blank = tmp_path / "blank.tiff"
+    tifffile.imwrite(blank, np.full((1024, 1024, 3), 245, np.uint8), tile=(256, 256), photometric="rgb",
+                     resolution=(40000.0, 40000.0), resolutionunit="CENTIMETER")
+    out = tmp_path / "blank.geojson"
+    warnings: list[str] = []
+    summary = predict_slide(blank, out, PredictConfig(model_roi=str(random_models[0]),
+                                                      model_cell=str(random_models[1])), warn=warnings.append)
+    assert summary.features_written == 0
+    assert warnings == [f"no tissue found in {blank}: the output is an empty FeatureCollection"]
+    assert json.loads(out.read_text()) == {"type": "FeatureCollection", "features": []}
+
+
+def test_wrong_role_and_bad_output(tmp_path: Path, synth_slide: Path, random_models: tuple[Path, Path]) -> None:
+    roi, cell = random_models
+    with pytest.raises(ModelError, match="is a cell model but a roi model is needed"):
+        predict_slide(synth_slide, tmp_path / "x.geojson", PredictConfig(model_roi=str(cell), model_cell=str(cell)))
+    with pytest.raises(OutputError, match="does not exist: create it first"):
+        predict_slide(synth_slide, tmp_path / "missing" / "x.geojson", PredictConfig(model_roi=str(roi)))
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    try:
+        if os.access(read_only, os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+        with pytest.raises(OutputError, match="is not writable"):
+            predict_slide(synth_slide, read_only / "x.geojson", PredictConfig(model_roi=str(roi)))
+    finally:
+        read_only.chmod(0o755)
+    assert list(tmp_path.glob("**/*.geojson")) == []
+
+
+def test_interrupted_run_leaves_nothing_finished(
+    tmp_path: Path, synth_slide: Path, random_models: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import qpbridge.pipeline as pipeline
+
+    out = tmp_path / "x.geojson"
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "_segment_cells", boom)
+    with pytest.raises(KeyboardInterrupt):
+        predict_slide(synth_slide, out, PredictConfig(model_roi=str(random_models[0]),
+                                                      model_cell=str(random_models[1])))
+    assert not out.exists() and not meta_path_for(out).exists()
+    assert [p.name for p in tmp_path.iterdir()] == []
+    monkeypatch.undo()
+    predict_slide(synth_slide, out, PredictConfig(model_roi=str(random_models[0]), roi_only=True))
+    assert is_finished(out)
+
+
+def test_cli_several_slides_one_unreadable(tmp_path: Path, synth_slide: Path, random_models: tuple[Path, Path]) -> None:
+    bad = shared_file("wsi", "unreadable.svs")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    args = ["predict", str(synth_slide), str(bad), "-o", str(folder), "--model-roi", str(random_models[0]),
+            "--roi-only"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert f"error: {bad}: cannot read pixels of {bad}" in result.stderr
+    assert "1 of 2 slides failed" in result.stderr
+    assert is_finished(folder / "seed1.geojson") and not (folder / "unreadable.geojson").exists()
+    again = runner.invoke(app, args)
+    assert f"skip {synth_slide}" in again.stderr  # finished outputs are not redone
+
+
+def test_cli_no_pixel_size(tmp_path: Path, random_models: tuple[Path, Path]) -> None:
+    from PIL import Image
+
+    image = tmp_path / "plain.png"
+    Image.fromarray(np.full((512, 512, 3), 200, np.uint8)).save(image)
+    result = runner.invoke(app, ["predict", str(image), "-o", str(tmp_path / "p.geojson"), "--model-roi",
+                                 str(random_models[0]), "--roi-only"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"error: {image} has no pixel size in its metadata: give it with --mpp (um/px at full resolution, "
+        "e.g. --mpp 0.25 for a 40x scan)"
+    )
+    assert not (tmp_path / "p.geojson").exists()
+
+
+def test_cli_finished_output_needs_overwrite(
+    tmp_path: Path, synth_slide: Path, random_models: tuple[Path, Path]
+) -> None:
+    out = tmp_path / "x.geojson"
+    args = ["predict", str(synth_slide), "-o", str(out), "--model-roi", str(random_models[0]), "--roi-only"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "features (ROI" in first.stdout or "0 features" in first.stdout
+    second = runner.invoke(app, args)
+    assert second.exit_code == 1
+    assert second.stderr.strip() == f"error: {out} exists and is finished: use --overwrite to replace it"
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
