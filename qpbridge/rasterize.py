@@ -177,6 +177,9 @@ class ClassMap:
         if any(c.label == 0 for c in classes):
             names.setdefault("Tissue", 0)
             names.setdefault("Normal", 0)
+        if role == "cell":
+            # The ROI model's regions, exported back from QuPath beside the corrections, are no tissue class.
+            names.setdefault(ROI_CLASS.name, SKIP)
         return cls(tuple(classes), names, role=role)
 
     @classmethod
