@@ -32,6 +32,7 @@ import shapely
 import shapely.affinity
 from affine import Affine
 from scipy import ndimage
+from skimage import morphology
 
 from qpbridge import __version__
 from qpbridge.errors import InputError, OutputError
@@ -64,6 +65,7 @@ class PredictConfig:
     use_roi: bool = True  #: False = ``--no-roi``: the cell model over all tissue
     roi_only: bool = False  #: True = ``--roi-only``: stop after the ROI
     roi_margin_um: float = 64.0  #: the ROI is dilated by this much before gating the cell model
+    roi_min_area_um2: float = 2000.0  #: ROI pieces smaller than this are dropped (holes in the ROI are filled)
     tissue_mpp: float = DEFAULT_TISSUE_MPP
     block_px: int = 1024  #: cell-stage block side in pixels at the cell model's um/px
     overlap_frac: float | None = None  #: override the cards' sliding-window overlap
@@ -84,7 +86,7 @@ class PredictConfig:
         if self.object_type not in ("detection", "annotation"):
             raise InputError(f"--object-type must be detection or annotation, got {self.object_type!r}")
         for name, value in (("--min-area-um2", self.min_area_um2), ("--simplify-um", self.simplify_um),
-                            ("--roi-margin-um", self.roi_margin_um)):
+                            ("--roi-margin-um", self.roi_margin_um), ("--roi-min-area-um2", self.roi_min_area_um2)):
             if not math.isfinite(value) or value < 0:
                 raise InputError(f"{name} must be >= 0, got {value}")
         if self.block_px < 256:
@@ -458,6 +460,11 @@ def _detect_roi(
             roi[window.slices] = (result.probabilities[0] >= threshold) & active
         if progress is not None:
             progress("roi", index + 1, len(grid), segmenter.windows_run)
+    # A ROI is a region, not a speck: drop small pieces (stroke edges, debris) and fill holes in regions.
+    min_px = int(config.roi_min_area_um2 / (mpp * mpp))
+    if min_px > 0:
+        roi = morphology.remove_small_objects(roi, max_size=min_px)
+    roi = ndimage.binary_fill_holes(roi) & sample_mask(tissue.tissue, tissue.affine, affine, roi.shape)
     return roi, affine, {"forward_s": segmenter.forward_seconds}
 
 

@@ -66,6 +66,7 @@ def register(app: typer.Typer) -> None:
         no_roi: bool = typer.Option(False, "--no-roi", help="Run the cell model over all tissue."),
         roi_only: bool = typer.Option(False, "--roi-only", help="Stop after ROI detection."),
         roi_margin_um: float = typer.Option(64.0, "--roi-margin-um", help="Dilate the ROI by this much."),
+        roi_min_area_um2: float = typer.Option(2000.0, "--roi-min-area-um2", help="Drop smaller ROI pieces."),
         object_type: str = typer.Option("detection", "--object-type", help="detection or annotation."),
         min_area_um2: float = typer.Option(20.0, "--min-area-um2", help="Drop class regions smaller than this."),
         simplify_um: float = typer.Option(0.0, "--simplify-um", help="Simplify outlines (tolerance in um)."),
@@ -91,6 +92,7 @@ def register(app: typer.Typer) -> None:
             config = PredictConfig(
                 model_roi=model_roi, model_cell=model_cell, mpp=mpp, device=device, batch_size=batch_size,
                 threads=threads, use_roi=not no_roi, roi_only=roi_only, roi_margin_um=roi_margin_um,
+                roi_min_area_um2=roi_min_area_um2,
                 object_type=object_type, min_area_um2=min_area_um2, simplify_um=simplify_um, heatmap=heatmap,
                 overlay=overlay,
             )
