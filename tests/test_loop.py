@@ -91,6 +91,9 @@ def pathologist(predicted: Path, truth: Path, corrected: Path) -> dict[str, floa
     out.append(_qupath_feature(missed, "In situ carcinoma", [250, 160, 20], "annotation", {}))
     corrected.parent.mkdir(parents=True, exist_ok=True)
     corrected.write_text(json.dumps({"type": "FeatureCollection", "features": out}))
+    # export_corrections.groovy records the image's file beside the corrections.
+    sidecar = {"image_name": "slide.svs", "image_paths": [str(Path("slide.svs").resolve())]}
+    corrected.with_suffix(".json").write_text(json.dumps(sidecar))
     mpp2 = 0.25**2
     return {"relabelled": shape(relabel["geometry"]).area * mpp2, "removed": shape(delete["geometry"]).area * mpp2,
             "added": missed.area * mpp2}

@@ -31,6 +31,7 @@ from qpbridge.dataset import (
     load_card_config,
 )
 from qpbridge.errors import InputError
+from qpbridge.naming import CORRECTIONS_SUFFIX, SIDECAR_SUFFIX, read_corrections_sidecar
 from qpbridge.rasterize import ClassMap, load_class_map_file, parse_class_option
 
 _HELP = f"""Turn a slide and its (corrected) QuPath GeoJSON into training tiles: RGB and label-mask PNGs,
@@ -107,8 +108,13 @@ def register(app: typer.Typer) -> None:
 
     @app.command("masks", help=_HELP)
     def masks_cmd(
-        slide_path: Path = typer.Argument(..., metavar="SLIDE", help="The slide the GeoJSON belongs to."),
-        geojson_path: Path = typer.Argument(..., metavar="GEOJSON", help="QuPath objects (level-0 pixels)."),
+        slide_path: Path = typer.Argument(
+            ..., metavar="SLIDE",
+            help="The slide the GeoJSON belongs to (leave out for a QuPath export with its .json sidecar).",
+        ),
+        geojson_path: Path | None = typer.Argument(
+            None, metavar="GEOJSON", help="QuPath objects (level-0 pixels)."
+        ),
         out_dir: Path | None = typer.Option(
             None,
             "-o",
@@ -168,6 +174,17 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         with reported_errors():
+            if geojson_path is None:
+                # `qpbridge masks corrections/slide.geojson`: export_corrections.groovy recorded the slide beside it.
+                geojson_path = slide_path
+                base = geojson_path.name.removesuffix(".gz").removesuffix(CORRECTIONS_SUFFIX)
+                sidecar = geojson_path.with_name(base + SIDECAR_SUFFIX)
+                if not sidecar.is_file():
+                    raise InputError(
+                        f"give the slide and the GeoJSON (qpbridge masks SLIDE GEOJSON): {geojson_path} has no "
+                        f"sidecar {sidecar} recording its slide"
+                    )
+                slide_path = read_corrections_sidecar(sidecar)
             if out_dir is None and not dry_run:
                 raise InputError("give the dataset folder with -o DIR (or --dry-run to only count)")
             if model is not None:
