@@ -44,6 +44,7 @@ from qpbridge.qupath_read import (
     parse_classification,
     read_geojson,
 )
+from qpbridge.qupath_read import _simple_ring as _reader_simple_ring
 from qpbridge.qupath_write import WriteSummary, is_uuid, write_geojson
 
 __all__ = ["FixResult", "Issue", "ValidationReport", "fix_geojson", "validate_geojson"]
@@ -473,16 +474,8 @@ def _check_geometry(gj: Any, where: str, report: ValidationReport, index: int, l
 
 def _simple_ring(gj: Any) -> np.ndarray | None:
     """The closed, finite ring (>= 4 positions) of a Polygon without holes, else ``None`` (full checks)."""
-    if type(gj) is not dict or gj.get("type") != "Polygon":
-        return None
-    coords = gj.get("coordinates")
-    if type(coords) is not list or len(coords) != 1:
-        return None
-    try:
-        ring = np.asarray(coords[0], dtype=float)
-    except (ValueError, TypeError):
-        return None
-    if ring.ndim != 2 or ring.shape[1] != 2 or len(ring) < 4 or not np.isfinite(ring).all():
+    ring = _reader_simple_ring(gj)
+    if ring is None or len(ring) < 4 or not np.isfinite(ring).all():
         return None
     if not (ring[0, 0] == ring[-1, 0] and ring[0, 1] == ring[-1, 1]):
         return None
