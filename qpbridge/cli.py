@@ -8,10 +8,15 @@ line on stderr and a non-zero exit code.
 from __future__ import annotations
 
 import importlib
+import os
 
-import typer
+# Before torch is imported: OpenMP threads that wait passively keep inference fast when another process holds a
+# core (shared cluster nodes are the normal case; spin-waiting fell 5-7x there, design.md). Users may override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from qpbridge import __version__
+import typer  # noqa: E402
+
+from qpbridge import __version__  # noqa: E402
 
 app = typer.Typer(
     name="qpbridge",
