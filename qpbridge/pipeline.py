@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio.features
 import shapely
 import shapely.affinity
 from affine import Affine
 from scipy import ndimage
-from skimage import morphology
 
 from qpbridge import __version__
 from qpbridge.errors import InputError, OutputError
@@ -43,7 +43,7 @@ from qpbridge.qupath import Feature, GeoJSONWriter
 from qpbridge.slide import Slide, check_mpp, open_slide
 from qpbridge.tiling import BlockGrid, Window, window_affine
 from qpbridge.tissue import DEFAULT_TISSUE_MPP, TissueMask, detect_tissue
-from qpbridge.vectorize import BlockVectorizer, ClassPolygons, vectorize_mask
+from qpbridge.vectorize import BlockVectorizer, ClassPolygons
 
 DEFAULT_ROI_MODEL = "deepbatch-synth-roi"
 DEFAULT_CELL_MODEL = "deepbatch-synth-cell"
@@ -385,17 +385,16 @@ def predict_slide(
             gate: tuple[np.ndarray, Affine] = (tissue.tissue, tissue.affine)
             if roi_model is not None and tissue.tissue.any():
                 clock = time.perf_counter()
-                roi_mask, roi_affine, roi_stats = _detect_roi(slide, roi_model, tissue, config, device, progress)
+                roi = _detect_roi(slide, roi_model, tissue, config, device, progress)
                 timings["roi_s"] = time.perf_counter() - clock
-                stats["forward_s"] += roi_stats["forward_s"]
-                roi_tissue = sample_mask(tissue.tissue, tissue.affine, roi_affine, roi_mask.shape)
-                roi_fraction = float(roi_mask.sum() / max(roi_tissue.sum(), 1))
-                emit(_roi_features(roi_mask, roi_affine, roi_model, slide_mpp, config))
+                stats["forward_s"] += roi.forward_s
+                roi_fraction = roi.area_um2 / max(tissue.tissue_area_um2, 1e-9)
+                emit(roi.features)
                 if overlay is not None:
-                    overlay.roi = sample_mask(roi_mask, roi_affine, overlay.affine, overlay.labels.shape)
-                margin_px = int(round(config.roi_margin_um / roi_model.card.mpp))
-                dilated = ndimage.binary_dilation(roi_mask, iterations=margin_px) if margin_px else roi_mask
-                gate = (dilated, roi_affine)
+                    overlay.roi = sample_mask(roi.gate, roi.gate_affine, overlay.affine, overlay.labels.shape)
+                margin_px = int(math.ceil(config.roi_margin_um / (roi.gate_affine.a * slide_mpp)))
+                dilated = ndimage.binary_dilation(roi.gate, iterations=margin_px) if margin_px else roi.gate
+                gate = (dilated, roi.gate_affine)
 
             if cell_model is not None and tissue.tissue.any():
                 clock = time.perf_counter()
@@ -438,47 +437,71 @@ def _atomic_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+#: um/px of the ROI gate (the dilated ROI that decides which high-magnification windows run).
+GATE_MPP = 4.0
+
+
+@dataclass
+class _RoiResult:
+    features: list[Feature]
+    gate: np.ndarray  #: bool, the ROI (holes filled, small pieces dropped) at GATE_MPP, not dilated
+    gate_affine: Affine
+    area_um2: float
+    forward_s: float
+
+
 def _detect_roi(
     slide: Slide, model: LoadedModel, tissue: TissueMask, config: PredictConfig, device: Any,
     progress: Progress | None,
-) -> tuple[np.ndarray, Affine, dict[str, float]]:
-    """ROI mask of the whole slide at the ROI model's um/px (tissue only)."""
+) -> _RoiResult:
+    """ROI regions of the whole slide at the ROI model's um/px, over tissue only, block by block.
+
+    Thresholded probabilities are vectorized per block with seams merged; pieces under ``roi_min_area_um2`` are
+    dropped and holes filled (a ROI is a region, not a speck). The regions are also drawn into a coarse gate
+    mask (at :data:`GATE_MPP`), the only whole-slide array of this stage.
+    """
     card = model.card
     mpp = max(card.mpp, slide.mpp)
     width, height = slide.size_at_mpp(mpp)
     affine = slide.affine_at(mpp)
     segmenter = BlockSegmenter(model, device=device, batch_size=config.batch_size, overlap_frac=config.overlap_frac)
-    roi = np.zeros((height, width), dtype=bool)
     grid = BlockGrid(width, height, 2048)
+    vectorizer = BlockVectorizer(grid, affine, labels_to_vectorize=(1,), mpp=slide.mpp,
+                                 min_area_um2=config.roi_min_area_um2)
     threshold = card.threshold if card.threshold is not None else 0.5
+    pieces: list[ClassPolygons] = []
     for index, window in enumerate(grid.windows()):
         block_affine = window_affine(affine, window)
         active = sample_mask(tissue.tissue, tissue.affine, block_affine, window.shape)
         if active.any():
             rgb = slide.read_region_at(window.x_px, window.y_px, window.width_px, window.height_px, mpp)
             result = segmenter.predict(rgb, active)
-            roi[window.slices] = (result.probabilities[0] >= threshold) & active
+            pieces.append(vectorizer.add(window, ((result.probabilities[0] >= threshold) & active).astype(np.uint8)))
         if progress is not None:
             progress("roi", index + 1, len(grid), segmenter.windows_run)
-    # A ROI is a region, not a speck: drop small pieces (stroke edges, debris) and fill holes in regions.
-    min_px = int(config.roi_min_area_um2 / (mpp * mpp))
-    if min_px > 0:
-        roi = morphology.remove_small_objects(roi, max_size=min_px)
-    roi = ndimage.binary_fill_holes(roi) & sample_mask(tissue.tissue, tissue.affine, affine, roi.shape)
-    return roi, affine, {"forward_s": segmenter.forward_seconds}
-
-
-def _roi_features(
-    roi: np.ndarray, affine: Affine, model: LoadedModel, slide_mpp: float, config: PredictConfig
-) -> list[Feature]:
-    roi_class = next((c for c in model.card.classes if c.label == 1), model.card.classes[-1])
-    polygons = vectorize_mask(roi.astype(np.uint8), affine, labels_to_vectorize=(1,), mpp=slide_mpp,
-                              simplify_um=config.simplify_um)
-    return [
+    pieces.append(vectorizer.finish())
+    polygons = ClassPolygons.concat(pieces).polygons
+    if len(polygons):
+        polygons = shapely.polygons(shapely.get_exterior_ring(polygons))  # fill holes
+        if config.simplify_um > 0:
+            polygons = shapely.simplify(polygons, config.simplify_um / slide.mpp, preserve_topology=True)
+    roi_class = next((c for c in card.classes if c.label == 1), card.classes[-1])
+    features = [
         Feature(geometry=polygon, class_name=roi_class.name, color=roi_class.color, object_type="annotation",
-                name=roi_class.name, measurements={"Area um^2": float(polygon.area) * slide_mpp**2})
-        for polygon in polygons.polygons
+                name=roi_class.name, measurements={"Area um^2": float(area) * slide.mpp**2})
+        for polygon, area in zip(polygons, shapely.area(polygons), strict=True)
     ]
+    gate_mpp = max(GATE_MPP, mpp)
+    gate_w, gate_h = slide.size_at_mpp(gate_mpp)
+    gate_affine = slide.affine_at(gate_mpp)
+    gate = np.zeros((gate_h, gate_w), dtype=bool)
+    if len(polygons):
+        gate = rasterio.features.rasterize(
+            ((p, 1) for p in polygons), out_shape=(gate_h, gate_w), transform=gate_affine, all_touched=True,
+            dtype=np.uint8,
+        ).astype(bool)
+    area_um2 = float(shapely.area(polygons).sum()) * slide.mpp**2 if len(polygons) else 0.0
+    return _RoiResult(features, gate, gate_affine, area_um2, segmenter.forward_seconds)
 
 
 def _segment_cells(
@@ -512,22 +535,20 @@ def _segment_cells(
 
     windows = grid.windows()
     stats["blocks_total"] = len(windows)
-    plans = {}
     todo: list[Window] = []
-    for window in windows:
+    for window in windows:  # which blocks to read at all (masks are recomputed later: memory stays per block)
         tissue_block, active = plan(window)
         if tissue_block.any():
             stats["tissue_windows"] += _windows_touching(tissue_block, segmenter)
         if active.any():
             todo.append(window)
-            plans[window] = (tissue_block, active)
     with ThreadPoolExecutor(max_workers=1) as pool:  # read the next block while the network runs
         pending: Future[np.ndarray] | None = pool.submit(read, todo[0]) if todo else None
         for index, window in enumerate(todo):
             assert pending is not None
             rgb = pending.result()
             pending = pool.submit(read, todo[index + 1]) if index + 1 < len(todo) else None
-            tissue_block, active = plans.pop(window)
+            _, active = plan(window)
             result = segmenter.predict(rgb, active)
             labels = result.probabilities.argmax(axis=0).astype(np.uint8)
             labels[~active] = 0
