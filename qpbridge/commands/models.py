@@ -87,10 +87,17 @@ def register(app: typer.Typer) -> None:
             extra = f"; also {', '.join(c.aliases)}" if c.aliases else ""
             lines.append(f"  {c.label}  {c.name}  rgb{c.color}{'' if c.emit else '  (not emitted)'}{extra}")
         metrics = card.metrics
-        if metrics:
-            shown = {k: metrics.get(k) for k in ("mean_dice_foreground", "mean_iou_foreground", "pixel_accuracy",
-                                                   "mean_auc", "val_loss") if metrics.get(k) is not None}
-            lines.append("metrics:       " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+        # A card's metrics are the validation figures, or {"validation": {...}, "held_out": {...}} once evaluated.
+        validation = metrics.get("validation", metrics) if isinstance(metrics.get("validation"), dict) else metrics
+        if validation:
+            shown = {k: validation.get(k) for k in ("mean_dice_foreground", "mean_iou_foreground", "pixel_accuracy",
+                                                      "mean_auc", "val_loss") if validation.get(k) is not None}
+            lines.append("validation:    " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+        held_out = metrics.get("held_out")
+        if isinstance(held_out, dict):
+            for slide, figures in held_out.items():
+                if isinstance(figures, dict) and "mean_iou" in figures:
+                    lines.append(f"held out {slide}: mean IoU {figures['mean_iou']:.4f}")
         training = card.training
         if training:
             lines.append(f"trained:       {training.get('recipe', {}).get('steps', '?')} steps on "
