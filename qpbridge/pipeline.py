@@ -379,7 +379,8 @@ def predict_slide(
                         feature.geometry = shapely.affinity.translate(feature.geometry, -ox, -oy)
                     feature.measurements.update(marker["measurements"])
                     feature.metadata.update(marker["metadata"])
-                    by_class[feature.class_name or ""] = by_class.get(feature.class_name or "", 0) + 1
+                    key = "heatmap tiles" if feature.object_type == "tile" else (feature.class_name or "")
+                    by_class[key] = by_class.get(key, 0) + 1
                 writer.write_many(features)
 
             gate: tuple[np.ndarray, Affine] = (tissue.tissue, tissue.affine)
