@@ -1342,8 +1342,8 @@ def _check_args(
         raise InputError(f"--lesion-fraction must be between 0 and 0.5, got {lesion_fraction}")
     if path.suffix.lower() not in (".svs", ".tif", ".tiff"):
         raise InputError(f"output {path} must end in .svs, .tif or .tiff")
-    if not path.parent.is_dir():
-        raise OutputError(f"folder {path.parent} does not exist: create it first")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise OutputError(f"{path.parent} is a file, not a folder: choose another output path")
     if not overwrite:
         for p in (path, *synth_paths(path)[:2]):
             if p.exists():
@@ -1411,6 +1411,7 @@ def write_synthetic_slide(
 
     path = Path(path)
     _check_args(path, width_px, height_px, seed, stain, tile_px, quality, lesion_fraction, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)  # a new demo folder is fine to create
     truth_path, meta_path, nuclei_path = synth_paths(path)
     dims = level_dimensions_for(width_px, height_px)
     layout = _make_layout(width_px, height_px, seed, lesion_fraction)

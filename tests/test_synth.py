@@ -286,9 +286,12 @@ def test_rejects_bad_arguments(tmp_path: Path, small: SynthResult) -> None:
         write_synthetic_slide(tmp_path / "x.svs", width_px=1000, height_px=1000, stain="blue")
     with pytest.raises(OutputError, match=r"exists: choose another path or pass --overwrite"):
         write_synthetic_slide(small.slide_path, width_px=1000, height_px=1000)
-    with pytest.raises(OutputError, match=r"does not exist: create it first"):
-        write_synthetic_slide(tmp_path / "missing" / "x.svs", width_px=1000, height_px=1000)
-    assert not list(tmp_path.iterdir())
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(OutputError, match=r"afile is a file, not a folder: choose another output path"):
+        write_synthetic_slide(tmp_path / "afile" / "x.svs", width_px=1000, height_px=1000)
+    assert [p.name for p in tmp_path.iterdir()] == ["afile"]
+    made = write_synthetic_slide(tmp_path / "new" / "folder" / "x.svs", width_px=1000, height_px=1000)
+    assert made.slide_path.exists() and made.truth_path.parent == tmp_path / "new" / "folder"
 
 
 # ------------------------------------------------------------------------------------------------- cli
