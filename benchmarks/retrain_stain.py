@@ -52,12 +52,13 @@ def main() -> None:
     for seed in (301, 302):
         path = args.workdir / f"{args.stain}{seed}.svs"
         if not path.exists():
-            qpbridge("synth", str(path), "--width", width, "--height", height, "--seed", str(seed), "--stain", args.stain)
+            qpbridge("synth", str(path), "--width", width, "--height", height, "--seed", str(seed),
+                     "--stain", args.stain)
         slides.append(path)
     train_slide, test_slide = slides
     before = score(args.workdir, test_slide, "deepbatch-synth-cell", "shipped")
     print(f"shipped cell model on {test_slide.name}: mean IoU {before['mean_iou']:.3f}  {json.dumps(before)}")
-    print(f"  (same model on the standard stain: see models/deepbatch-synth-cell/card.json)")
+    print("  (same model on the standard stain: see models/deepbatch-synth-cell/card.json)")
 
     tiles = args.workdir / "tiles"
     if not (tiles / "dataset.json").exists():

@@ -144,35 +144,23 @@ class BlockSegmenter:
         if active is not None and active.shape != (height, width):
             raise InputError(f"active mask shape {active.shape} differs from the block's {(height, width)}")
         inputs = to_network_input(rgb, self.card, device=self.device)
-        # Integral image of the active mask: "does this window touch it?" in O(1) per window.
-        integral = None
-        if active is not None:
-            integral = np.zeros((height + 1, width + 1), dtype=np.int64)
-            integral[1:, 1:] = active.cumsum(0).cumsum(1)
         run = skipped = 0
 
         def predictor(patches: torch.Tensor, coords: Sequence[Sequence[slice]]) -> torch.Tensor:
             nonlocal run, skipped
             keep: list[int] = []
             for index, window in enumerate(coords):
-                rows, cols = window[2], window[3]
-                if integral is None:
+                if active is None or active[window[2], window[3]].any():
                     keep.append(index)
-                    continue
-                r0, r1 = max(rows.start, 0), min(rows.stop, height)
-                c0, c1 = max(cols.start, 0), min(cols.stop, width)
-                if r1 > r0 and c1 > c0:
-                    total = integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]
-                    if total > 0:
-                        keep.append(index)
             out = self._background(patches.shape[0], patches.shape[2], patches.shape[3])
-            if keep:
-                out[keep] = self._forward(patches[keep])
+            for start in range(0, len(keep), self.batch_size):  # full batches of the windows that run
+                chunk = keep[start:start + self.batch_size]
+                out[chunk] = self._forward(patches[chunk])
             run += len(keep)
             skipped += patches.shape[0] - len(keep)
             return out
 
-        if integral is not None and integral[-1, -1] == 0:
+        if active is not None and not active.any():
             windows = _window_count(height, width, self.tile_px, self.overlap_frac)
             self.windows_skipped += windows
             empty = self._background(1, height, width)[0].cpu().numpy()
@@ -181,7 +169,9 @@ class BlockSegmenter:
             blended = sliding_window_inference(
                 inputs,
                 roi_size=(self.tile_px, self.tile_px),
-                sw_batch_size=self.batch_size,
+                # MONAI hands the predictor this many windows at a time; only those touching the active mask
+                # run, in batches of batch_size, so ask for several batches' worth to keep the batches full.
+                sw_batch_size=self.batch_size * 8,
                 predictor=predictor,
                 overlap=self.overlap_frac,
                 mode=self.blend,

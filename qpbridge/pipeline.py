@@ -111,11 +111,13 @@ class PredictSummary:
     blocks_total: int
     blocks_read: int
     blocks_skipped: int
-    windows_run: int
+    windows_run: int  #: cell-model windows run (high magnification)
     windows_skipped: int
     high_mag_saved_frac: float | None  #: share of the tissue's high-magnification windows the ROI gate skipped
     timings_s: dict[str, float]
-    forward_s: float
+    forward_s: float  #: seconds in the cell model's forward passes
+    roi_windows_run: int = 0
+    roi_forward_s: float = 0.0
     warnings: list[str] = field(default_factory=list)
 
 
@@ -182,7 +184,9 @@ def sample_mask(mask: np.ndarray, mask_affine: Affine, out_affine: Affine, out_s
     out = np.zeros(out_shape, dtype=bool)
     out_rows, out_cols, rows, cols = _nearest_index(mask.shape, mask_affine, out_affine, out_shape)
     if len(out_rows) and len(out_cols):
-        out[np.ix_(out_rows, out_cols)] = mask[np.ix_(rows, cols)]
+        # Output rows/columns inside the source are contiguous runs: slice them (fancy indexing on both axes at
+        # once is ~10x slower on 1024^2 blocks).
+        out[out_rows[0]:out_rows[-1] + 1, out_cols[0]:out_cols[-1] + 1] = mask.take(rows, axis=0).take(cols, axis=1)
     return out
 
 
@@ -285,7 +289,8 @@ class _Overlay:
     def paint(self, labels: np.ndarray, labels_affine: Affine) -> None:
         out_rows, out_cols, rows, cols = _nearest_index(labels.shape, labels_affine, self.affine, self.labels.shape)
         if len(out_rows) and len(out_cols):
-            self.labels[np.ix_(out_rows, out_cols)] = labels[np.ix_(rows, cols)]
+            self.labels[out_rows[0]:out_rows[-1] + 1, out_cols[0]:out_cols[-1] + 1] = (
+                labels.take(rows, axis=0).take(cols, axis=1))
 
     def save(self, path: Path, colors: dict[int, tuple[int, int, int]], roi_color: tuple[int, int, int]) -> None:
         from PIL import Image
@@ -368,7 +373,7 @@ def predict_slide(
                 colors.update({c.name: c.color for c in model.card.classes})
 
         stats: dict[str, Any] = {"blocks_total": 0, "blocks_read": 0, "windows_run": 0, "windows_skipped": 0,
-                                 "tissue_windows": 0, "forward_s": 0.0}
+                                 "tissue_windows": 0, "forward_s": 0.0, "roi_windows_run": 0, "roi_forward_s": 0.0}
         by_class: dict[str, int] = {}
         roi_fraction: float | None = None
         with GeoJSONWriter(output, default_color=colors) as writer:
@@ -388,7 +393,8 @@ def predict_slide(
                 clock = time.perf_counter()
                 roi = _detect_roi(slide, roi_model, tissue, config, device, progress)
                 timings["roi_s"] = time.perf_counter() - clock
-                stats["forward_s"] += roi.forward_s
+                stats["roi_forward_s"] += roi.forward_s
+                stats["roi_windows_run"] += roi.windows_run
                 roi_fraction = roi.area_um2 / max(tissue.tissue_area_um2, 1e-9)
                 emit(roi.features)
                 if overlay is not None:
@@ -417,7 +423,8 @@ def predict_slide(
         blocks_total=stats["blocks_total"], blocks_read=stats["blocks_read"],
         blocks_skipped=stats["blocks_total"] - stats["blocks_read"], windows_run=stats["windows_run"],
         windows_skipped=stats["windows_skipped"], high_mag_saved_frac=saved, timings_s=timings,
-        forward_s=stats["forward_s"], warnings=warnings,
+        forward_s=stats["forward_s"], roi_windows_run=stats["roi_windows_run"], roi_forward_s=stats["roi_forward_s"],
+        warnings=warnings,
     )
     meta = {
         "qpbridge_version": __version__, "run_id": run_id, "finished": True,
@@ -449,6 +456,7 @@ class _RoiResult:
     gate_affine: Affine
     area_um2: float
     forward_s: float
+    windows_run: int
 
 
 def _detect_roi(
@@ -502,7 +510,7 @@ def _detect_roi(
             dtype=np.uint8,
         ).astype(bool)
     area_um2 = float(shapely.area(polygons).sum()) * slide.mpp**2 if len(polygons) else 0.0
-    return _RoiResult(features, gate, gate_affine, area_um2, segmenter.forward_seconds)
+    return _RoiResult(features, gate, gate_affine, area_um2, segmenter.forward_seconds, segmenter.windows_run)
 
 
 def _segment_cells(
