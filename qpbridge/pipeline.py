@@ -64,7 +64,7 @@ class PredictConfig:
     threads: int | None = None
     use_roi: bool = True  #: False = ``--no-roi``: the cell model over all tissue
     roi_only: bool = False  #: True = ``--roi-only``: stop after the ROI
-    roi_margin_um: float = 64.0  #: the ROI is dilated by this much before gating the cell model
+    roi_margin_um: float = 16.0  #: the ROI is dilated by this much before gating the cell model
     roi_min_area_um2: float = 2000.0  #: ROI pieces smaller than this are dropped (holes in the ROI are filled)
     tissue_mpp: float = DEFAULT_TISSUE_MPP
     block_px: int = 1024  #: cell-stage block side in pixels at the cell model's um/px

@@ -65,7 +65,7 @@ def register(app: typer.Typer) -> None:
         threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
         no_roi: bool = typer.Option(False, "--no-roi", help="Run the cell model over all tissue."),
         roi_only: bool = typer.Option(False, "--roi-only", help="Stop after ROI detection."),
-        roi_margin_um: float = typer.Option(64.0, "--roi-margin-um", help="Dilate the ROI by this much."),
+        roi_margin_um: float = typer.Option(16.0, "--roi-margin-um", help="Dilate the ROI by this much."),
         roi_min_area_um2: float = typer.Option(2000.0, "--roi-min-area-um2", help="Drop smaller ROI pieces."),
         object_type: str = typer.Option("detection", "--object-type", help="detection or annotation."),
         min_area_um2: float = typer.Option(20.0, "--min-area-um2", help="Drop class regions smaller than this."),
