@@ -381,7 +381,13 @@ class Slide:
                 f"{mpp} um/px is too fine to read {self.path} whole ({width} x {height} px): "
                 "use a coarser um/px or read block by block"
             )
-        return self.read_region_at(0, 0, width, height, mpp), self.affine_at(mpp)
+        # In strips: one read_region of a whole coarse level would hold RGBA copies of it (memory grows with slide).
+        rgb = np.empty((height, width, 3), dtype=np.uint8)
+        strip_px = max(1, 2_000_000 // max(width, 1))
+        for top in range(0, height, strip_px):
+            rows = min(strip_px, height - top)
+            rgb[top:top + rows] = self.read_region_at(0, top, width, rows, mpp)
+        return rgb, self.affine_at(mpp)
 
     # -- lifetime ----------------------------------------------------------------------------------
     def close(self) -> None:

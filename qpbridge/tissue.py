@@ -81,9 +81,16 @@ class TissueMask:
         return float(self.tissue.sum()) * self.mpp * self.mpp
 
 
-def pen_mask_from_rgb(rgb: np.ndarray, params: TissueParams = TissueParams()) -> np.ndarray:
+def _hsv(rgb: np.ndarray) -> np.ndarray:
+    """HSV in float32 (skimage keeps float32 input as float32: half the memory of its default float64)."""
+    return np.asarray(color.rgb2hsv(rgb.astype(np.float32) / 255.0), dtype=np.float32)
+
+
+def pen_mask_from_rgb(
+    rgb: np.ndarray, params: TissueParams = TissueParams(), hsv: np.ndarray | None = None
+) -> np.ndarray:
     """Boolean mask of black, blue and green ink in an (H, W, 3) uint8 RGB image (no margin)."""
-    hsv = color.rgb2hsv(rgb)
+    hsv = _hsv(rgb) if hsv is None else hsv
     hue, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
     red, blue = rgb[..., 0].astype(np.float32) / 255, rgb[..., 2].astype(np.float32) / 255
     black = (val < params.black_value) & (sat < params.black_saturation)
@@ -110,7 +117,7 @@ def tissue_mask_from_rgb(
     check_mpp(mpp, "tissue mpp")
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise InputError(f"expected an (H, W, 3) uint8 RGB image, got shape {rgb.shape} and dtype {rgb.dtype}")
-    hsv = color.rgb2hsv(rgb)
+    hsv = _hsv(rgb)
     sat, val = hsv[..., 1], hsv[..., 2]
     try:
         otsu = float(filters.threshold_otsu(sat))
@@ -121,7 +128,7 @@ def tissue_mask_from_rgb(
     tissue = ~glass
 
     px_area_um2 = mpp * mpp
-    pen = pen_mask_from_rgb(rgb, params)
+    pen = pen_mask_from_rgb(rgb, params, hsv)
     min_pen_px = int(params.min_pen_um2 / px_area_um2)
     if min_pen_px > 0:
         pen = morphology.remove_small_objects(pen, max_size=min_pen_px)
