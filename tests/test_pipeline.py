@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -135,7 +134,11 @@ def test_no_tissue_gives_empty_collection_and_warning(tmp_path: Path, random_mod
     assert json.loads(out.read_text()) == {"type": "FeatureCollection", "features": []}
 
 
-def test_wrong_role_and_bad_output(tmp_path: Path, synth_slide: Path, random_models: tuple[Path, Path]) -> None:
+def test_wrong_role_and_bad_output(
+    tmp_path: Path, synth_slide: Path, random_models: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import qpbridge.pipeline as pipeline
+
     roi, cell = random_models
     with pytest.raises(ModelError, match="is a cell model but a roi model is needed"):
         predict_slide(synth_slide, tmp_path / "x.geojson", PredictConfig(model_roi=str(cell), model_cell=str(cell)))
@@ -143,14 +146,10 @@ def test_wrong_role_and_bad_output(tmp_path: Path, synth_slide: Path, random_mod
         predict_slide(synth_slide, tmp_path / "missing" / "x.geojson", PredictConfig(model_roi=str(roi)))
     read_only = tmp_path / "ro"
     read_only.mkdir()
-    read_only.chmod(0o555)
-    try:
-        if os.access(read_only, os.W_OK):
-            pytest.skip("running as a user who can write anywhere")
-        with pytest.raises(OutputError, match="is not writable"):
-            predict_slide(synth_slide, read_only / "x.geojson", PredictConfig(model_roi=str(roi)))
-    finally:
-        read_only.chmod(0o755)
+    # Tests run as root in CI, who can write anywhere: make the folder read-only as the check sees it.
+    monkeypatch.setattr(pipeline.os, "access", lambda path, mode: Path(path) != read_only)
+    with pytest.raises(OutputError, match=f"output folder {read_only} is not writable: choose another -o"):
+        predict_slide(synth_slide, read_only / "x.geojson", PredictConfig(model_roi=str(roi)))
     assert list(tmp_path.glob("**/*.geojson")) == []
 
 
