@@ -127,6 +127,6 @@ def test_loop_document_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
         run(line)
     assert Path("changed.geojson").exists()
     tuned = load_model("my-models/deepbatch-cell-v2", role="cell")
-    assert tuned.card.training["init_from"] is not None and tuned.card.mpp == 0.5
+    assert tuned.card.training["init_from"] is not None and tuned.card.mpp == 1.0
     meta = json.loads(Path("project/qpbridge/slide.geojson.meta.json").read_text())
     assert meta["models"]["cell"]["sha256"] == tuned.card.weights_sha256
