@@ -16,7 +16,6 @@ Example
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -184,11 +183,22 @@ class BlockSegmenter:
         return BlockResult(blended[0].float().cpu().numpy(), run, skipped)
 
 
+def window_starts(extent_px: int, tile_px: int, overlap_frac: float) -> list[int]:
+    """Where MONAI's sliding window puts windows along one axis: every ``tile * (1 - overlap)`` px, the last
+    window flush with the end (one window when the image is no larger than the tile).
+
+    >>> window_starts(200, 64, 0.25)
+    [0, 48, 96, 136]
+    """
+    if extent_px <= tile_px:
+        return [0]
+    stride = max(1, int(tile_px * (1 - overlap_frac)))
+    starts = list(range(0, extent_px - tile_px + 1, stride))
+    if starts[-1] != extent_px - tile_px:
+        starts.append(extent_px - tile_px)
+    return starts
+
+
 def _window_count(height: int, width: int, tile_px: int, overlap_frac: float) -> int:
     """Windows MONAI lays over an image (for accounting skipped blocks)."""
-    stride = max(1, int(tile_px * (1 - overlap_frac)))
-
-    def along(extent: int) -> int:
-        return 1 if extent <= tile_px else math.ceil((extent - tile_px) / stride) + 1
-
-    return along(height) * along(width)
+    return len(window_starts(height, tile_px, overlap_frac)) * len(window_starts(width, tile_px, overlap_frac))

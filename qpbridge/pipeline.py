@@ -36,7 +36,7 @@ from scipy import ndimage
 
 from qpbridge import __version__
 from qpbridge.errors import InputError, OutputError
-from qpbridge.inference import BlockSegmenter, configure_threads, resolve_device
+from qpbridge.inference import BlockSegmenter, configure_threads, resolve_device, window_starts
 from qpbridge.models import LoadedModel, inference_network, load_model
 from qpbridge.naming import prediction_properties
 from qpbridge.qupath import Feature, GeoJSONWriter
@@ -581,16 +581,13 @@ def _segment_cells(
 
 def _windows_touching(mask: np.ndarray, segmenter: BlockSegmenter) -> int:
     """Windows of the block's sliding-window grid that touch ``mask`` (the work without ROI gating)."""
-    from monai.inferers.utils import _get_scan_interval, dense_patch_slices
-
-    tile = segmenter.tile_px
-    size = (max(mask.shape[0], tile), max(mask.shape[1], tile))
-    interval = _get_scan_interval(size, (tile, tile), 2, (segmenter.overlap_frac,) * 2)
-    count = 0
-    for rows, cols in dense_patch_slices(size, (tile, tile), interval):
-        if mask[rows, cols].any():
-            count += 1
-    return count
+    tile, overlap = segmenter.tile_px, segmenter.overlap_frac
+    return sum(
+        1
+        for top in window_starts(mask.shape[0], tile, overlap)
+        for left in window_starts(mask.shape[1], tile, overlap)
+        if mask[top:top + tile, left:left + tile].any()
+    )
 
 
 def _cell_features(

@@ -216,3 +216,17 @@ def test_cli_finished_output_needs_overwrite(
     assert second.exit_code == 1
     assert second.stderr.strip() == f"error: {out} exists and is finished: use --overwrite to replace it"
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+
+
+@pytest.mark.parametrize(("extent", "tile", "overlap"), [(200, 64, 0.25), (1024, 256, 0.25), (300, 256, 0.5),
+                                                         (100, 256, 0.25), (1000, 256, 0.0), (777, 64, 0.5)])
+def test_window_starts_match_monai(extent: int, tile: int, overlap: float) -> None:
+    """The ROI-saving accounting counts the same windows as MONAI's sliding window lays."""
+    from monai.inferers.utils import _get_scan_interval, dense_patch_slices
+
+    from qpbridge.inference import window_starts
+
+    size = (max(extent, tile), tile)
+    monai_rows = sorted({rows.start for rows, _ in dense_patch_slices(
+        size, (tile, tile), _get_scan_interval(size, (tile, tile), 2, (overlap, overlap)))})
+    assert window_starts(extent, tile, overlap) == monai_rows
