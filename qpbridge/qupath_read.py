@@ -169,7 +169,7 @@ def load_json_documents(path: str | os.PathLike[str]) -> list[JsonDocument]:
     """
     path = Path(path)
     if not path.exists():
-        raise GeoJSONError(f"{path}: no such file: check the path (export it from QuPath first)")
+        raise GeoJSONError(f"{path}: no such file: check the path")
     if path.is_dir():
         raise GeoJSONError(f"{path} is a folder: give a .geojson file")
     if path.suffix.lower() == ".zip" or zipfile.is_zipfile(path):
