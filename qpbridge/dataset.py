@@ -67,6 +67,7 @@ from affine import Affine
 from PIL import Image
 
 from qpbridge import __version__
+from qpbridge.atomic import atomic_write_text
 from qpbridge.classes import IGNORE_LABEL
 from qpbridge.errors import GeoJSONError, InputError, OutputError
 from qpbridge.rasterize import (
@@ -352,19 +353,6 @@ class _TissueFractions:
 
 
 # --------------------------------------------------------------------------------------------- output dir
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _manifest_header(labels: Sequence[int]) -> list[str]:
     return [
         "slide",
@@ -1001,8 +989,8 @@ def _commit(
         "qpbridge_version": __version__,
         "label_mask_legend": legend(config.class_map),
     }
-    _atomic_write_text(out_dir / "manifest.csv", buffer.getvalue())
-    _atomic_write_text(out_dir / "dataset.json", json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(out_dir / "manifest.csv", buffer.getvalue())
+    atomic_write_text(out_dir / "dataset.json", json.dumps(meta, indent=2) + "\n")
     written = {r["image"] for r in rows} | {r["mask"] for r in rows} | ({qa_rel} if qa_rel else set())
     for rel in stale - written:
         (out_dir / rel).unlink(missing_ok=True)

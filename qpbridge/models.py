@@ -22,7 +22,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from qpbridge.atomic import atomic_write_bytes
 from qpbridge.classes import DEEPBATCH_CLASSES, ROI_CLASS, ClassInfo
 from qpbridge.errors import InputError, ModelError, OutputError
 from qpbridge.preprocess import COLOR_SPACES
@@ -753,25 +753,6 @@ def load_weights(
 def state_dict_for_saving(network: nn.Module) -> dict[str, torch.Tensor]:
     """The network's tensors, detached, contiguous and on the CPU (what safetensors writes)."""
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in network.state_dict().items()}
-
-
-def _umask() -> int:
-    current = os.umask(0o022)
-    os.umask(current)
-    return current
-
-
-def atomic_write_bytes(target: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``target`` and rename it into place (mode 0666 & ~umask)."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_model(directory: str | os.PathLike[str], card: ModelCard, network: nn.Module) -> ModelCard:

@@ -35,11 +35,13 @@ from affine import Affine
 from scipy import ndimage
 
 from qpbridge import __version__
+from qpbridge.atomic import atomic_write_text
 from qpbridge.errors import InputError, OutputError
 from qpbridge.inference import BlockSegmenter, configure_threads, resolve_device, window_starts
 from qpbridge.models import LoadedModel, inference_network, load_model
 from qpbridge.naming import prediction_properties
 from qpbridge.qupath import Feature, GeoJSONWriter
+from qpbridge.qupath_write import meta_path as meta_path_for  # out.geojson -> out.geojson.meta.json
 from qpbridge.slide import Slide, check_mpp, open_slide
 from qpbridge.tiling import BlockGrid, Window, window_affine
 from qpbridge.tissue import DEFAULT_TISSUE_MPP, TissueMask, detect_tissue
@@ -119,12 +121,6 @@ class PredictSummary:
     roi_windows_run: int = 0
     roi_forward_s: float = 0.0
     warnings: list[str] = field(default_factory=list)
-
-
-def meta_path_for(output: str | os.PathLike[str]) -> Path:
-    """The sidecar of an output: ``out.geojson`` -> ``out.geojson.meta.json``."""
-    output = Path(output)
-    return output.with_name(output.name + ".meta.json")
 
 
 def is_finished(output: str | os.PathLike[str]) -> bool:
@@ -435,14 +431,8 @@ def predict_slide(
                                  "mpp": m.card.mpp} for m in (roi_model, cell_model) if m is not None},
         "qupath_offset_xy_px": [ox, oy], "summary": asdict(summary),
     }
-    _atomic_json(meta_path_for(output), meta)
+    atomic_write_text(meta_path_for(output), json.dumps(meta, indent=2, default=str) + "\n")
     return summary
-
-
-def _atomic_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 #: um/px of the ROI gate (the dilated ROI that decides which high-magnification windows run).

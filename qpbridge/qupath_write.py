@@ -32,6 +32,7 @@ import numpy as np
 import orjson
 import shapely
 
+from qpbridge.atomic import atomic_write_bytes
 from qpbridge.errors import GeoJSONError, OutputError
 
 __all__ = [
@@ -555,19 +556,6 @@ def _batches(items: Iterable[Feature], size: int) -> Iterator[list[Feature]]:
         yield batch
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def meta_path(path: str | os.PathLike[str]) -> Path:
     """The provenance sidecar of an output: ``<out>.meta.json`` (``slide.geojson.meta.json``)."""
     path = Path(path)
@@ -617,5 +605,5 @@ def write_geojson(
         record.update(meta)
         record["counts"] = writer.summary.to_dict()
         data = orjson.dumps(record, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY, default=str)
-        _atomic_write_bytes(meta_path(path), data + b"\n")
+        atomic_write_bytes(meta_path(path), data + b"\n")
     return writer.summary

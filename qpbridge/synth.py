@@ -54,6 +54,7 @@ from rasterio.features import rasterize
 from shapely.geometry import mapping
 from shapely.geometry.base import BaseGeometry
 
+from qpbridge.atomic import atomic_write_bytes
 from qpbridge.classes import DEEPBATCH_CLASSES, PEN_CLASS, TISSUE_CLASS
 from qpbridge.errors import InputError, OutputError
 
@@ -1304,15 +1305,6 @@ def _write_nuclei_geojson(path: Path, nuclei: NDArray[np.float32]) -> None:
     )
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 # ------------------------------------------------------------------------------------------------- main
 def _check_args(
     path: Path,
@@ -1603,4 +1595,4 @@ def _write_meta(path: Path, r: SynthResult, lesion_fraction_target: float) -> No
             "nuclei_count": r.nuclei_count,
         }
     }
-    _atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import (
@@ -19,6 +20,9 @@ from rich.progress import (
 from qpbridge.commands._common import err_console, reported_errors, warn
 from qpbridge.errors import InputError, OutputError, QpbridgeError
 from qpbridge.naming import prediction_filename
+
+if TYPE_CHECKING:  # torch and the pipeline are imported when the command runs, not at CLI start-up
+    from qpbridge.pipeline import PredictConfig
 
 #: What a folder given as SLIDE is searched for.
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
@@ -74,7 +78,7 @@ def register(app: typer.Typer) -> None:
         overlay: Path | None = typer.Option(None, "--overlay", help="Write a thumbnail PNG with predictions."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace finished outputs."),
     ) -> None:
-        from qpbridge.pipeline import PredictConfig, is_finished, predict_slide
+        from qpbridge.pipeline import PredictConfig, is_finished
 
         with reported_errors():
             paths = _expand_slides(slides)
@@ -105,7 +109,7 @@ def register(app: typer.Typer) -> None:
                     err_console.print(f"skip {slide_path}: {target} is finished (use --overwrite to redo it)")
                     continue
                 try:
-                    _predict_one(predict_slide, slide_path, target, config)
+                    _predict_one(slide_path, target, config)
                 except QpbridgeError as exc:
                     if not many:
                         raise
@@ -116,7 +120,9 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(1)
 
 
-def _predict_one(predict_slide: object, slide_path: Path, target: Path, config: object) -> None:
+def _predict_one(slide_path: Path, target: Path, config: PredictConfig) -> None:
+    from qpbridge.pipeline import predict_slide
+
     start = time.perf_counter()
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
@@ -131,7 +137,7 @@ def _predict_one(predict_slide: object, slide_path: Path, target: Path, config: 
             elapsed = max(time.perf_counter() - start, 1e-9)
             bar.update(tasks[stage], completed=done, total=total, rate=f"{windows / elapsed:.1f} tiles/s")
 
-        summary = predict_slide(slide_path, target, config, progress=progress, warn=warn)  # type: ignore[operator]
+        summary = predict_slide(slide_path, target, config, progress=progress, warn=warn)
     by_class = ", ".join(f"{name} {count}" for name, count in sorted(summary.features_by_class.items())) or "none"
     roi = (f", ROI {summary.roi_fraction_of_tissue:.1%} of tissue" if summary.roi_fraction_of_tissue is not None
            else "")
