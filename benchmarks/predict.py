@@ -33,10 +33,12 @@ from pathlib import Path
 import torch
 
 
-def conv_reference_gflops(device: torch.device, seconds: float = 3.0) -> float:
-    """GFLOP/s of a 64->64 channel 3x3 convolution over a batch of 8 x 256 x 256 (float32 on CPU)."""
-    conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).to(device).eval()
-    x = torch.randn(8, 64, 256, 256, device=device)
+def conv_reference_gflops(device: torch.device, layout: str, seconds: float = 3.0) -> float:
+    """GFLOP/s of a 64->64 channel 3x3 convolution over a batch of 8 x 256 x 256 (float32 on CPU) in a layout."""
+    from qpbridge.inference import LAYOUTS
+
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).to(device).eval().to(memory_format=LAYOUTS[layout])
+    x = torch.randn(8, 64, 256, 256, device=device).contiguous(memory_format=LAYOUTS[layout])
     flops = 2 * 8 * 64 * 64 * 9 * 256 * 256
     with torch.inference_mode():
         for _ in range(2):
@@ -64,22 +66,26 @@ def model_flops_per_window(model: object, device: torch.device) -> float:
     return float(counter.get_total_flops())
 
 
-def pure_forward_seconds(model: object, device: torch.device, windows: int, batch: int) -> float:
-    """Seconds to run ``windows`` tiles through the network in batches, nothing else."""
+def pure_forward_seconds(model: object, device: torch.device, mpx: float, batch: int, layout: str) -> float:
+    """Seconds to run ``mpx`` megapixels through the network as batches of tiles (nothing else), in ``layout``."""
+    from qpbridge.inference import LAYOUTS
+
     card = model.card  # type: ignore[attr-defined]
-    x = torch.randn(batch, 3, card.tile_px, card.tile_px, device=device)
-    with torch.inference_mode():
-        model.network(x)  # type: ignore[attr-defined]
+    network = model.network.to(memory_format=LAYOUTS[layout])  # type: ignore[attr-defined]
+    x = torch.randn(batch, 3, card.tile_px, card.tile_px, device=device).contiguous(memory_format=LAYOUTS[layout])
+    pixels = mpx * 1e6
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
+        network(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         done = 0
-        while done < windows:
-            model.network(x)  # type: ignore[attr-defined]
-            done += batch
+        while done < pixels:
+            network(x)
+            done += x.numel() // 3
         if device.type == "cuda":
             torch.cuda.synchronize()
-    return (time.perf_counter() - start) * windows / done
+    return (time.perf_counter() - start) * pixels / done
 
 
 def ensure_slide(workdir: Path, width: int, height: int, seed: int) -> Path:
@@ -104,6 +110,8 @@ def child_predict(args: argparse.Namespace) -> None:
     wall = time.perf_counter() - start
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"wall_s": wall, "rss_mb": rss_mb, "windows_run": summary.windows_run,
+                      "mpx": summary.network_mpx, "roi_mpx": summary.roi_network_mpx, "layouts": summary.layouts,
+                      "tissue_mpx": summary.tissue_network_mpx,
                       "forward_s": summary.forward_s, "timings": summary.timings_s,
                       "roi_windows_run": summary.roi_windows_run, "roi_forward_s": summary.roi_forward_s,
                       "features": summary.features_written, "saved": summary.high_mag_saved_frac,
@@ -151,14 +159,17 @@ def main() -> None:
           f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
           + (f", {threads} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}" if threads else ""))
 
-    ref = conv_reference_gflops(device)
-    print(f"(1) reference 3x3 conv (8x64x256x256, 64->64): {ref:.1f} GFLOP/s")
+    refs = {layout: conv_reference_gflops(device, layout) for layout in ("nchw", "channels_last")}
+    ref = max(refs.values())
+    print(f"(1) reference 3x3 conv (8x64x256x256, 64->64): {ref:.1f} GFLOP/s (the faster layout; "
+          + ", ".join(f"{k} {v:.0f}" for k, v in refs.items()) + ")")
 
     cell = load_model(args.model_cell, role="cell", device=device)
     cell.network = inference_network(cell.card, cell.network)
     flops = model_flops_per_window(cell, device)
+    flops_per_px = flops / cell.card.tile_px**2
     print(f"    cell model: {flops / 1e9:.2f} GFLOP per {cell.card.tile_px}px window "
-          f"({flops / cell.card.tile_px**2 / 1e3:.1f} GFLOP/MP) at {cell.card.mpp} um/px")
+          f"({flops_per_px / 1e3:.1f} GFLOP/MP) at {cell.card.mpp} um/px")
 
     w, h = (int(v) for v in args.small.split("x"))
     small = ensure_slide(args.workdir, w, h, args.seed)
@@ -166,28 +177,32 @@ def main() -> None:
     batch = args.batch_size or (64 if device.type == "cuda" else 8)
     roi = load_model(args.model_roi, role="roi", device=device)
     roi.network = inference_network(roi.card, roi.network)
-    pure_cell = pure_forward_seconds(cell, device, with_roi["windows_run"], batch)
-    pure = pure_cell + pure_forward_seconds(roi, device, with_roi["roi_windows_run"], batch)
-    achieved = flops * with_roi["windows_run"] / max(with_roi["timings"].get("cells_s", 0) or 1e-9, 1e-9) / 1e9
-    in_forward = flops * with_roi["windows_run"] / max(with_roi["forward_s"], 1e-9) / 1e9
-    stages = json.dumps({k: round(v, 1) for k, v in with_roi["timings"].items()})
-    print(f"    predict {small.name}: {with_roi['wall_s']:.1f} s wall, {with_roi['windows_run']} cell windows, "
-          f"{with_roi['features']} features; stages {stages}")
-    pure_rate = flops * with_roi["windows_run"] / max(pure_cell, 1e-9) / 1e9
+    layouts = with_roi["layouts"]
+    pure_cell = pure_forward_seconds(cell, device, with_roi["mpx"], batch, layouts.get("cell", "nchw"))
+    pure = pure_cell + pure_forward_seconds(roi, device, with_roi["roi_mpx"], batch, layouts.get("roi", "nchw"))
+    work = flops_per_px * with_roi["mpx"] * 1e6
+    in_forward = work / max(with_roi["forward_s"], 1e-9) / 1e9
+    achieved = work / max(with_roi["timings"].get("cells_s", 0), 1e-9) / 1e9
+    pure_rate = work / max(pure_cell, 1e-9) / 1e9
+    stages = json.dumps({k: round(v, 2) for k, v in with_roi["timings"].items()})
+    print(f"    predict {small.name}: {with_roi['wall_s']:.2f} s wall, {with_roi['windows_run']} cell windows "
+          f"({with_roi['mpx']:.2f} MP), {with_roi['roi_windows_run']} ROI windows ({with_roi['roi_mpx']:.2f} MP), "
+          f"{with_roi['features']} features, layouts {layouts}; stages {stages}")
     print(f"(2) cell model inside predict: {in_forward:.1f} GFLOP/s in its forward passes "
           f"(ratio {in_forward / ref:.2f}); {achieved:.1f} GFLOP/s over the whole cell stage "
           f"(ratio {achieved / ref:.2f}); pure batched forward {pure_rate:.1f} GFLOP/s (ratio {pure_rate / ref:.2f})")
-    print(f"(3) predict wall / pure forward of the same windows ({with_roi['windows_run']} cell + "
-          f"{with_roi['roi_windows_run']} ROI): {with_roi['wall_s']:.1f} / {pure:.1f} s = "
+    print(f"(3) predict wall / pure forward of the same work ({with_roi['mpx']:.2f} MP cell + "
+          f"{with_roi['roi_mpx']:.2f} MP ROI): {with_roi['wall_s']:.2f} / {pure:.2f} s = "
           f"{with_roi['wall_s'] / max(pure, 1e-9):.2f}; the cell stage alone: "
-          f"{with_roi['timings'].get('cells_s', 0):.1f} / {pure_cell:.1f} s = "
+          f"{with_roi['timings'].get('cells_s', 0):.2f} / {pure_cell:.2f} s = "
           f"{with_roi['timings'].get('cells_s', 0) / max(pure_cell, 1e-9):.2f}")
 
     no_roi = run_child(small, args.workdir / "small_noroi.geojson", args, no_roi=True)
-    work_ratio = with_roi["windows_run"] / max(no_roi["windows_run"], 1)
-    print(f"(4) ROI is {with_roi['roi_fraction']:.1%} of tissue; high-mag windows with ROI / --no-roi: "
-          f"{with_roi['windows_run']} / {no_roi['windows_run']} = {work_ratio:.3f}"
-          f"; wall {with_roi['wall_s']:.1f} / {no_roi['wall_s']:.1f} s = {with_roi['wall_s'] / no_roi['wall_s']:.3f}")
+    work_ratio = with_roi["mpx"] / max(no_roi["mpx"], 1e-9)
+    print(f"(4) ROI is {with_roi['roi_fraction']:.1%} of tissue; high-mag work (cell-model input MP) with ROI / "
+          f"--no-roi: {with_roi['mpx']:.2f} / {no_roi['mpx']:.2f} = {work_ratio:.3f} (windows "
+          f"{with_roi['windows_run']} / {no_roi['windows_run']}); wall {with_roi['wall_s']:.2f} / "
+          f"{no_roi['wall_s']:.2f} s = {with_roi['wall_s'] / no_roi['wall_s']:.3f}")
 
     w, h = (int(v) for v in args.large.split("x"))
     large = ensure_slide(args.workdir, w, h, args.seed)

@@ -1,10 +1,15 @@
 """Running a segmentation U-Net over an image block with MONAI ``sliding_window_inference``, gated by a mask.
 
 :class:`BlockSegmenter` turns an RGB block (any size) into per-class probabilities at the block's resolution.
-Windows (the model card's ``tile_px`` with its ``overlap_frac`` and Gaussian blending) run the network only
-when they touch the *active* mask of the block (tissue, or the ROI found at low magnification): the others
-are answered with "background" without running the network. This is the DeepBatch ROI sampling: the cell
-U-Net only works inside the ROI.
+The network only runs where the block's *active* mask is (tissue, or the ROI found at low magnification):
+this is the DeepBatch ROI sampling, the cell U-Net only works inside the ROI.
+
+How the active mask becomes work (:func:`plan_regions`): its pieces, grown by ``context_px`` of context, are
+boxed (overlapping boxes merged). A box no larger than ``max_fit_px`` runs as **one window fitted to the box**
+(the U-Net is fully convolutional: a 300 x 180 um lesion costs one 352 x 224 px window, not the four to six
+fixed-grid windows it straddles). A larger box runs MONAI's sliding window with the card's ``tile_px``,
+``overlap_frac`` and blending, and only the windows that touch the mask run; the rest are answered
+"background" without running the network.
 
 Example
 -------
@@ -16,7 +21,9 @@ Example
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,9 +31,16 @@ from typing import Any
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
+from scipy import ndimage
 
 from qpbridge.errors import InputError
 from qpbridge.preprocess import to_network_input
+
+#: Memory layouts the network can run in; ``auto`` times both on the first batch and keeps the faster.
+LAYOUTS: dict[str, torch.memory_format] = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+
+#: Granularity (px) of the boxes fitted around the active mask.
+BOX_CELL_PX = 8
 
 
 @dataclass
@@ -35,7 +49,26 @@ class BlockResult:
 
     probabilities: np.ndarray  #: float32 (C, H, W); for a binary (ROI) model C == 1: P(ROI)
     windows_run: int
-    windows_skipped: int
+    windows_skipped: int  #: windows of the block's fixed grid that the mask spared
+    pixels_run: int = 0  #: network input pixels (windows x their area): the work done
+
+
+@dataclass
+class Region:
+    """A box of a block that runs on its own: ``roi_px`` is the window size MONAI slides over it."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    roi_px: tuple[int, int]  #: (rows, cols) of each window
+    windows: int  #: windows that touch the mask (those that run)
+    own: np.ndarray | None = None  #: bool (height, width): the pixels this region answers for (None: all)
+
+    @property
+    def pixels(self) -> int:
+        """Network input pixels of this region's windows."""
+        return self.windows * self.roi_px[0] * self.roi_px[1]
 
 
 def configure_threads(threads: int | None) -> int:
@@ -61,126 +94,15 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-class BlockSegmenter:
-    """Sliding-window segmentation of image blocks with a loaded model.
+def size_multiple(card: Any) -> int:
+    """Input sizes the U-Net accepts are multiples of this (the product of its strides; 1 if unknown)."""
+    architecture = getattr(card, "architecture", None)
+    strides = getattr(architecture, "args", {}).get("strides") if architecture is not None else None
+    return math.prod(strides) if strides else 1
 
-    Parameters
-    ----------
-    model
-        A :class:`qpbridge.models.LoadedModel` (its ``card`` gives tile size, overlap, blending, colour
-        space and normalisation; its ``network`` is in eval mode).
-    device
-        Where the network runs. On CUDA, windows run in float16 autocast.
-    batch_size
-        Windows per forward pass (default: 8 on CPU, 64 on CUDA).
-    overlap_frac, blend
-        Override the card's ``overlap_frac`` and ``blend`` ("gaussian" or "constant").
-    """
 
-    def __init__(
-        self,
-        model: Any,
-        *,
-        device: torch.device | str = "cpu",
-        batch_size: int | None = None,
-        overlap_frac: float | None = None,
-        blend: str | None = None,
-    ) -> None:
-        self.card = model.card
-        self.device = torch.device(device)
-        self.network = model.network.to(self.device).eval()
-        if self.device.type == "cpu":
-            # channels-last was measured 5-17% slower on these CPUs (design.md): keep NCHW.
-            self.network = self.network.to(memory_format=torch.contiguous_format)
-        self.batch_size = batch_size or (64 if self.device.type == "cuda" else 8)
-        if self.batch_size < 1:
-            raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
-        self.overlap_frac = self.card.overlap_frac if overlap_frac is None else overlap_frac
-        if not 0 <= self.overlap_frac < 1:
-            raise InputError(f"overlap must be in [0, 1), got {self.overlap_frac}")
-        self.blend = blend or self.card.blend
-        self.tile_px = int(self.card.tile_px)
-        self.binary = self.card.role == "roi"
-        self.forward_seconds = 0.0
-        self.windows_run = 0
-        self.windows_skipped = 0
-
-    @property
-    def n_outputs(self) -> int:
-        """Channels of :attr:`BlockResult.probabilities`."""
-        return 1 if self.binary else len(self.card.classes)
-
-    def _background(self, n: int, height: int, width: int) -> torch.Tensor:
-        out = torch.zeros((n, self.n_outputs, height, width), device=self.device)
-        if not self.binary:
-            out[:, 0] = 1.0
-        return out
-
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        import time
-
-        start = time.perf_counter()
-        with torch.inference_mode():
-            if self.device.type == "cuda":
-                with torch.autocast("cuda", dtype=torch.float16):
-                    logits = self.network(batch)
-            else:
-                logits = self.network(batch)
-            logits = logits.float()
-            probs = torch.sigmoid(logits) if self.binary else torch.softmax(logits, dim=1)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        self.forward_seconds += time.perf_counter() - start
-        return probs
-
-    def predict(self, rgb: np.ndarray, active: np.ndarray | None = None) -> BlockResult:
-        """Class probabilities of an (H, W, 3) uint8 block; windows not touching ``active`` are skipped.
-
-        ``active`` is a boolean (H, W) mask at the block's resolution (None = run everywhere). Pixels outside
-        ``active`` keep whatever the overlapping windows say; the caller clips to its mask.
-        """
-        height, width = rgb.shape[:2]
-        if active is not None and active.shape != (height, width):
-            raise InputError(f"active mask shape {active.shape} differs from the block's {(height, width)}")
-        inputs = to_network_input(rgb, self.card, device=self.device)
-        run = skipped = 0
-
-        def predictor(patches: torch.Tensor, coords: Sequence[Sequence[slice]]) -> torch.Tensor:
-            nonlocal run, skipped
-            keep: list[int] = []
-            for index, window in enumerate(coords):
-                if active is None or active[window[2], window[3]].any():
-                    keep.append(index)
-            out = self._background(patches.shape[0], patches.shape[2], patches.shape[3])
-            for start in range(0, len(keep), self.batch_size):  # full batches of the windows that run
-                chunk = keep[start:start + self.batch_size]
-                out[chunk] = self._forward(patches[chunk])
-            run += len(keep)
-            skipped += patches.shape[0] - len(keep)
-            return out
-
-        if active is not None and not active.any():
-            windows = _window_count(height, width, self.tile_px, self.overlap_frac)
-            self.windows_skipped += windows
-            empty = self._background(1, height, width)[0].cpu().numpy()
-            return BlockResult(empty, 0, windows)
-        with torch.inference_mode():
-            blended = sliding_window_inference(
-                inputs,
-                roi_size=(self.tile_px, self.tile_px),
-                # MONAI hands the predictor this many windows at a time; only those touching the active mask
-                # run, in batches of batch_size, so ask for several batches' worth to keep the batches full.
-                sw_batch_size=self.batch_size * 8,
-                predictor=predictor,
-                overlap=self.overlap_frac,
-                mode=self.blend,
-                padding_mode="replicate",
-                with_coord=True,
-            )
-        assert isinstance(blended, torch.Tensor)
-        self.windows_run += run
-        self.windows_skipped += skipped
-        return BlockResult(blended[0].float().cpu().numpy(), run, skipped)
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
 
 
 def window_starts(extent_px: int, tile_px: int, overlap_frac: float) -> list[int]:
@@ -199,6 +121,252 @@ def window_starts(extent_px: int, tile_px: int, overlap_frac: float) -> list[int
     return starts
 
 
-def _window_count(height: int, width: int, tile_px: int, overlap_frac: float) -> int:
-    """Windows MONAI lays over an image (for accounting skipped blocks)."""
-    return len(window_starts(height, tile_px, overlap_frac)) * len(window_starts(width, tile_px, overlap_frac))
+def windows_touching(mask: np.ndarray, roi_px: tuple[int, int], overlap_frac: float) -> int:
+    """Windows of MONAI's layout over ``mask`` (roi ``roi_px``) that touch it: the windows a gated run runs."""
+    rows, cols = roi_px
+    return sum(
+        1
+        for top in window_starts(mask.shape[0], rows, overlap_frac)
+        for left in window_starts(mask.shape[1], cols, overlap_frac)
+        if mask[top:top + rows, left:left + cols].any()
+    )
+
+
+def _pieces(active: np.ndarray, context_px: int) -> list[tuple[slice, slice, np.ndarray]]:
+    """The pieces of ``active`` grown by ``context_px`` (on a :data:`BOX_CELL_PX` grid): for each, its box
+    (row and column slices, clipped to the mask) and which pixels of the box belong to it."""
+    height, width = active.shape
+    cell = BOX_CELL_PX
+    grid_h, grid_w = _round_up(height, cell) // cell, _round_up(width, cell) // cell
+    padded = np.zeros((grid_h * cell, grid_w * cell), dtype=bool)
+    padded[:height, :width] = active
+    coarse = padded.reshape(grid_h, cell, grid_w, cell).any(axis=(1, 3))
+    grow = _round_up(context_px, cell) // cell
+    square = np.ones((3, 3), dtype=bool)
+    if grow:
+        coarse = ndimage.binary_dilation(coarse, structure=square, iterations=grow)
+    labels, _ = ndimage.label(coarse, structure=square)
+    pieces = []
+    for index, found in enumerate(ndimage.find_objects(labels), start=1):
+        if found is None:
+            continue
+        rows = slice(found[0].start * cell, min(found[0].stop * cell, height))
+        cols = slice(found[1].start * cell, min(found[1].stop * cell, width))
+        own = np.repeat(np.repeat(labels[found] == index, cell, axis=0), cell, axis=1)
+        pieces.append((rows, cols, own[:rows.stop - rows.start, :cols.stop - cols.start]))
+    return pieces
+
+
+def plan_regions(
+    active: np.ndarray, *, tile_px: int, overlap_frac: float, context_px: int, max_fit_px: int, multiple: int = 1
+) -> list[Region]:
+    """The regions (and their windows) a gated run of a block works on; see the module docstring.
+
+    Each piece of ``active`` (grown by ``context_px``) is one region: its bounding box, of which it answers
+    for its own pixels only (boxes of neighbouring pieces may overlap). A box side up to ``max_fit_px`` gets
+    one window of that side rounded up to ``multiple`` (MONAI pads the box to it); a longer side gets
+    ``tile_px`` windows at ``overlap_frac``. Only windows touching ``active`` run.
+
+    >>> mask = np.zeros((1024, 1024), bool); mask[100:300, 500:650] = True
+    >>> [(r.top, r.left, r.height, r.width, r.roi_px, r.windows) for r in plan_regions(
+    ...     mask, tile_px=256, overlap_frac=0.25, context_px=32, max_fit_px=512, multiple=8)]
+    [(64, 464, 272, 224, (272, 224), 1)]
+    """
+    regions = []
+    for rows, cols, own in _pieces(active, context_px):
+        height, width = rows.stop - rows.start, cols.stop - cols.start
+        roi_px = tuple(_round_up(side, multiple) if side <= max_fit_px else tile_px for side in (height, width))
+        roi = (int(roi_px[0]), int(roi_px[1]))
+        windows = windows_touching(active[rows, cols] & own, roi, overlap_frac)
+        if windows:
+            regions.append(Region(rows.start, cols.start, height, width, roi, windows, own))
+    return regions
+
+
+class BlockSegmenter:
+    """Gated, fitted sliding-window segmentation of image blocks with a loaded model.
+
+    Parameters
+    ----------
+    model
+        A :class:`qpbridge.models.LoadedModel` (its ``card`` gives tile size, overlap, blending, colour
+        space and normalisation; its ``network`` is in eval mode).
+    device
+        Where the network runs. On CUDA, windows run in float16 autocast.
+    batch_size
+        Windows per forward pass (default: 8 on CPU, 64 on CUDA).
+    overlap_frac, blend
+        Override the card's ``overlap_frac`` and ``blend`` ("gaussian" or "constant").
+    layout
+        ``nchw``, ``channels_last`` or ``auto`` (default: time both on the first batch, keep the faster; which
+        one wins depends on the CPU).
+    context_px, max_fit_px
+        Context around the active mask, and the largest box side that runs as one fitted window (defaults:
+        ``tile_px / 8`` and ``2 * tile_px``; ``max_fit_px=0`` runs the card's fixed grid only).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        device: torch.device | str = "cpu",
+        batch_size: int | None = None,
+        overlap_frac: float | None = None,
+        blend: str | None = None,
+        layout: str = "auto",
+        context_px: int | None = None,
+        max_fit_px: int | None = None,
+    ) -> None:
+        self.card = model.card
+        self.device = torch.device(device)
+        self.network = model.network.to(self.device).eval()
+        self.batch_size = batch_size or (64 if self.device.type == "cuda" else 8)
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
+        self.overlap_frac = self.card.overlap_frac if overlap_frac is None else overlap_frac
+        if not 0 <= self.overlap_frac < 1:
+            raise InputError(f"overlap must be in [0, 1), got {self.overlap_frac}")
+        if layout not in (*LAYOUTS, "auto"):
+            raise InputError(f"layout must be auto, nchw or channels_last, got {layout!r}")
+        self.layout = layout
+        self._layout_chosen = layout != "auto"
+        self.layout_trial_s: dict[str, float] = {}
+        if layout != "auto":
+            self.network = self.network.to(memory_format=LAYOUTS[layout])
+        self.blend = blend or self.card.blend
+        self.tile_px = int(self.card.tile_px)
+        self.context_px = self.tile_px // 8 if context_px is None else context_px
+        self.max_fit_px = 2 * self.tile_px if max_fit_px is None else max_fit_px
+        if self.context_px < 0 or self.max_fit_px < 0:
+            raise InputError(f"context_px and max_fit_px must be >= 0, got {self.context_px}, {self.max_fit_px}")
+        self.multiple = size_multiple(self.card)
+        self.binary = self.card.role == "roi"
+        self.forward_seconds = 0.0
+        self.windows_run = 0
+        self.windows_skipped = 0
+        self.pixels_run = 0
+
+    @property
+    def n_outputs(self) -> int:
+        """Channels of :attr:`BlockResult.probabilities`."""
+        return 1 if self.binary else len(self.card.classes)
+
+    def _background(self, n: int, height: int, width: int) -> torch.Tensor:
+        out = torch.zeros((n, self.n_outputs, height, width), device=self.device)
+        if not self.binary:
+            out[:, 0] = 1.0
+        return out
+
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.float16):
+                logits = self.network(batch)
+        else:
+            logits = self.network(batch)
+        logits = logits.float()
+        probs = torch.sigmoid(logits) if self.binary else torch.softmax(logits, dim=1)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return probs
+
+    def _choose_layout(self, batch: torch.Tensor) -> torch.Tensor:
+        """Run ``batch`` in each layout (once to warm up, once timed) and keep the faster layout."""
+        probs = batch
+        for name, memory_format in LAYOUTS.items():
+            self.network = self.network.to(memory_format=memory_format)
+            x = batch.contiguous(memory_format=memory_format)
+            self._run(x)
+            start = time.perf_counter()
+            probs = self._run(x)
+            self.layout_trial_s[name] = time.perf_counter() - start
+        self.layout = min(self.layout_trial_s, key=lambda name: self.layout_trial_s[name])
+        self.network = self.network.to(memory_format=LAYOUTS[self.layout])
+        self._layout_chosen = True
+        return probs
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            if not self._layout_chosen:
+                probs = self._choose_layout(batch)
+            else:
+                probs = self._run(batch.contiguous(memory_format=LAYOUTS[self.layout]))
+        self.forward_seconds += time.perf_counter() - start
+        return probs.contiguous()
+
+    def plan(self, active: np.ndarray) -> list[Region]:
+        """The regions a gated run over ``active`` works on (no network: also the cost of a run)."""
+        return plan_regions(active, tile_px=self.tile_px, overlap_frac=self.overlap_frac, context_px=self.context_px,
+                            max_fit_px=self.max_fit_px, multiple=self.multiple)
+
+    def predict(self, rgb: np.ndarray, active: np.ndarray | None = None) -> BlockResult:
+        """Class probabilities of an (H, W, 3) uint8 block; the network runs only around ``active``.
+
+        ``active`` is a boolean (H, W) mask at the block's resolution (None = run everywhere, the card's fixed
+        grid). Pixels away from ``active`` read "background"; the caller clips to its mask.
+        """
+        height, width = rgb.shape[:2]
+        if active is not None and active.shape != (height, width):
+            raise InputError(f"active mask shape {active.shape} differs from the block's {(height, width)}")
+        grid = (self.tile_px, self.tile_px)
+        grid_windows = len(window_starts(height, self.tile_px, self.overlap_frac)) * len(
+            window_starts(width, self.tile_px, self.overlap_frac))
+        if active is None:
+            regions = [Region(0, 0, height, width, grid, grid_windows)]
+            spared = 0
+        else:
+            regions = self.plan(active) if self.max_fit_px else [
+                Region(0, 0, height, width, grid, windows_touching(active, grid, self.overlap_frac))]
+            regions = [r for r in regions if r.windows]
+            spared = grid_windows - windows_touching(active, grid, self.overlap_frac)
+        out = self._background(1, height, width)[0]
+        run = pixels = 0
+        if regions:
+            inputs = to_network_input(rgb, self.card, device=self.device)
+        for region in regions:
+            rows, cols = slice(region.top, region.top + region.height), slice(region.left, region.left + region.width)
+            mask = None if active is None else active[rows, cols]
+            if mask is not None and region.own is not None:
+                mask = mask & region.own
+            done = self._slide(inputs[:, :, rows, cols], region.roi_px, mask)[0]
+            if region.own is None:
+                out[:, rows, cols] = done
+            else:
+                own = torch.from_numpy(region.own).to(self.device)
+                out[:, rows, cols] = torch.where(own, done, out[:, rows, cols])
+            run += region.windows
+            pixels += region.pixels
+        self.windows_run += run
+        self.windows_skipped += spared
+        self.pixels_run += pixels
+        return BlockResult(out.float().cpu().numpy(), run, spared, pixels)
+
+    def _slide(self, inputs: torch.Tensor, roi_px: tuple[int, int], active: np.ndarray | None) -> torch.Tensor:
+        """MONAI's sliding window over one region; windows not touching ``active`` answer background."""
+
+        def predictor(patches: torch.Tensor, coords: Sequence[Sequence[slice]]) -> torch.Tensor:
+            keep = [i for i, window in enumerate(coords) if active is None or active[window[2], window[3]].any()]
+            if len(keep) == patches.shape[0]:
+                return torch.cat([self._forward(patches[s:s + self.batch_size])
+                                  for s in range(0, len(keep), self.batch_size)])
+            out = self._background(patches.shape[0], patches.shape[2], patches.shape[3])
+            for start in range(0, len(keep), self.batch_size):  # full batches of the windows that run
+                chunk = keep[start:start + self.batch_size]
+                out[chunk] = self._forward(patches[chunk])
+            return out
+
+        with torch.inference_mode():
+            blended = sliding_window_inference(
+                inputs,
+                roi_size=roi_px,
+                # MONAI hands the predictor this many windows at a time; only those touching the active mask
+                # run, in batches of batch_size, so ask for several batches' worth to keep the batches full.
+                sw_batch_size=self.batch_size * 8,
+                predictor=predictor,
+                overlap=self.overlap_frac,
+                mode=self.blend,
+                padding_mode="replicate",
+                with_coord=True,
+            )
+        assert isinstance(blended, torch.Tensor)
+        return blended

@@ -1,11 +1,11 @@
 """The DeepBatch cascade over a whole slide: the only module that composes the steps.
 
-slide -> tissue & pen mask (thumbnail scale) -> ROI U-Net (low magnification, over tissue only) -> ROI mask,
-dilated -> cell U-Net (high magnification, MONAI sliding window, block by block, windows only inside the ROI)
+slide -> tissue & pen mask (thumbnail scale) -> ROI U-Net (low magnification, over tissue only) -> ROI regions,
+grown by a margin -> cell U-Net (high magnification, MONAI sliding window, block by block, only around the ROI)
 -> class labels per block -> polygons (seams merged) -> QuPath GeoJSON, streamed; plus ``<out>.meta.json``.
 
 Memory is bounded by the block: the high-magnification image is never held whole; the only whole-slide
-arrays are the tissue mask, the ROI mask (at the ROI model's um/px) and the overlay thumbnail.
+arrays are the tissue mask (thumbnail scale) and the overlay thumbnail; the ROI is kept as polygons.
 
 Example
 -------
@@ -37,7 +37,7 @@ from scipy import ndimage
 from qpbridge import __version__
 from qpbridge.atomic import atomic_write_text
 from qpbridge.errors import InputError, OutputError
-from qpbridge.inference import BlockSegmenter, configure_threads, resolve_device, window_starts
+from qpbridge.inference import BlockSegmenter, configure_threads, resolve_device
 from qpbridge.models import LoadedModel, inference_network, load_model
 from qpbridge.naming import prediction_properties
 from qpbridge.qupath import Feature, GeoJSONWriter
@@ -66,10 +66,13 @@ class PredictConfig:
     threads: int | None = None
     use_roi: bool = True  #: False = ``--no-roi``: the cell model over all tissue
     roi_only: bool = False  #: True = ``--roi-only``: stop after the ROI
-    roi_margin_um: float = 16.0  #: the ROI is dilated by this much before gating the cell model
+    roi_margin_um: float = 8.0  #: the ROI is grown by this much before gating the cell model
     roi_min_area_um2: float = 2000.0  #: ROI pieces smaller than this are dropped (holes in the ROI are filled)
     tissue_mpp: float = DEFAULT_TISSUE_MPP
     block_px: int = 1024  #: cell-stage block side in pixels at the cell model's um/px
+    context_um: float = 16.0  #: context the networks see around their gate (tissue, dilated ROI)
+    max_fit_um: float | None = None  #: gate pieces up to this size run as one fitted window (default 2 tiles)
+    layout: str = "auto"  #: network memory layout: auto (timed), nchw or channels_last
     overlap_frac: float | None = None  #: override the cards' sliding-window overlap
     object_type: str = "detection"  #: QuPath object type of the cell-level class regions
     min_area_um2: float = 20.0
@@ -93,6 +96,12 @@ class PredictConfig:
                 raise InputError(f"{name} must be >= 0, got {value}")
         if self.block_px < 256:
             raise InputError(f"--block-px must be >= 256, got {self.block_px}")
+        if not math.isfinite(self.context_um) or self.context_um < 0:
+            raise InputError(f"--context-um must be >= 0, got {self.context_um}")
+        if self.max_fit_um is not None and (not math.isfinite(self.max_fit_um) or self.max_fit_um < 0):
+            raise InputError(f"--max-fit-um must be >= 0, got {self.max_fit_um}")
+        if self.layout not in ("auto", "nchw", "channels_last"):
+            raise InputError(f"--layout must be auto, nchw or channels_last, got {self.layout!r}")
         if self.heatmap_um <= 0:
             raise InputError(f"--heatmap-um must be > 0, got {self.heatmap_um}")
 
@@ -113,13 +122,17 @@ class PredictSummary:
     blocks_total: int
     blocks_read: int
     blocks_skipped: int
-    windows_run: int  #: cell-model windows run (high magnification)
-    windows_skipped: int
-    high_mag_saved_frac: float | None  #: share of the tissue's high-magnification windows the ROI gate skipped
+    windows_run: int  #: cell-model windows run (high magnification; fitted windows vary in size)
+    windows_skipped: int  #: windows of the fixed grid over the read blocks that the gate spared
+    high_mag_saved_frac: float | None  #: share of the cell-model work over all tissue that the ROI gate saved
     timings_s: dict[str, float]
     forward_s: float  #: seconds in the cell model's forward passes
     roi_windows_run: int = 0
     roi_forward_s: float = 0.0
+    network_mpx: float = 0.0  #: cell-model input megapixels (its windows x their area): the high-mag work
+    tissue_network_mpx: float = 0.0  #: what the cell model's work over all tissue would be (``--no-roi``)
+    roi_network_mpx: float = 0.0  #: ROI-model input megapixels
+    layouts: dict[str, str] = field(default_factory=dict)  #: memory layout each model ran in (timed on the CPU)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -369,7 +382,8 @@ def predict_slide(
                 colors.update({c.name: c.color for c in model.card.classes})
 
         stats: dict[str, Any] = {"blocks_total": 0, "blocks_read": 0, "windows_run": 0, "windows_skipped": 0,
-                                 "tissue_windows": 0, "forward_s": 0.0, "roi_windows_run": 0, "roi_forward_s": 0.0}
+                                 "tissue_px": 0, "pixels_run": 0, "forward_s": 0.0, "roi_windows_run": 0,
+                                 "roi_forward_s": 0.0, "roi_px": 0, "layouts": {}}
         by_class: dict[str, int] = {}
         roi_fraction: float | None = None
         with GeoJSONWriter(output, default_color=colors) as writer:
@@ -384,20 +398,20 @@ def predict_slide(
                     by_class[key] = by_class.get(key, 0) + 1
                 writer.write_many(features)
 
-            gate: tuple[np.ndarray, Affine] = (tissue.tissue, tissue.affine)
+            gate: RoiGate | None = None  # None: the cell model runs over all tissue (--no-roi)
             if roi_model is not None and tissue.tissue.any():
                 clock = time.perf_counter()
                 roi = _detect_roi(slide, roi_model, tissue, config, device, progress)
                 timings["roi_s"] = time.perf_counter() - clock
                 stats["roi_forward_s"] += roi.forward_s
                 stats["roi_windows_run"] += roi.windows_run
+                stats["roi_px"] += roi.pixels_run
+                stats["layouts"]["roi"] = roi.layout
                 roi_fraction = roi.area_um2 / max(tissue.tissue_area_um2, 1e-9)
                 emit(roi.features)
                 if overlay is not None:
-                    overlay.roi = sample_mask(roi.gate, roi.gate_affine, overlay.affine, overlay.labels.shape)
-                margin_px = int(math.ceil(config.roi_margin_um / (roi.gate_affine.a * slide_mpp)))
-                dilated = ndimage.binary_dilation(roi.gate, iterations=margin_px) if margin_px else roi.gate
-                gate = (dilated, roi.gate_affine)
+                    overlay.roi = RoiGate(roi.polygons).mask(overlay.affine, overlay.labels.shape)
+                gate = RoiGate(roi.polygons, margin_px=config.roi_margin_um / slide_mpp)
 
             if cell_model is not None and tissue.tissue.any():
                 clock = time.perf_counter()
@@ -410,8 +424,8 @@ def predict_slide(
 
     timings["total_s"] = sum(timings.values())
     saved = None
-    if config.use_roi and cell_model is not None and stats["tissue_windows"]:
-        saved = 1.0 - stats["windows_run"] / stats["tissue_windows"]
+    if config.use_roi and cell_model is not None and stats["tissue_px"]:
+        saved = 1.0 - stats["pixels_run"] / stats["tissue_px"]
     summary = PredictSummary(
         slide=str(slide_path), output=str(output), slide_mpp=slide_mpp, width_px=width, height_px=height,
         tissue_fraction=tissue.tissue_fraction, roi_fraction_of_tissue=roi_fraction,
@@ -420,7 +434,8 @@ def predict_slide(
         blocks_skipped=stats["blocks_total"] - stats["blocks_read"], windows_run=stats["windows_run"],
         windows_skipped=stats["windows_skipped"], high_mag_saved_frac=saved, timings_s=timings,
         forward_s=stats["forward_s"], roi_windows_run=stats["roi_windows_run"], roi_forward_s=stats["roi_forward_s"],
-        warnings=warnings,
+        network_mpx=stats["pixels_run"] / 1e6, tissue_network_mpx=stats["tissue_px"] / 1e6,
+        roi_network_mpx=stats["roi_px"] / 1e6, layouts=stats["layouts"], warnings=warnings,
     )
     meta = {
         "qpbridge_version": __version__, "run_id": run_id, "finished": True,
@@ -435,18 +450,49 @@ def predict_slide(
     return summary
 
 
-#: um/px of the ROI gate (the dilated ROI that decides which high-magnification windows run).
-GATE_MPP = 4.0
+class RoiGate:
+    """The ROI regions (level-0 polygons), grown by a margin, drawn into any block on demand.
+
+    This is what decides which high-magnification pixels the cell model works on; it is exact at every
+    resolution and holds no whole-slide array (memory does not grow with the slide).
+
+    >>> gate = RoiGate(np.array([shapely.box(10, 10, 30, 30)]), margin_px=2)
+    >>> int(gate.mask(Affine.scale(4), (16, 16)).sum())   # 8..32 in level 0 -> 2..8 at 4 px per px
+    36
+    """
+
+    def __init__(self, polygons: np.ndarray, margin_px: float = 0.0) -> None:
+        self.polygons = shapely.buffer(polygons, margin_px) if margin_px > 0 and len(polygons) else polygons
+        self.tree = shapely.STRtree(self.polygons)
+
+    def mask(self, affine: Affine, shape: tuple[int, int]) -> np.ndarray:
+        """Bool mask of the (grown) ROI on the grid ``affine`` (pixel -> level 0) of ``shape`` (rows, cols)."""
+        height, width = shape
+        x0, y0 = affine @ (0, 0)
+        x1, y1 = affine @ (width, height)
+        hits = self.tree.query(shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
+        if not len(hits):
+            return np.zeros(shape, dtype=bool)
+        return rasterio.features.rasterize(
+            ((p, 1) for p in self.polygons[hits]), out_shape=shape, transform=affine, dtype=np.uint8
+        ).astype(bool)
 
 
 @dataclass
 class _RoiResult:
     features: list[Feature]
-    gate: np.ndarray  #: bool, the ROI (holes filled, small pieces dropped) at GATE_MPP, not dilated
-    gate_affine: Affine
+    polygons: np.ndarray  #: the ROI regions (holes filled, small pieces dropped) in level-0 px
     area_um2: float
     forward_s: float
     windows_run: int
+    pixels_run: int
+    layout: str
+
+
+def _segmenter(model: LoadedModel, mpp: float, device: Any, config: PredictConfig) -> BlockSegmenter:
+    max_fit_px = None if config.max_fit_um is None else int(config.max_fit_um / mpp)
+    return BlockSegmenter(model, device=device, batch_size=config.batch_size, overlap_frac=config.overlap_frac,
+                          layout=config.layout, context_px=int(round(config.context_um / mpp)), max_fit_px=max_fit_px)
 
 
 def _detect_roi(
@@ -456,14 +502,13 @@ def _detect_roi(
     """ROI regions of the whole slide at the ROI model's um/px, over tissue only, block by block.
 
     Thresholded probabilities are vectorized per block with seams merged; pieces under ``roi_min_area_um2`` are
-    dropped and holes filled (a ROI is a region, not a speck). The regions are also drawn into a coarse gate
-    mask (at :data:`GATE_MPP`), the only whole-slide array of this stage.
+    dropped and holes filled (a ROI is a region, not a speck).
     """
     card = model.card
     mpp = max(card.mpp, slide.mpp)
     width, height = slide.size_at_mpp(mpp)
     affine = slide.affine_at(mpp)
-    segmenter = BlockSegmenter(model, device=device, batch_size=config.batch_size, overlap_frac=config.overlap_frac)
+    segmenter = _segmenter(model, mpp, device, config)
     grid = BlockGrid(width, height, 2048)
     vectorizer = BlockVectorizer(grid, affine, labels_to_vectorize=(1,), mpp=slide.mpp,
                                  min_area_um2=config.roi_min_area_um2)
@@ -490,21 +535,13 @@ def _detect_roi(
                 name=roi_class.name, measurements={"Area um^2": float(area) * slide.mpp**2})
         for polygon, area in zip(polygons, shapely.area(polygons), strict=True)
     ]
-    gate_mpp = max(GATE_MPP, mpp)
-    gate_w, gate_h = slide.size_at_mpp(gate_mpp)
-    gate_affine = slide.affine_at(gate_mpp)
-    gate = np.zeros((gate_h, gate_w), dtype=bool)
-    if len(polygons):
-        gate = rasterio.features.rasterize(
-            ((p, 1) for p in polygons), out_shape=(gate_h, gate_w), transform=gate_affine, all_touched=True,
-            dtype=np.uint8,
-        ).astype(bool)
     area_um2 = float(shapely.area(polygons).sum()) * slide.mpp**2 if len(polygons) else 0.0
-    return _RoiResult(features, gate, gate_affine, area_um2, segmenter.forward_seconds, segmenter.windows_run)
+    return _RoiResult(features, np.asarray(polygons), area_um2, segmenter.forward_seconds, segmenter.windows_run,
+                      segmenter.pixels_run, segmenter.layout)
 
 
 def _segment_cells(
-    slide: Slide, model: LoadedModel, tissue: TissueMask, gate: tuple[np.ndarray, Affine], config: PredictConfig,
+    slide: Slide, model: LoadedModel, tissue: TissueMask, gate: RoiGate | None, config: PredictConfig,
     device: Any, emit: Callable[[list[Feature]], None], stats: dict[str, Any], overlay: _Overlay | None,
     progress: Progress | None,
 ) -> None:
@@ -519,14 +556,13 @@ def _segment_cells(
     vectorizer = BlockVectorizer(grid, affine, labels_to_vectorize=tuple(emit_classes), mpp=slide_mpp,
                                  simplify_um=config.simplify_um, min_area_um2=config.min_area_um2)
     ledger = _ProbabilityLedger()
-    segmenter = BlockSegmenter(model, device=device, batch_size=config.batch_size, overlap_frac=config.overlap_frac)
-    gate_mask, gate_affine = gate
+    segmenter = _segmenter(model, mpp, device, config)
     heat_px = max(1, int(round(config.heatmap_um / mpp)))
 
     def plan(window: Window) -> tuple[np.ndarray, np.ndarray]:
         block_affine = window_affine(affine, window)
         tissue_block = sample_mask(tissue.tissue, tissue.affine, block_affine, window.shape)
-        active = sample_mask(gate_mask, gate_affine, block_affine, window.shape) & tissue_block
+        active = tissue_block if gate is None else gate.mask(block_affine, window.shape) & tissue_block
         return tissue_block, active
 
     def read(window: Window) -> np.ndarray:
@@ -538,7 +574,7 @@ def _segment_cells(
     for window in windows:  # which blocks to read at all (masks are recomputed later: memory stays per block)
         tissue_block, active = plan(window)
         if tissue_block.any():
-            stats["tissue_windows"] += _windows_touching(tissue_block, segmenter)
+            stats["tissue_px"] += sum(region.pixels for region in segmenter.plan(tissue_block))
         if active.any():
             todo.append(window)
     with ThreadPoolExecutor(max_workers=1) as pool:  # read the next block while the network runs
@@ -567,17 +603,8 @@ def _segment_cells(
     stats["windows_run"] += segmenter.windows_run
     stats["windows_skipped"] += segmenter.windows_skipped
     stats["forward_s"] += segmenter.forward_seconds
-
-
-def _windows_touching(mask: np.ndarray, segmenter: BlockSegmenter) -> int:
-    """Windows of the block's sliding-window grid that touch ``mask`` (the work without ROI gating)."""
-    tile, overlap = segmenter.tile_px, segmenter.overlap_frac
-    return sum(
-        1
-        for top in window_starts(mask.shape[0], tile, overlap)
-        for left in window_starts(mask.shape[1], tile, overlap)
-        if mask[top:top + tile, left:left + tile].any()
-    )
+    stats["pixels_run"] += segmenter.pixels_run
+    stats["layouts"]["cell"] = segmenter.layout
 
 
 def _cell_features(

@@ -69,8 +69,12 @@ def register(app: typer.Typer) -> None:
         threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
         no_roi: bool = typer.Option(False, "--no-roi", help="Run the cell model over all tissue."),
         roi_only: bool = typer.Option(False, "--roi-only", help="Stop after ROI detection."),
-        roi_margin_um: float = typer.Option(16.0, "--roi-margin-um", help="Dilate the ROI by this much."),
+        roi_margin_um: float = typer.Option(8.0, "--roi-margin-um", help="Grow the ROI by this much (um)."),
         roi_min_area_um2: float = typer.Option(2000.0, "--roi-min-area-um2", help="Drop smaller ROI pieces."),
+        context_um: float = typer.Option(
+            16.0, "--context-um", help="Context the cell model sees around the (dilated) ROI, in um."),
+        layout: str = typer.Option(
+            "auto", "--layout", help="Network memory layout: auto (time both, keep the faster), nchw, channels_last."),
         object_type: str = typer.Option("detection", "--object-type", help="detection or annotation."),
         min_area_um2: float = typer.Option(20.0, "--min-area-um2", help="Drop class regions smaller than this."),
         simplify_um: float = typer.Option(0.0, "--simplify-um", help="Simplify outlines (tolerance in um)."),
@@ -96,7 +100,7 @@ def register(app: typer.Typer) -> None:
             config = PredictConfig(
                 model_roi=model_roi, model_cell=model_cell, mpp=mpp, device=device, batch_size=batch_size,
                 threads=threads, use_roi=not no_roi, roi_only=roi_only, roi_margin_um=roi_margin_um,
-                roi_min_area_um2=roi_min_area_um2,
+                roi_min_area_um2=roi_min_area_um2, context_um=context_um, layout=layout,
                 object_type=object_type, min_area_um2=min_area_um2, simplify_um=simplify_um, heatmap=heatmap,
                 overlay=overlay,
             )
@@ -141,10 +145,11 @@ def _predict_one(slide_path: Path, target: Path, config: PredictConfig) -> None:
     by_class = ", ".join(f"{name} {count}" for name, count in sorted(summary.features_by_class.items())) or "none"
     roi = (f", ROI {summary.roi_fraction_of_tissue:.1%} of tissue" if summary.roi_fraction_of_tissue is not None
            else "")
-    saved = (f", ROI gate skipped {summary.high_mag_saved_frac:.0%} of high-mag tiles"
+    saved = (f", ROI gate saved {summary.high_mag_saved_frac:.0%} of the high-mag work"
              if summary.high_mag_saved_frac is not None else "")
     typer.echo(
         f"{slide_path} -> {target}: {summary.features_written} features ({by_class}); tissue "
-        f"{summary.tissue_fraction:.1%} of slide{roi}{saved}; {summary.windows_run} tiles in "
+        f"{summary.tissue_fraction:.1%} of slide{roi}{saved}; {summary.windows_run} windows "
+        f"({summary.network_mpx:.1f} MP) in "
         f"{summary.timings_s.get('total_s', 0):.1f} s"
     )

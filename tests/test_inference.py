@@ -1,0 +1,113 @@
+"""The gated, fitted sliding window: which regions run, exactness through them, layouts, and the work counted."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from qpbridge.errors import InputError
+from qpbridge.inference import BlockSegmenter, plan_regions
+from qpbridge.models import build_network, example_card
+
+
+class _PlusOne(torch.nn.Module):
+    """Pointwise oracle: class-1 logit = input channel 0 + 1, class 0 logit = 0 (any window size gives the same)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(x.shape[0], 2, x.shape[2], x.shape[3])
+        out[:, 1] = x[:, 0] + 1
+        return out
+
+
+def _segmenter(**kwargs: object) -> BlockSegmenter:
+    card = SimpleNamespace(
+        role="cell", classes=[0, 1], tile_px=64, overlap_frac=0.25, blend="gaussian", color_space="RGB",
+        norm_mean=(0.0, 0.0, 0.0), norm_std=(1.0, 1.0, 1.0),
+    )
+    return BlockSegmenter(SimpleNamespace(card=card, network=_PlusOne()), batch_size=4, **kwargs)  # type: ignore[arg-type]
+
+
+def _blobs() -> np.ndarray:
+    active = np.zeros((400, 500), dtype=bool)
+    active[20:60, 30:90] = True  # small: one fitted window
+    active[300:330, 400:480] = True  # small, far away
+    active[120:260, 100:380] = True  # larger than max_fit in width: the fixed grid inside its box
+    return active
+
+
+def test_plan_fits_small_pieces_and_grids_large_ones() -> None:
+    regions = plan_regions(_blobs(), tile_px=64, overlap_frac=0.25, context_px=8, max_fit_px=128, multiple=8)
+    got = sorted((r.top, r.left, r.height, r.width, r.roi_px, r.windows) for r in regions)
+    # boxes on an 8 px grid, grown by 8 px of context; sides <= 128 run as one window rounded up to 8
+    # rows 20:60 -> 8 px cells 2..7, grown by one cell -> px 8..72; cols 30:90 -> cells 3..11 -> px 16..104
+    assert got[0] == (8, 16, 64, 88, (64, 88), 1)
+    assert got[2] == (288, 392, 56, 96, (56, 96), 1)
+    top, left, height, width, roi, windows = got[1]
+    assert (top, left, height, width) == (112, 88, 160, 304) and roi == (64, 64)
+    assert windows == 3 * 6  # stride 48: rows 0, 48, 96; columns 0 .. 240
+    assert sum(r.pixels for r in regions) == 64 * 88 + 56 * 96 + 18 * 64 * 64
+
+
+def test_neighbouring_pieces_keep_their_own_pixels() -> None:
+    """Two L-placed pieces whose boxes overlap stay two regions; each answers only for its own pixels."""
+    active = np.zeros((256, 256), dtype=bool)
+    active[0:100, 0:20] = True
+    active[80:100, 40:200] = True  # 20 px away: separate pieces, overlapping boxes
+    regions = plan_regions(active, tile_px=64, overlap_frac=0.25, context_px=0, max_fit_px=256)
+    assert len(regions) == 2
+    owned = np.zeros((256, 256), dtype=int)
+    for r in regions:
+        assert r.own is not None
+        owned[r.top:r.top + r.height, r.left:r.left + r.width] += r.own
+    assert owned.max() == 1 and owned[active].min() == 1
+
+
+def test_fitted_regions_are_exact() -> None:
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, size=(400, 500, 3), dtype=np.uint8)
+    active = _blobs()
+    expected = torch.softmax(torch.stack([torch.zeros(400, 500), torch.from_numpy(rgb[..., 0] / 255.0 + 1)]), 0)
+    segmenter = _segmenter(context_px=8, max_fit_px=128, layout="nchw")
+    result = segmenter.predict(rgb, active)
+    assert np.allclose(result.probabilities[:, active], expected.numpy()[:, active], atol=1e-5)
+    assert np.allclose(result.probabilities[0, 380:, :20], 1.0)  # far from every piece: background
+    regions = segmenter.plan(active)
+    assert result.windows_run == sum(r.windows for r in regions) == segmenter.windows_run
+    assert result.pixels_run == sum(r.pixels for r in regions) == segmenter.pixels_run
+    full = _segmenter(context_px=8, max_fit_px=128, layout="nchw").predict(rgb)
+    assert full.pixels_run == full.windows_run * 64 * 64 == 8 * 11 * 64 * 64  # stride 48 over 400 x 500
+    assert result.pixels_run < 0.5 * full.pixels_run
+
+
+def test_fixed_grid_only_when_fitting_is_off() -> None:
+    active = np.zeros((200, 300), dtype=bool)
+    active[10:20, 10:20] = True
+    result = _segmenter(max_fit_px=0).predict(np.zeros((200, 300, 3), np.uint8), active)
+    assert result.windows_run == 1 and result.pixels_run == 64 * 64 and result.windows_skipped == 23
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "auto"])
+def test_layouts_give_the_same_probabilities(layout: str) -> None:
+    torch.manual_seed(0)
+    card = example_card("cell", channels=(4, 8))
+    model = SimpleNamespace(card=card, network=build_network(card.architecture).eval())
+    rgb = np.random.default_rng(2).integers(0, 256, size=(96, 160, 3), dtype=np.uint8)
+    reference = BlockSegmenter(model, layout="nchw").predict(rgb).probabilities
+    segmenter = BlockSegmenter(model, layout=layout)
+    got = segmenter.predict(rgb).probabilities
+    assert np.allclose(got, reference, atol=1e-5)
+    if layout == "auto":
+        assert set(segmenter.layout_trial_s) == {"nchw", "channels_last"}
+        assert segmenter.layout == min(segmenter.layout_trial_s, key=segmenter.layout_trial_s.__getitem__)
+    else:
+        assert segmenter.layout == layout and not segmenter.layout_trial_s
+
+
+def test_bad_options_name_the_value() -> None:
+    with pytest.raises(InputError, match="layout must be auto, nchw or channels_last, got 'nhwc'"):
+        _segmenter(layout="nhwc")
+    with pytest.raises(InputError, match="context_px and max_fit_px must be >= 0, got -1, 128"):
+        _segmenter(context_px=-1, max_fit_px=128)
