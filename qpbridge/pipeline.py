@@ -120,7 +120,7 @@ class PredictSummary:
     features_written: int
     features_by_class: dict[str, int]
     blocks_total: int
-    blocks_read: int
+    blocks_read: int  #: blocks of which the part around the gate was read at high magnification
     blocks_skipped: int
     windows_run: int  #: cell-model windows run (high magnification; fitted windows vary in size)
     windows_skipped: int  #: windows of the fixed grid over the read blocks that the gate spared
@@ -129,6 +129,7 @@ class PredictSummary:
     forward_s: float  #: seconds in the cell model's forward passes
     roi_windows_run: int = 0
     roi_forward_s: float = 0.0
+    read_mpx: float = 0.0  #: megapixels read at the cell model's um/px
     network_mpx: float = 0.0  #: cell-model input megapixels (its windows x their area): the high-mag work
     tissue_network_mpx: float = 0.0  #: what the cell model's work over all tissue would be (``--no-roi``)
     roi_network_mpx: float = 0.0  #: ROI-model input megapixels
@@ -382,7 +383,7 @@ def predict_slide(
                 colors.update({c.name: c.color for c in model.card.classes})
 
         stats: dict[str, Any] = {"blocks_total": 0, "blocks_read": 0, "windows_run": 0, "windows_skipped": 0,
-                                 "tissue_px": 0, "pixels_run": 0, "forward_s": 0.0, "roi_windows_run": 0,
+                                 "tissue_px": 0, "pixels_run": 0, "read_px": 0, "forward_s": 0.0, "roi_windows_run": 0,
                                  "roi_forward_s": 0.0, "roi_px": 0, "layouts": {}}
         by_class: dict[str, int] = {}
         roi_fraction: float | None = None
@@ -434,7 +435,7 @@ def predict_slide(
         blocks_skipped=stats["blocks_total"] - stats["blocks_read"], windows_run=stats["windows_run"],
         windows_skipped=stats["windows_skipped"], high_mag_saved_frac=saved, timings_s=timings,
         forward_s=stats["forward_s"], roi_windows_run=stats["roi_windows_run"], roi_forward_s=stats["roi_forward_s"],
-        network_mpx=stats["pixels_run"] / 1e6, tissue_network_mpx=stats["tissue_px"] / 1e6,
+        read_mpx=stats["read_px"] / 1e6, network_mpx=stats["pixels_run"] / 1e6, tissue_network_mpx=stats["tissue_px"] / 1e6,
         roi_network_mpx=stats["roi_px"] / 1e6, layouts=stats["layouts"], warnings=warnings,
     )
     meta = {
@@ -559,43 +560,60 @@ def _segment_cells(
     segmenter = _segmenter(model, mpp, device, config)
     heat_px = max(1, int(round(config.heatmap_um / mpp)))
 
-    def plan(window: Window) -> tuple[np.ndarray, np.ndarray]:
+    def plan(window: Window) -> tuple[np.ndarray, np.ndarray, Window | None]:
+        """Tissue and active masks of a block, and the part of it to read (None: nothing to do)."""
         block_affine = window_affine(affine, window)
         tissue_block = sample_mask(tissue.tissue, tissue.affine, block_affine, window.shape)
         active = tissue_block if gate is None else gate.mask(block_affine, window.shape) & tissue_block
-        return tissue_block, active
+        regions = segmenter.plan(active) if active.any() else []
+        if not regions:
+            return tissue_block, active, None
+        top, left = min(r.top for r in regions), min(r.left for r in regions)
+        if config.heatmap:  # heat map tiles stay on the block's grid
+            top, left = top // heat_px * heat_px, left // heat_px * heat_px
+        bottom = max(r.top + r.height for r in regions)
+        right = max(r.left + r.width for r in regions)
+        crop = Window(window.x_px + left, window.y_px + top, right - left, bottom - top)
+        return tissue_block, active, crop
 
-    def read(window: Window) -> np.ndarray:
-        return slide.read_region_at(window.x_px, window.y_px, window.width_px, window.height_px, mpp)
+    def read(crop: Window) -> np.ndarray:
+        return slide.read_region_at(crop.x_px, crop.y_px, crop.width_px, crop.height_px, mpp)
 
     windows = grid.windows()
     stats["blocks_total"] = len(windows)
-    todo: list[Window] = []
+    todo: list[tuple[Window, Window]] = []
     for window in windows:  # which blocks to read at all (masks are recomputed later: memory stays per block)
-        tissue_block, active = plan(window)
+        tissue_block, _, crop = plan(window)
         if tissue_block.any():
             stats["tissue_px"] += sum(region.pixels for region in segmenter.plan(tissue_block))
-        if active.any():
-            todo.append(window)
+        if crop is not None:
+            todo.append((window, crop))
     with ThreadPoolExecutor(max_workers=1) as pool:  # read the next block while the network runs
-        pending: Future[np.ndarray] | None = pool.submit(read, todo[0]) if todo else None
-        for index, window in enumerate(todo):
+        pending: Future[np.ndarray] | None = pool.submit(read, todo[0][1]) if todo else None
+        for index, (window, crop) in enumerate(todo):
             assert pending is not None
             rgb = pending.result()
-            pending = pool.submit(read, todo[index + 1]) if index + 1 < len(todo) else None
-            _, active = plan(window)
+            pending = pool.submit(read, todo[index + 1][1]) if index + 1 < len(todo) else None
+            _, active_block, _ = plan(window)
+            # Only the part of the block around its active pixels is read and worked on (``crop``).
+            rows = slice(crop.y_px - window.y_px, crop.y_px - window.y_px + crop.height_px)
+            cols = slice(crop.x_px - window.x_px, crop.x_px - window.x_px + crop.width_px)
+            active = active_block[rows, cols]
             result = segmenter.predict(rgb, active)
             labels = result.probabilities.argmax(axis=0).astype(np.uint8)
             labels[~active] = 0
-            block_affine = window_affine(affine, window)
-            ledger.add_block(labels, result.probabilities, block_affine, tuple(emit_classes))
-            done = vectorizer.add(window, labels)
+            crop_affine = window_affine(affine, crop)
+            ledger.add_block(labels, result.probabilities, crop_affine, tuple(emit_classes))
+            block_labels = np.zeros(window.shape, dtype=np.uint8)
+            block_labels[rows, cols] = labels
+            done = vectorizer.add(window, block_labels)
             emit(_cell_features(done, ledger.settle(done), emit_classes, config, slide_mpp))
             if config.heatmap:
-                emit(_heatmap_features(result.probabilities, active, block_affine, heat_px, card))
+                emit(_heatmap_features(result.probabilities, active, crop_affine, heat_px, card))
             if overlay is not None:
-                overlay.paint(labels, block_affine)
+                overlay.paint(labels, crop_affine)
             stats["blocks_read"] += 1
+            stats["read_px"] += crop.width_px * crop.height_px
             if progress is not None:
                 progress("cells", index + 1, len(todo), segmenter.windows_run)
     rest = vectorizer.finish()

@@ -157,8 +157,13 @@ def _shapes_px(
 ) -> ClassPolygons:
     """Polygons of ``labels`` (already checked) with pixel ``(c, r)`` at ``(x0_px + c, y0_px + r)``."""
     selected = _selection_mask(labels, labels_to_vectorize)
-    if not selected.any():
+    rows, cols = np.flatnonzero(selected.any(axis=1)), np.flatnonzero(selected.any(axis=0))
+    if not len(rows):
         return ClassPolygons.empty()
+    if len(rows) < labels.shape[0] or len(cols) < labels.shape[1]:  # only the selected part is traced
+        box = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        labels, selected = labels[box], selected[box]
+        x0_px, y0_px = x0_px + int(cols[0]), y0_px + int(rows[0])
     chunks: list[ClassPolygons] = []
     values: list[float] = []
     rings: list[list[tuple[float, float]]] = []
