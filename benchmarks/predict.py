@@ -9,11 +9,16 @@ Prints, in one run on one machine (asserts nothing about time):
 5. peak RSS of predict on a small and a large synthetic slide (each in its own process) (target <= 2 GB,
    within 10% of each other).
 
+With ``--seed-sized``, (2) and (3) are also measured with a cell U-Net of the seed's size at its 40x
+(MONAI UNet 16-256 channels, 2 residual units, 0.25 um/px; random weights: cost, not accuracy), where the model
+rather than reading and vectorizing should dominate the time.
+
 Usage::
 
     python benchmarks/predict.py                         # 20,000 x 15,000 and 40,000 x 30,000 slides, CPU
     python benchmarks/predict.py --large 80000x60000     # the issue's large slide (synth takes ~15 min)
     python benchmarks/predict.py --device cuda --batch-size 64
+    python benchmarks/predict.py --seed-sized              # add the seed-sized 40x cell model's figures
 
 Slides are cached in ``--workdir`` (default ``/tmp/qpbridge-bench``) between runs.
 """
@@ -30,7 +35,10 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+# As the qpbridge command does, before torch is imported (children inherit it): passive OpenMP waiting.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 
 def conv_reference_gflops(device: torch.device, layout: str, seconds: float = 3.0) -> float:
@@ -131,6 +139,59 @@ def run_child(slide: Path, out: Path, args: argparse.Namespace, no_roi: bool = F
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def seed_sized_cell_model(workdir: Path) -> Path:
+    """A cell model of the seed's size at 40x with random weights (for cost only), saved once in ``workdir``."""
+    from dataclasses import replace
+
+    from qpbridge.models import Architecture, build_network, example_card, save_model
+
+    path = workdir / "seed-sized-cell-40x"
+    if not (path / "card.json").exists():
+        card = example_card("cell", channels=(16, 32, 64, 128, 256), name="seed-sized-cell-40x")
+        args = dict(card.architecture.args, num_res_units=2)
+        card = replace(card, mpp=0.25, architecture=Architecture(card.architecture.network, args))
+        torch.manual_seed(0)
+        save_model(path, card, build_network(card.architecture).eval())
+    return path
+
+
+def report_model(label: str, args: argparse.Namespace, slide: Path, device: torch.device, ref: float) -> dict:
+    """Run predict with ``args.model_cell`` and print figures (2) and (3) for it; return the child's record."""
+    from qpbridge.models import inference_network, load_model
+
+    cell = load_model(args.model_cell, role="cell", device=device)
+    cell.network = inference_network(cell.card, cell.network)
+    flops = model_flops_per_window(cell, device)
+    flops_per_px = flops / cell.card.tile_px**2
+    print(f"    {label}: {flops / 1e9:.2f} GFLOP per {cell.card.tile_px}px window "
+          f"({flops_per_px / 1e3:.1f} GFLOP/MP) at {cell.card.mpp} um/px")
+    run = run_child(slide, args.workdir / f"small_{label.split()[0]}.geojson", args)
+    batch = args.batch_size or (64 if device.type == "cuda" else 8)
+    roi = load_model(args.model_roi, role="roi", device=device)
+    roi.network = inference_network(roi.card, roi.network)
+    layouts = run["layouts"]
+    pure_cell = pure_forward_seconds(cell, device, run["mpx"], batch, layouts.get("cell", "nchw"))
+    pure = pure_cell + pure_forward_seconds(roi, device, run["roi_mpx"], batch, layouts.get("roi", "nchw"))
+    work = flops_per_px * run["mpx"] * 1e6
+    in_forward = work / max(run["forward_s"], 1e-9) / 1e9
+    achieved = work / max(run["timings"].get("cells_s", 0), 1e-9) / 1e9
+    pure_rate = work / max(pure_cell, 1e-9) / 1e9
+    stages = json.dumps({k: round(v, 2) for k, v in run["timings"].items()})
+    print(f"    predict {slide.name}: {run['wall_s']:.2f} s wall, {run['windows_run']} cell windows "
+          f"({run['mpx']:.2f} MP), {run['roi_windows_run']} ROI windows ({run['roi_mpx']:.2f} MP), "
+          f"{run['features']} features, layouts {layouts}; stages {stages}; forward: cell {run['forward_s']:.2f} s, "
+          f"ROI {run['roi_forward_s']:.2f} s")
+    print(f"(2) {label} inside predict: {in_forward:.1f} GFLOP/s in its forward passes "
+          f"(ratio {in_forward / ref:.2f}); {achieved:.1f} GFLOP/s over the whole cell stage "
+          f"(ratio {achieved / ref:.2f}); pure batched forward {pure_rate:.1f} GFLOP/s (ratio {pure_rate / ref:.2f})")
+    print(f"(3) {label}: predict wall / pure forward of the same work ({run['mpx']:.2f} MP cell + "
+          f"{run['roi_mpx']:.2f} MP ROI): {run['wall_s']:.2f} / {pure:.2f} s = "
+          f"{run['wall_s'] / max(pure, 1e-9):.2f}; the cell stage alone: "
+          f"{run['timings'].get('cells_s', 0):.2f} / {pure_cell:.2f} s = "
+          f"{run['timings'].get('cells_s', 0) / max(pure_cell, 1e-9):.2f}")
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", default="20000x15000")
@@ -140,6 +201,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--model-roi", default="deepbatch-synth-roi")
     parser.add_argument("--model-cell", default="deepbatch-synth-cell")
+    parser.add_argument("--seed-sized", action="store_true", help="also measure a seed-sized 40x cell model")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/qpbridge-bench"))
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -150,7 +212,6 @@ def main() -> None:
         return
 
     from qpbridge.inference import configure_threads
-    from qpbridge.models import inference_network, load_model
 
     device = torch.device(args.device)
     threads = configure_threads(None) if device.type == "cpu" else None
@@ -164,38 +225,12 @@ def main() -> None:
     print(f"(1) reference 3x3 conv (8x64x256x256, 64->64): {ref:.1f} GFLOP/s (the faster layout; "
           + ", ".join(f"{k} {v:.0f}" for k, v in refs.items()) + ")")
 
-    cell = load_model(args.model_cell, role="cell", device=device)
-    cell.network = inference_network(cell.card, cell.network)
-    flops = model_flops_per_window(cell, device)
-    flops_per_px = flops / cell.card.tile_px**2
-    print(f"    cell model: {flops / 1e9:.2f} GFLOP per {cell.card.tile_px}px window "
-          f"({flops_per_px / 1e3:.1f} GFLOP/MP) at {cell.card.mpp} um/px")
-
     w, h = (int(v) for v in args.small.split("x"))
     small = ensure_slide(args.workdir, w, h, args.seed)
-    with_roi = run_child(small, args.workdir / "small.geojson", args)
-    batch = args.batch_size or (64 if device.type == "cuda" else 8)
-    roi = load_model(args.model_roi, role="roi", device=device)
-    roi.network = inference_network(roi.card, roi.network)
-    layouts = with_roi["layouts"]
-    pure_cell = pure_forward_seconds(cell, device, with_roi["mpx"], batch, layouts.get("cell", "nchw"))
-    pure = pure_cell + pure_forward_seconds(roi, device, with_roi["roi_mpx"], batch, layouts.get("roi", "nchw"))
-    work = flops_per_px * with_roi["mpx"] * 1e6
-    in_forward = work / max(with_roi["forward_s"], 1e-9) / 1e9
-    achieved = work / max(with_roi["timings"].get("cells_s", 0), 1e-9) / 1e9
-    pure_rate = work / max(pure_cell, 1e-9) / 1e9
-    stages = json.dumps({k: round(v, 2) for k, v in with_roi["timings"].items()})
-    print(f"    predict {small.name}: {with_roi['wall_s']:.2f} s wall, {with_roi['windows_run']} cell windows "
-          f"({with_roi['mpx']:.2f} MP), {with_roi['roi_windows_run']} ROI windows ({with_roi['roi_mpx']:.2f} MP), "
-          f"{with_roi['features']} features, layouts {layouts}; stages {stages}")
-    print(f"(2) cell model inside predict: {in_forward:.1f} GFLOP/s in its forward passes "
-          f"(ratio {in_forward / ref:.2f}); {achieved:.1f} GFLOP/s over the whole cell stage "
-          f"(ratio {achieved / ref:.2f}); pure batched forward {pure_rate:.1f} GFLOP/s (ratio {pure_rate / ref:.2f})")
-    print(f"(3) predict wall / pure forward of the same work ({with_roi['mpx']:.2f} MP cell + "
-          f"{with_roi['roi_mpx']:.2f} MP ROI): {with_roi['wall_s']:.2f} / {pure:.2f} s = "
-          f"{with_roi['wall_s'] / max(pure, 1e-9):.2f}; the cell stage alone: "
-          f"{with_roi['timings'].get('cells_s', 0):.2f} / {pure_cell:.2f} s = "
-          f"{with_roi['timings'].get('cells_s', 0) / max(pure_cell, 1e-9):.2f}")
+    with_roi = report_model("shipped cell model", args, small, device, ref)
+    if args.seed_sized:
+        seed_args = argparse.Namespace(**{**vars(args), "model_cell": str(seed_sized_cell_model(args.workdir))})
+        report_model("seed-sized 40x cell model", seed_args, small, device, ref)
 
     no_roi = run_child(small, args.workdir / "small_noroi.geojson", args, no_roi=True)
     work_ratio = with_roi["mpx"] / max(no_roi["mpx"], 1e-9)
