@@ -435,7 +435,8 @@ def predict_slide(
         blocks_skipped=stats["blocks_total"] - stats["blocks_read"], windows_run=stats["windows_run"],
         windows_skipped=stats["windows_skipped"], high_mag_saved_frac=saved, timings_s=timings,
         forward_s=stats["forward_s"], roi_windows_run=stats["roi_windows_run"], roi_forward_s=stats["roi_forward_s"],
-        read_mpx=stats["read_px"] / 1e6, network_mpx=stats["pixels_run"] / 1e6, tissue_network_mpx=stats["tissue_px"] / 1e6,
+        read_mpx=stats["read_px"] / 1e6, network_mpx=stats["pixels_run"] / 1e6,
+        tissue_network_mpx=stats["tissue_px"] / 1e6,
         roi_network_mpx=stats["roi_px"] / 1e6, layouts=stats["layouts"], warnings=warnings,
     )
     meta = {

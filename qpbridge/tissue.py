@@ -5,6 +5,12 @@ pathologist drew on the glass must not be mistaken for tissue. It works on a low
 slide (default 8 um/px: a 25 x 20 mm slide is ~3,100 x 2,500 px) with scikit-image colour conversion and
 morphology, and returns a boolean mask with the :class:`affine.Affine` that maps it to level-0 pixels.
 
+Memory: the per-pixel colour work (float32 HSV, thresholds, ink) runs on strips of :data:`STRIP_PX` pixels of
+the uint8 thumbnail, and the Otsu threshold of the saturation comes from a histogram accumulated over the strips,
+so the only whole-thumbnail arrays are the uint8 thumbnail, bool masks and the int32 labels of the small-object
+filters (~10 bytes per thumbnail pixel in all, ~50 MB for an 80,000 x 60,000 px slide at 8 um/px). The masks are
+identical, bit for bit, to a whole-image computation.
+
 Example
 -------
 >>> from qpbridge.slide import open_slide
@@ -16,10 +22,12 @@ Example
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from affine import Affine
+from scipy import ndimage
 from skimage import color, filters, morphology
 
 from qpbridge.errors import InputError
@@ -27,6 +35,12 @@ from qpbridge.slide import Slide, check_mpp
 
 #: Default working resolution of the tissue mask (um/px).
 DEFAULT_TISSUE_MPP = 8.0
+
+#: Pixels per strip of the per-pixel colour work: float32 HSV and its temporaries (~50 bytes/px) stay ~13 MB.
+STRIP_PX = 1 << 18
+
+#: Bins of the saturation histogram that the Otsu threshold is taken from (``threshold_otsu``'s default).
+_OTSU_BINS = 256
 
 
 @dataclass(frozen=True)
@@ -86,11 +100,15 @@ def _hsv(rgb: np.ndarray) -> np.ndarray:
     return np.asarray(color.rgb2hsv(rgb.astype(np.float32) / 255.0), dtype=np.float32)
 
 
-def pen_mask_from_rgb(
-    rgb: np.ndarray, params: TissueParams = TissueParams(), hsv: np.ndarray | None = None
-) -> np.ndarray:
-    """Boolean mask of black, blue and green ink in an (H, W, 3) uint8 RGB image (no margin)."""
-    hsv = _hsv(rgb) if hsv is None else hsv
+def _row_strips(height_px: int, width_px: int, strip_px: int) -> Iterator[slice]:
+    """Row slices of an image ``width_px`` wide, each of about ``strip_px`` pixels (at least one row)."""
+    rows = max(1, strip_px // max(width_px, 1))
+    for top in range(0, height_px, rows):
+        yield slice(top, min(top + rows, height_px))
+
+
+def _ink(rgb: np.ndarray, hsv: np.ndarray, params: TissueParams) -> np.ndarray:
+    """Black, blue and green ink of an RGB image (or strip) and its HSV, pixel by pixel."""
     hue, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
     red, blue = rgb[..., 0].astype(np.float32) / 255, rgb[..., 2].astype(np.float32) / 255
     black = (val < params.black_value) & (sat < params.black_saturation)
@@ -100,13 +118,117 @@ def pen_mask_from_rgb(
     return np.asarray(black | blue_ink | green_ink)
 
 
+def saturation_otsu(rgb: np.ndarray, *, strip_px: int = STRIP_PX) -> float | None:
+    """Otsu threshold of the HSV saturation of an (H, W, 3) uint8 RGB image, without a float copy of the image.
+
+    Equal to ``skimage.filters.threshold_otsu(saturation)`` of the float32 saturation image (256 bins over its
+    range; the value itself when the saturation is constant), bit for bit. Saturation is ``(max - min) / max``
+    of the three channels, so it depends only on the pair (max, min) of the uint8 channels: the image's counts
+    of those pairs (65,536 of them, accumulated over strips of ``strip_px`` pixels) give the saturation
+    histogram, and the saturation of each pair is computed once with the same float32 HSV conversion.
+    Returns None for an image without pixels.
+
+    >>> import numpy as np
+    >>> from skimage.color import rgb2hsv
+    >>> from skimage.filters import threshold_otsu
+    >>> rgb = np.random.default_rng(0).integers(0, 256, (50, 40, 3), dtype=np.uint8)
+    >>> sat = rgb2hsv(rgb.astype(np.float32) / 255.0)[..., 1]
+    >>> saturation_otsu(rgb, strip_px=100) == float(threshold_otsu(sat))
+    True
+    """
+    pair_counts = np.zeros(256 * 256, dtype=np.int64)
+    for rows in _row_strips(rgb.shape[0], rgb.shape[1], strip_px):
+        strip = rgb[rows]
+        pair = strip.max(axis=2).astype(np.intp)
+        pair *= 256
+        pair += strip.min(axis=2)
+        pair_counts += np.bincount(pair.ravel(), minlength=256 * 256)
+    present = np.flatnonzero(pair_counts)
+    if not len(present):
+        return None
+    high, low = np.divmod(present, 256)
+    sat = _hsv(np.stack([high, low, low], axis=-1).astype(np.uint8)[np.newaxis])[0, :, 1]
+    sat_min, sat_max = sat.min(), sat.max()
+    if sat_min == sat_max:  # threshold_otsu of a constant image is its value
+        return float(sat_min)
+    # The same float32 bin edges and per-value binning as np.histogram of the whole saturation image.
+    counts, edges = np.histogram(sat, bins=_OTSU_BINS, range=(sat_min, sat_max), weights=pair_counts[present])
+    centers = (edges[:-1] + edges[1:]) / 2.0
+    return float(filters.threshold_otsu(hist=(counts, centers)))
+
+
+def pen_mask_from_rgb(
+    rgb: np.ndarray, params: TissueParams = TissueParams(), hsv: np.ndarray | None = None, *, strip_px: int = STRIP_PX
+) -> np.ndarray:
+    """Boolean mask of black, blue and green ink in an (H, W, 3) uint8 RGB image (no margin).
+
+    ``hsv`` is the image's float32 HSV if already computed; otherwise it is computed strip by strip
+    (``strip_px`` pixels at a time), so that no float copy of the whole image is made.
+
+    >>> import numpy as np
+    >>> rgb = np.full((8, 8, 3), 240, np.uint8); rgb[2:4] = (62, 72, 163)    # a blue stroke
+    >>> int(pen_mask_from_rgb(rgb).sum())
+    16
+    """
+    pen = np.empty(rgb.shape[:2], dtype=bool)
+    for rows in _row_strips(rgb.shape[0], rgb.shape[1], strip_px):
+        strip = rgb[rows]
+        pen[rows] = _ink(strip, _hsv(strip) if hsv is None else hsv[rows], params)
+    return pen
+
+
+def _colour_masks(
+    rgb: np.ndarray, sat_threshold: float, params: TissueParams, strip_px: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Not-glass and ink masks of an RGB image, strip by strip (one HSV conversion per strip)."""
+    not_glass = np.empty(rgb.shape[:2], dtype=bool)
+    ink = np.empty(rgb.shape[:2], dtype=bool)
+    for rows in _row_strips(rgb.shape[0], rgb.shape[1], strip_px):
+        strip = rgb[rows]
+        hsv = _hsv(strip)
+        sat, val = hsv[..., 1], hsv[..., 2]
+        np.logical_not((sat < sat_threshold) & (val > params.background_value), out=not_glass[rows])
+        ink[rows] = _ink(strip, hsv, params)
+    return not_glass, ink
+
+
+def _remove_small_objects(mask: np.ndarray, max_px: int, strip_px: int) -> np.ndarray:
+    """Drop 4-connected pieces of at most ``max_px`` pixels from a bool mask, in place; returns ``mask``.
+
+    The same as ``skimage.morphology.remove_small_objects(mask, max_size=max_px, out=mask)``, whose int32 labels
+    are kept but whose whole-image int64 temporaries (the labels cast for ``np.bincount``) become per-strip.
+    """
+    labels = np.empty(mask.shape, dtype=np.int32)
+    count = ndimage.label(mask, ndimage.generate_binary_structure(2, 1), output=labels)
+    strips = list(_row_strips(mask.shape[0], mask.shape[1], strip_px))
+    sizes = np.zeros(count + 1, dtype=np.int64)
+    for rows in strips:
+        sizes += np.bincount(labels[rows].ravel(), minlength=count + 1)
+    too_small = sizes <= max_px
+    for rows in strips:
+        mask[rows][too_small[labels[rows]]] = False
+    return mask
+
+
+def _fill_small_holes(mask: np.ndarray, max_px: int, strip_px: int) -> np.ndarray:
+    """Fill 4-connected holes of at most ``max_px`` pixels in a bool mask, in place; returns ``mask``.
+
+    The same as ``skimage.morphology.remove_small_holes(mask, max_size=max_px, out=mask)``.
+    """
+    np.logical_not(mask, out=mask)
+    _remove_small_objects(mask, max_px, strip_px)
+    return np.logical_not(mask, out=mask)
+
+
 def tissue_mask_from_rgb(
-    rgb: np.ndarray, mpp: float, params: TissueParams = TissueParams()
+    rgb: np.ndarray, mpp: float, params: TissueParams = TissueParams(), *, strip_px: int = STRIP_PX
 ) -> tuple[np.ndarray, np.ndarray]:
     """Tissue and pen masks of an RGB image at ``mpp`` um/px.
 
     Returns ``(tissue, pen)``, both boolean (H, W). Tissue is saturated or dark-enough pixels that are not glass,
     minus ink (grown by ``pen_margin_um``), minus specks below ``min_tissue_um2``, with small holes filled.
+    The colour work runs on strips of ``strip_px`` pixels (memory bounded by the strip, not the image); the
+    result does not depend on ``strip_px``.
 
     >>> import numpy as np
     >>> rgb = np.full((64, 64, 3), 245, np.uint8); rgb[16:48, 16:48] = (200, 120, 170)
@@ -117,21 +239,15 @@ def tissue_mask_from_rgb(
     check_mpp(mpp, "tissue mpp")
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise InputError(f"expected an (H, W, 3) uint8 RGB image, got shape {rgb.shape} and dtype {rgb.dtype}")
-    hsv = _hsv(rgb)
-    sat, val = hsv[..., 1], hsv[..., 2]
-    try:
-        otsu = float(filters.threshold_otsu(sat))
-    except ValueError:  # a constant image
-        otsu = params.max_saturation
+    otsu = saturation_otsu(rgb, strip_px=strip_px)
+    otsu = params.max_saturation if otsu is None else otsu
     sat_threshold = float(np.clip(otsu, params.min_saturation, params.max_saturation))
-    glass = (sat < sat_threshold) & (val > params.background_value)
-    tissue = ~glass
+    tissue, pen = _colour_masks(rgb, sat_threshold, params, strip_px)
 
     px_area_um2 = mpp * mpp
-    pen = pen_mask_from_rgb(rgb, params, hsv)
     min_pen_px = int(params.min_pen_um2 / px_area_um2)
     if min_pen_px > 0:
-        pen = morphology.remove_small_objects(pen, max_size=min_pen_px)
+        pen = _remove_small_objects(pen, min_pen_px, strip_px)
     margin_px = int(round(params.pen_margin_um / mpp))
     if margin_px > 0 and pen.any():
         pen = morphology.dilation(pen, morphology.disk(margin_px))
@@ -140,9 +256,9 @@ def tissue_mask_from_rgb(
     min_tissue_px = int(params.min_tissue_um2 / px_area_um2)
     min_hole_px = int(params.min_hole_um2 / px_area_um2)
     if min_tissue_px > 0:
-        tissue = morphology.remove_small_objects(tissue, max_size=min_tissue_px)
+        tissue = _remove_small_objects(tissue, min_tissue_px, strip_px)
     if min_hole_px > 0:
-        filled = morphology.remove_small_holes(tissue, max_size=min_hole_px)
+        filled = _fill_small_holes(tissue, min_hole_px, strip_px)
         tissue = filled & ~pen  # never fill ink back in
     return np.asarray(tissue, dtype=bool), np.asarray(pen, dtype=bool)
 

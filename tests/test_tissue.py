@@ -7,10 +7,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio.features
+from skimage import color, filters, morphology
 
 from qpbridge.errors import InputError
 from qpbridge.slide import open_slide
-from qpbridge.tissue import TissueParams, detect_tissue, pen_mask_from_rgb, tissue_mask_from_rgb
+from qpbridge.tissue import (
+    STRIP_PX,
+    TissueParams,
+    _fill_small_holes,
+    _remove_small_objects,
+    detect_tissue,
+    pen_mask_from_rgb,
+    saturation_otsu,
+    tissue_mask_from_rgb,
+)
 from tests.conftest import shared_file, truth_geometries
 
 
@@ -78,3 +88,134 @@ def test_real_slide_tissue_covers_the_section() -> None:
     assert tissue.pen_fraction == 0.0
     # Tissue pixels are stained (darker, more saturated) and background pixels are bright glass.
     assert rgb[tissue.tissue].mean() < 190 < rgb[~tissue.tissue].mean()
+
+
+# -- strips give the same masks as the whole image -----------------------------------------------------------
+
+
+def _whole_hsv(rgb: np.ndarray) -> np.ndarray:
+    return np.asarray(color.rgb2hsv(rgb.astype(np.float32) / 255.0), dtype=np.float32)
+
+
+def _whole_pen(rgb: np.ndarray, params: TissueParams, hsv: np.ndarray) -> np.ndarray:
+    hue, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    red, blue = rgb[..., 0].astype(np.float32) / 255, rgb[..., 2].astype(np.float32) / 255
+    black = (val < params.black_value) & (sat < params.black_saturation)
+    inked = sat > params.ink_saturation
+    blue_ink = inked & (hue >= params.blue_hue[0]) & (hue <= params.blue_hue[1]) & (blue - red > params.blue_minus_red)
+    green_ink = inked & (hue >= params.green_hue[0]) & (hue <= params.green_hue[1])
+    return np.asarray(black | blue_ink | green_ink)
+
+
+def _whole_image_masks(rgb: np.ndarray, mpp: float, params: TissueParams) -> tuple[np.ndarray, np.ndarray]:
+    """The whole-image tissue_mask_from_rgb of qpbridge 0.1.0 (float32 HSV of the whole image), as reference."""
+    hsv = _whole_hsv(rgb)
+    sat, val = hsv[..., 1], hsv[..., 2]
+    try:
+        otsu = float(filters.threshold_otsu(sat))
+    except ValueError:
+        otsu = params.max_saturation
+    sat_threshold = float(np.clip(otsu, params.min_saturation, params.max_saturation))
+    tissue = ~((sat < sat_threshold) & (val > params.background_value))
+    px_area_um2 = mpp * mpp
+    pen = _whole_pen(rgb, params, hsv)
+    min_pen_px = int(params.min_pen_um2 / px_area_um2)
+    if min_pen_px > 0:
+        pen = morphology.remove_small_objects(pen, max_size=min_pen_px)
+    margin_px = int(round(params.pen_margin_um / mpp))
+    if margin_px > 0 and pen.any():
+        pen = morphology.dilation(pen, morphology.disk(margin_px))
+    tissue &= ~pen
+    min_tissue_px = int(params.min_tissue_um2 / px_area_um2)
+    min_hole_px = int(params.min_hole_um2 / px_area_um2)
+    if min_tissue_px > 0:
+        tissue = morphology.remove_small_objects(tissue, max_size=min_tissue_px)
+    if min_hole_px > 0:
+        tissue = morphology.remove_small_holes(tissue, max_size=min_hole_px) & ~pen
+    return tissue, pen
+
+
+def _slide_like_rgb(height: int, width: int, seed: int) -> np.ndarray:
+    """Tinted, noisy glass; stained tissue blobs with holes; specks; black, blue and green pen strokes."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    rgb = np.empty((height, width, 3), np.float32)
+    rgb[:] = (232, 226, 236)  # glass with a faint tint: saturation ~0.04, spread by noise around Otsu's range
+    rgb += rng.normal(0, 6, rgb.shape)
+    for _ in range(6):  # tissue: pink to purple, saturation ~0.05-0.3: pale parts are glass or not by Otsu
+        cy, cx, r = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(0.1, 0.3) * min(height, width)
+        inside = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+        stain = rng.uniform((190, 140, 180), (230, 200, 220), (height, width, 3))
+        rgb[inside] = stain[inside]
+        holes = inside & (((yy // 7) % 11 == 0) & ((xx // 7) % 13 == 0))
+        rgb[holes] = (236, 230, 238)
+    specks = rng.random((height, width)) < 0.002
+    rgb[specks] = (170, 90, 150)
+    for colour, row in (((60, 62, 70), 0.3), ((62, 72, 163), 0.55), ((82, 122, 108), 0.8)):  # pen strokes
+        stroke = np.abs(yy - row * height - 0.1 * (xx - width / 2)) < max(2, height // 150)
+        rgb[stroke] = np.asarray(colour) + rng.normal(0, 8, (int(stroke.sum()), 3))
+    return np.clip(rgb, 0, 255).round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("strip_px", [1, 997, 20_000, STRIP_PX, 10**9])
+def test_strips_equal_the_whole_image(strip_px: int) -> None:
+    rgb = _slide_like_rgb(600, 700, seed=3)  # 420,000 px: more than one default strip
+    assert rgb.shape[0] * rgb.shape[1] > STRIP_PX
+    params = TissueParams(min_tissue_um2=6_400, min_hole_um2=3_200, min_pen_um2=1_280)
+    otsu = float(filters.threshold_otsu(_whole_hsv(rgb)[..., 1]))
+    assert params.min_saturation < otsu < params.max_saturation, "Otsu must decide, not the clip range"
+    expected_tissue, expected_pen = _whole_image_masks(rgb, 8.0, params)
+    fixed = TissueParams(min_saturation=params.max_saturation, min_tissue_um2=6_400, min_hole_um2=3_200,
+                         min_pen_um2=1_280)
+    assert not np.array_equal(_whole_image_masks(rgb, 8.0, fixed)[0], expected_tissue), "threshold must matter"
+    assert expected_pen.mean() > 0.02 and 0.2 < expected_tissue.mean() < 0.8
+
+    tissue, pen = tissue_mask_from_rgb(rgb, 8.0, params, strip_px=strip_px)
+    np.testing.assert_array_equal(tissue, expected_tissue)
+    np.testing.assert_array_equal(pen, expected_pen)
+    hsv = _whole_hsv(rgb)
+    np.testing.assert_array_equal(pen_mask_from_rgb(rgb, params, strip_px=strip_px), _whole_pen(rgb, params, hsv))
+    np.testing.assert_array_equal(pen_mask_from_rgb(rgb, params, hsv, strip_px=strip_px),
+                                  _whole_pen(rgb, params, hsv))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_strips_equal_the_whole_image_default_params(seed: int) -> None:
+    rgb = _slide_like_rgb(700 + 37 * seed, 650 - 29 * seed, seed=seed)
+    for mpp in (2.0, 8.0):
+        tissue, pen = tissue_mask_from_rgb(rgb, mpp)
+        expected_tissue, expected_pen = _whole_image_masks(rgb, mpp, TissueParams())
+        np.testing.assert_array_equal(tissue, expected_tissue)
+        np.testing.assert_array_equal(pen, expected_pen)
+
+
+def test_saturation_otsu_is_threshold_otsu() -> None:
+    rng = np.random.default_rng(7)
+    images = [
+        rng.integers(0, 256, (300, 200, 3), dtype=np.uint8),  # every kind of colour
+        _slide_like_rgb(120, 90, seed=5),
+        np.full((5, 4, 3), (200, 100, 50), np.uint8),  # constant saturation: threshold_otsu returns it
+        np.full((3, 3, 3), 255, np.uint8),  # grey: saturation 0 everywhere
+        rng.integers(0, 256, (1, 17, 3), dtype=np.uint8),
+    ]
+    for rgb in images:
+        expected = float(filters.threshold_otsu(_whole_hsv(rgb)[..., 1]))
+        for strip_px in (1, 50, STRIP_PX):
+            assert saturation_otsu(rgb, strip_px=strip_px) == expected
+    assert saturation_otsu(np.zeros((0, 5, 3), np.uint8)) is None
+
+
+def test_small_object_filters_equal_skimage() -> None:
+    rng = np.random.default_rng(11)
+    for density in (0.3, 0.5, 0.7):
+        mask = rng.random((257, 311)) < density
+        for max_px in (1, 5, 40):
+            np.testing.assert_array_equal(_remove_small_objects(mask.copy(), max_px, 1000),
+                                          morphology.remove_small_objects(mask, max_size=max_px))
+            np.testing.assert_array_equal(_fill_small_holes(mask.copy(), max_px, 1000),
+                                          morphology.remove_small_holes(mask, max_size=max_px))
+
+
+def test_empty_image_gives_empty_masks() -> None:
+    tissue, pen = tissue_mask_from_rgb(np.zeros((0, 4, 3), np.uint8), mpp=8.0)
+    assert tissue.shape == pen.shape == (0, 4)
