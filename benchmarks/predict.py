@@ -38,6 +38,10 @@ from pathlib import Path
 # As the qpbridge command does, before torch is imported (children inherit it): passive OpenMP waiting.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from qpbridge.memory import set_cache_defaults  # noqa: E402
+
+set_cache_defaults()
+
 import torch  # noqa: E402
 
 

@@ -14,6 +14,10 @@ import os
 # core (shared cluster nodes are the normal case; spin-waiting fell 5-7x there, design.md). Users may override.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from qpbridge.memory import set_cache_defaults  # noqa: E402
+
+set_cache_defaults()  # cap oneDNN's per-shape caches (memory stays flat over big slides)
+
 import typer  # noqa: E402
 
 from qpbridge import __version__  # noqa: E402

@@ -360,8 +360,9 @@ class BlockSegmenter:
                 inputs,
                 roi_size=roi_px,
                 # MONAI hands the predictor this many windows at a time; only those touching the active mask
-                # run, in batches of batch_size, so ask for several batches' worth to keep the batches full.
-                sw_batch_size=self.batch_size * 8,
+                # run, in batches of batch_size, so ask for two batches' worth to fill them (more would only
+                # make the temporary patch arrays bigger).
+                sw_batch_size=self.batch_size * 2,
                 predictor=predictor,
                 overlap=self.overlap_frac,
                 mode=self.blend,

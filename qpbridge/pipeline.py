@@ -38,6 +38,7 @@ from qpbridge import __version__
 from qpbridge.atomic import atomic_write_text
 from qpbridge.errors import InputError, OutputError
 from qpbridge.inference import BlockSegmenter, configure_threads, resolve_device
+from qpbridge.memory import release_freed_memory
 from qpbridge.models import LoadedModel, inference_network, load_model
 from qpbridge.naming import prediction_properties
 from qpbridge.qupath import Feature, GeoJSONWriter
@@ -410,9 +411,11 @@ def predict_slide(
                 stats["layouts"]["roi"] = roi.layout
                 roi_fraction = roi.area_um2 / max(tissue.tissue_area_um2, 1e-9)
                 emit(roi.features)
+                roi.features.clear()  # written: the polygons stay for the gate
                 if overlay is not None:
                     overlay.roi = RoiGate(roi.polygons).mask(overlay.affine, overlay.labels.shape)
-                gate = RoiGate(roi.polygons, margin_px=config.roi_margin_um / slide_mpp)
+                gate = RoiGate(roi.polygons, margin_px=config.roi_margin_um / slide_mpp,
+                               tolerance_px=0.5 * roi_model.card.mpp / slide_mpp)
 
             if cell_model is not None and tissue.tissue.any():
                 clock = time.perf_counter()
@@ -452,18 +455,26 @@ def predict_slide(
     return summary
 
 
-class RoiGate:
-    """The ROI regions (level-0 polygons), grown by a margin, drawn into any block on demand.
+#: ROI-stage block side in px at the ROI model's um/px (2 mm at 2 um/px; small enough that a small slide's
+#: blocks are as big as a large slide's, so peak memory is the same).
+ROI_BLOCK_PX = 1024
 
-    This is what decides which high-magnification pixels the cell model works on; it is exact at every
-    resolution and holds no whole-slide array (memory does not grow with the slide).
+
+class RoiGate:
+    """The ROI regions (level-0 polygons), simplified within ``tolerance_px`` and grown by a margin, drawn into
+    any block on demand.
+
+    This is what decides which high-magnification pixels the cell model works on; it is drawn at each block's
+    own resolution and holds no whole-slide array (memory does not grow with the slide).
 
     >>> gate = RoiGate(np.array([shapely.box(10, 10, 30, 30)]), margin_px=2)
     >>> int(gate.mask(Affine.scale(4), (16, 16)).sum())   # 8..32 in level 0 -> 2..8 at 4 px per px
     36
     """
 
-    def __init__(self, polygons: np.ndarray, margin_px: float = 0.0) -> None:
+    def __init__(self, polygons: np.ndarray, margin_px: float = 0.0, tolerance_px: float = 0.0) -> None:
+        if tolerance_px > 0 and len(polygons):  # pixel-staircase outlines: far fewer vertices, same region
+            polygons = shapely.simplify(polygons, tolerance_px, preserve_topology=True)
         self.polygons = shapely.buffer(polygons, margin_px) if margin_px > 0 and len(polygons) else polygons
         self.tree = shapely.STRtree(self.polygons)
 
@@ -511,7 +522,7 @@ def _detect_roi(
     width, height = slide.size_at_mpp(mpp)
     affine = slide.affine_at(mpp)
     segmenter = _segmenter(model, mpp, device, config)
-    grid = BlockGrid(width, height, 2048)
+    grid = BlockGrid(width, height, ROI_BLOCK_PX)
     vectorizer = BlockVectorizer(grid, affine, labels_to_vectorize=(1,), mpp=slide.mpp,
                                  min_area_um2=config.roi_min_area_um2)
     threshold = card.threshold if card.threshold is not None else 0.5
@@ -523,6 +534,8 @@ def _detect_roi(
             rgb = slide.read_region_at(window.x_px, window.y_px, window.width_px, window.height_px, mpp)
             result = segmenter.predict(rgb, active)
             pieces.append(vectorizer.add(window, ((result.probabilities[0] >= threshold) & active).astype(np.uint8)))
+            del rgb, result
+            release_freed_memory()
         if progress is not None:
             progress("roi", index + 1, len(grid), segmenter.windows_run)
     pieces.append(vectorizer.finish())
@@ -615,6 +628,8 @@ def _segment_cells(
                 overlay.paint(labels, crop_affine)
             stats["blocks_read"] += 1
             stats["read_px"] += crop.width_px * crop.height_px
+            del rgb, result, labels, block_labels
+            release_freed_memory()
             if progress is not None:
                 progress("cells", index + 1, len(todo), segmenter.windows_run)
     rest = vectorizer.finish()
