@@ -527,17 +527,27 @@ def _detect_roi(
                                  min_area_um2=config.roi_min_area_um2)
     threshold = card.threshold if card.threshold is not None else 0.5
     pieces: list[ClassPolygons] = []
-    for index, window in enumerate(grid.windows()):
-        block_affine = window_affine(affine, window)
-        active = sample_mask(tissue.tissue, tissue.affine, block_affine, window.shape)
-        if active.any():
-            rgb = slide.read_region_at(window.x_px, window.y_px, window.width_px, window.height_px, mpp)
+
+    def active_of(window: Window) -> np.ndarray:
+        return sample_mask(tissue.tissue, tissue.affine, window_affine(affine, window), window.shape)
+
+    def read(window: Window) -> np.ndarray:
+        return slide.read_region_at(window.x_px, window.y_px, window.width_px, window.height_px, mpp)
+
+    todo = [window for window in grid.windows() if active_of(window).any()]  # blocks with tissue
+    with ThreadPoolExecutor(max_workers=1) as pool:  # read the next block while the network runs
+        pending: Future[np.ndarray] | None = pool.submit(read, todo[0]) if todo else None
+        for index, window in enumerate(todo):
+            assert pending is not None
+            rgb = pending.result()
+            pending = pool.submit(read, todo[index + 1]) if index + 1 < len(todo) else None
+            active = active_of(window)
             result = segmenter.predict(rgb, active)
             pieces.append(vectorizer.add(window, ((result.probabilities[0] >= threshold) & active).astype(np.uint8)))
             del rgb, result
             release_freed_memory()
-        if progress is not None:
-            progress("roi", index + 1, len(grid), segmenter.windows_run)
+            if progress is not None:
+                progress("roi", index + 1, len(todo), segmenter.windows_run)
     pieces.append(vectorizer.finish())
     polygons = ClassPolygons.concat(pieces).polygons
     if len(polygons):
