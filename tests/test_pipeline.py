@@ -118,6 +118,14 @@ def test_predict_shipped_models_on_held_out_slide(tmp_path: Path) -> None:
     assert per_class["Invasive carcinoma"]["iou"] > 0.6
     assert per_class["In situ carcinoma"]["iou"] > 0.6
 
+    # The work the sidecar says --no-roi would do is what a --no-roi run does; the ROI saved the rest.
+    no_roi = predict_slide(slide, tmp_path / "noroi.geojson",
+                           PredictConfig(model_roi=str(roi), model_cell=str(cell), use_roi=False))
+    assert no_roi.network_mpx == pytest.approx(summary.tissue_network_mpx, rel=1e-9)
+    assert summary.high_mag_saved_frac == pytest.approx(1 - summary.network_mpx / no_roi.network_mpx)
+    assert summary.read_mpx < no_roi.read_mpx
+    assert summary.layouts["cell"] in ("nchw", "channels_last") and set(summary.layouts) == {"roi", "cell"}
+
 
 def test_no_tissue_gives_empty_collection_and_warning(tmp_path: Path, random_models: tuple[Path, Path]) -> None:
     import tifffile
