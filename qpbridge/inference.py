@@ -4,12 +4,13 @@
 The network only runs where the block's *active* mask is (tissue, or the ROI found at low magnification):
 this is the DeepBatch ROI sampling, the cell U-Net only works inside the ROI.
 
-How the active mask becomes work (:func:`plan_regions`): its pieces, grown by ``context_px`` of context, are
-boxed (overlapping boxes merged). A box no larger than ``max_fit_px`` runs as **one window fitted to the box**
-(the U-Net is fully convolutional: a 300 x 180 um lesion costs one 352 x 224 px window, not the four to six
+How the active mask becomes work (:func:`plan_regions`): each of its pieces, grown by ``context_px`` of
+context, runs on its bounding box and answers for its own pixels only (boxes of neighbouring pieces may
+overlap). A box no larger than ``max_fit_px`` runs as **one window fitted to the box** (the U-Net is fully
+convolutional: a 300 x 180 px piece with 16 px of context costs one 336 x 216 px window, not the four to six
 fixed-grid windows it straddles). A larger box runs MONAI's sliding window with the card's ``tile_px``,
-``overlap_frac`` and blending, and only the windows that touch the mask run; the rest are answered
-"background" without running the network.
+``overlap_frac`` and blending, and only the windows that touch the piece run. Nothing runs away from the
+pieces: those pixels read "background".
 
 Example
 -------
