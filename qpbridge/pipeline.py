@@ -37,7 +37,7 @@ from scipy import ndimage
 from qpbridge import __version__
 from qpbridge.atomic import atomic_write_text
 from qpbridge.errors import InputError, OutputError
-from qpbridge.inference import BlockSegmenter, configure_threads, resolve_device
+from qpbridge.inference import BlockSegmenter, Region, configure_threads, resolve_device
 from qpbridge.memory import release_freed_memory
 from qpbridge.models import LoadedModel, inference_network, load_model
 from qpbridge.naming import prediction_properties
@@ -584,21 +584,21 @@ def _segment_cells(
     segmenter = _segmenter(model, mpp, device, config)
     heat_px = max(1, int(round(config.heatmap_um / mpp)))
 
-    def plan(window: Window) -> tuple[np.ndarray, np.ndarray, Window | None]:
-        """Tissue and active masks of a block, and the part of it to read (None: nothing to do)."""
+    def masks(window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Tissue and active (gated) masks of a block."""
         block_affine = window_affine(affine, window)
         tissue_block = sample_mask(tissue.tissue, tissue.affine, block_affine, window.shape)
         active = tissue_block if gate is None else gate.mask(block_affine, window.shape) & tissue_block
-        regions = segmenter.plan(active) if active.any() else []
-        if not regions:
-            return tissue_block, active, None
+        return tissue_block, active
+
+    def crop_of(window: Window, regions: list[Region]) -> Window:
+        """The part of a block its regions cover: what is read and worked on."""
         top, left = min(r.top for r in regions), min(r.left for r in regions)
         if config.heatmap:  # heat map tiles stay on the block's grid
             top, left = top // heat_px * heat_px, left // heat_px * heat_px
         bottom = max(r.top + r.height for r in regions)
         right = max(r.left + r.width for r in regions)
-        crop = Window(window.x_px + left, window.y_px + top, right - left, bottom - top)
-        return tissue_block, active, crop
+        return Window(window.x_px + left, window.y_px + top, right - left, bottom - top)
 
     def read(crop: Window) -> np.ndarray:
         return slide.read_region_at(crop.x_px, crop.y_px, crop.width_px, crop.height_px, mpp)
@@ -607,18 +607,21 @@ def _segment_cells(
     stats["blocks_total"] = len(windows)
     todo: list[tuple[Window, Window]] = []
     for window in windows:  # which blocks to read at all (masks are recomputed later: memory stays per block)
-        tissue_block, _, crop = plan(window)
-        if tissue_block.any():
-            stats["tissue_px"] += sum(region.pixels for region in segmenter.plan(tissue_block))
-        if crop is not None:
-            todo.append((window, crop))
+        tissue_block, active = masks(window)
+        if not tissue_block.any():
+            continue
+        tissue_regions = segmenter.plan(tissue_block)
+        stats["tissue_px"] += sum(region.pixels for region in tissue_regions)
+        regions = tissue_regions if gate is None else segmenter.plan(active) if active.any() else []
+        if regions:
+            todo.append((window, crop_of(window, regions)))
     with ThreadPoolExecutor(max_workers=1) as pool:  # read the next block while the network runs
         pending: Future[np.ndarray] | None = pool.submit(read, todo[0][1]) if todo else None
         for index, (window, crop) in enumerate(todo):
             assert pending is not None
             rgb = pending.result()
             pending = pool.submit(read, todo[index + 1][1]) if index + 1 < len(todo) else None
-            _, active_block, _ = plan(window)
+            _, active_block = masks(window)
             # Only the part of the block around its active pixels is read and worked on (``crop``).
             rows = slice(crop.y_px - window.y_px, crop.y_px - window.y_px + crop.height_px)
             cols = slice(crop.x_px - window.x_px, crop.x_px - window.x_px + crop.width_px)
