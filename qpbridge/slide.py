@@ -341,7 +341,17 @@ class Slide:
         region = self._read_level(level, lx0, ly0, max(1, lx1 - lx0), max(1, ly1 - ly0))
         box = (x0 / downsample - lx0, y0 / downsample - ly0, x1 / downsample - lx0, y1 / downsample - ly0)
         same_size = region.size == (width_px, height_px) and box == (0.0, 0.0, float(width_px), float(height_px))
-        if not same_size:
+        factor = round(scale / downsample)
+        aligned = (
+            abs(scale / downsample - factor) < 1e-9
+            and region.size == (width_px * factor, height_px * factor)
+            and box == (0.0, 0.0, float(region.width), float(region.height))
+        )
+        if not same_size and aligned and factor >= 2:
+            # An integer factor on aligned pixels: the exact (rounded) mean of each factor x factor box, ~4x
+            # faster than resize's box filter (which rounds between its two passes: the two differ by <= 1).
+            region = region.reduce(factor)
+        elif not same_size:
             resample = Image.Resampling.BOX if scale / downsample >= 1 else Image.Resampling.BILINEAR
             region = region.resize((width_px, height_px), resample=resample, box=box)
         return np.array(region, dtype=np.uint8)
@@ -366,6 +376,8 @@ class Slide:
                 f"cannot read pixels of {self.path} at level {level}, {location}: {exc}: "
                 "the file is damaged or incomplete; re-export or re-copy the slide"
             ) from exc
+        if rgba.getchannel("A").getextrema() == (255, 255):  # opaque (most reads): no compositing
+            return rgba.convert("RGB")
         white = Image.new("RGB", rgba.size, (255, 255, 255))
         white.paste(rgba, mask=rgba.getchannel("A"))
         return white

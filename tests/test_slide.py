@@ -47,6 +47,14 @@ def test_read_at_mpp_matches_downsampled_level0(pyramid_tiff: Path, mpp: float) 
     assert np.abs(reference.astype(int) - region.astype(int)).mean() < 2.0
 
 
+def test_read_at_an_integer_factor_of_a_level_is_the_rounded_box_mean(pyramid_tiff: Path) -> None:
+    with open_slide(pyramid_tiff) as slide:
+        level = slide.read_region_at(6, 10, 80, 60, 2.0)  # level 2 itself (2 um/px)
+        half = slide.read_region_at(3, 5, 40, 30, 4.0)  # 2 x 2 boxes of it
+    sums = level.reshape(30, 2, 40, 2, 3).astype(np.int64).sum(axis=(1, 3))
+    assert np.array_equal(half, (sums + 2) // 4)
+
+
 def test_read_uses_the_coarse_level_not_level0(pyramid_tiff: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with open_slide(pyramid_tiff) as slide:
         levels: list[int] = []
