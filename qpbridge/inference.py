@@ -26,7 +26,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -64,12 +64,44 @@ class Region:
     width: int
     roi_px: tuple[int, int]  #: (rows, cols) of each window
     windows: int  #: windows that touch the mask (those that run)
-    own: np.ndarray | None = None  #: bool (height, width): the pixels this region answers for (None: all)
+    #: bool: which :data:`BOX_CELL_PX` cells of the box this region answers for (None: all of it); kept
+    #: coarse so that a slide's worth of planned regions stays small
+    own_cells: np.ndarray | None = None
+
+    @property
+    def own(self) -> np.ndarray | None:
+        """Bool (height, width): the pixels this region answers for (None: all)."""
+        if self.own_cells is None:
+            return None
+        full = np.repeat(np.repeat(self.own_cells, BOX_CELL_PX, axis=0), BOX_CELL_PX, axis=1)
+        return full[:self.height, :self.width]
+
+    def shifted(self, rows_px: int, cols_px: int) -> Region:
+        """The same region in a frame whose origin is ``(rows_px, cols_px)`` in this one's."""
+        return replace(self, top=self.top - rows_px, left=self.left - cols_px)
 
     @property
     def pixels(self) -> int:
         """Network input pixels of this region's windows."""
         return self.windows * self.roi_px[0] * self.roi_px[1]
+
+
+def argmax_labels(probabilities: np.ndarray) -> np.ndarray:
+    """uint8 class labels (H, W) of float (C, H, W) probabilities: ``probabilities.argmax(axis=0)`` (the first
+    class wins a tie), as C - 1 multithreaded compare passes (numpy's and torch's argmax over the leading axis
+    are several times slower on large blocks).
+
+    >>> argmax_labels(np.array([[[0.2, 0.5]], [[0.7, 0.5]], [[0.1, 0.0]]], dtype=np.float32)).tolist()
+    [[1, 0]]
+    """
+    probs = torch.from_numpy(np.ascontiguousarray(probabilities))
+    labels = torch.zeros(probs.shape[1:], dtype=torch.uint8)
+    best = probs[0].clone()
+    for label in range(1, probs.shape[0]):
+        better = probs[label] > best
+        labels.masked_fill_(better, label)
+        torch.maximum(best, probs[label], out=best)
+    return labels.numpy()
 
 
 def configure_threads(threads: int | None) -> int:
@@ -135,7 +167,7 @@ def windows_touching(mask: np.ndarray, roi_px: tuple[int, int], overlap_frac: fl
 
 def _pieces(active: np.ndarray, context_px: int) -> list[tuple[slice, slice, np.ndarray]]:
     """The pieces of ``active`` grown by ``context_px`` (on a :data:`BOX_CELL_PX` grid): for each, its box
-    (row and column slices, clipped to the mask) and which pixels of the box belong to it."""
+    (row and column slices, clipped to the mask) and which cells of the box belong to it."""
     height, width = active.shape
     cell = BOX_CELL_PX
     grid_h, grid_w = _round_up(height, cell) // cell, _round_up(width, cell) // cell
@@ -153,8 +185,7 @@ def _pieces(active: np.ndarray, context_px: int) -> list[tuple[slice, slice, np.
             continue
         rows = slice(found[0].start * cell, min(found[0].stop * cell, height))
         cols = slice(found[1].start * cell, min(found[1].stop * cell, width))
-        own = np.repeat(np.repeat(labels[found] == index, cell, axis=0), cell, axis=1)
-        pieces.append((rows, cols, own[:rows.stop - rows.start, :cols.stop - cols.start]))
+        pieces.append((rows, cols, labels[found] == index))
     return pieces
 
 
@@ -174,13 +205,14 @@ def plan_regions(
     [(64, 464, 272, 224, (272, 224), 1)]
     """
     regions = []
-    for rows, cols, own in _pieces(active, context_px):
+    for rows, cols, own_cells in _pieces(active, context_px):
         height, width = rows.stop - rows.start, cols.stop - cols.start
         roi_px = tuple(_round_up(side, multiple) if side <= max_fit_px else tile_px for side in (height, width))
         roi = (int(roi_px[0]), int(roi_px[1]))
-        windows = windows_touching(active[rows, cols] & own, roi, overlap_frac)
-        if windows:
-            regions.append(Region(rows.start, cols.start, height, width, roi, windows, own))
+        region = Region(rows.start, cols.start, height, width, roi, 0, own_cells)
+        region.windows = windows_touching(active[rows, cols] & region.own, roi, overlap_frac)
+        if region.windows:
+            regions.append(region)
     return regions
 
 
@@ -300,11 +332,14 @@ class BlockSegmenter:
         return plan_regions(active, tile_px=self.tile_px, overlap_frac=self.overlap_frac, context_px=self.context_px,
                             max_fit_px=self.max_fit_px, multiple=self.multiple)
 
-    def predict(self, rgb: np.ndarray, active: np.ndarray | None = None) -> BlockResult:
+    def predict(
+        self, rgb: np.ndarray, active: np.ndarray | None = None, regions: list[Region] | None = None
+    ) -> BlockResult:
         """Class probabilities of an (H, W, 3) uint8 block; the network runs only around ``active``.
 
         ``active`` is a boolean (H, W) mask at the block's resolution (None = run everywhere, the card's fixed
-        grid). Pixels away from ``active`` read "background"; the caller clips to its mask.
+        grid). Pixels away from ``active`` read "background"; the caller clips to its mask. ``regions`` are
+        what :meth:`plan` gave for ``active`` (in this block's pixels), when the caller planned already.
         """
         height, width = rgb.shape[:2]
         if active is not None and active.shape != (height, width):
@@ -316,25 +351,25 @@ class BlockSegmenter:
             regions = [Region(0, 0, height, width, grid, grid_windows)]
             spared = 0
         else:
-            regions = self.plan(active) if self.max_fit_px else [
-                Region(0, 0, height, width, grid, windows_touching(active, grid, self.overlap_frac))]
+            if regions is None:
+                regions = self.plan(active) if self.max_fit_px else [
+                    Region(0, 0, height, width, grid, windows_touching(active, grid, self.overlap_frac))]
             regions = [r for r in regions if r.windows]
             spared = grid_windows - windows_touching(active, grid, self.overlap_frac)
         out = self._background(1, height, width)[0]
         run = pixels = 0
-        if regions:
-            inputs = to_network_input(rgb, self.card, device=self.device)
         for region in regions:
             rows, cols = slice(region.top, region.top + region.height), slice(region.left, region.left + region.width)
+            own = region.own
             mask = None if active is None else active[rows, cols]
-            if mask is not None and region.own is not None:
-                mask = mask & region.own
-            done = self._slide(inputs[:, :, rows, cols], region.roi_px, mask)[0]
-            if region.own is None:
+            if mask is not None and own is not None:
+                mask = mask & own
+            inputs = to_network_input(rgb[rows, cols], self.card, device=self.device)  # only the region's box
+            done = self._slide(inputs, region.roi_px, mask)[0]
+            if own is None:
                 out[:, rows, cols] = done
             else:
-                own = torch.from_numpy(region.own).to(self.device)
-                out[:, rows, cols] = torch.where(own, done, out[:, rows, cols])
+                out[:, rows, cols] = torch.where(torch.from_numpy(own).to(self.device), done, out[:, rows, cols])
             run += region.windows
             pixels += region.pixels
         self.windows_run += run

@@ -37,7 +37,7 @@ from scipy import ndimage
 from qpbridge import __version__
 from qpbridge.atomic import atomic_write_text
 from qpbridge.errors import InputError, OutputError
-from qpbridge.inference import BlockSegmenter, Region, configure_threads, resolve_device
+from qpbridge.inference import BlockSegmenter, Region, argmax_labels, configure_threads, resolve_device
 from qpbridge.memory import release_freed_memory
 from qpbridge.models import LoadedModel, inference_network, load_model
 from qpbridge.naming import prediction_properties
@@ -196,8 +196,10 @@ def sample_mask(mask: np.ndarray, mask_affine: Affine, out_affine: Affine, out_s
     out_rows, out_cols, rows, cols = _nearest_index(mask.shape, mask_affine, out_affine, out_shape)
     if len(out_rows) and len(out_cols):
         # Output rows/columns inside the source are contiguous runs: slice them (fancy indexing on both axes at
-        # once is ~10x slower on 1024^2 blocks).
-        out[out_rows[0]:out_rows[-1] + 1, out_cols[0]:out_cols[-1] + 1] = mask.take(rows, axis=0).take(cols, axis=1)
+        # once is ~10x slower on 1024^2 blocks); the source is cut to the part read first (indices are monotonic).
+        part = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        out[out_rows[0]:out_rows[-1] + 1, out_cols[0]:out_cols[-1] + 1] = (
+            part.take(rows - rows[0], axis=0).take(cols - cols[0], axis=1))
     return out
 
 
@@ -222,22 +224,28 @@ class _ProbabilityLedger:
     def add_block(self, labels: np.ndarray, probs: np.ndarray, affine: Affine, emit: tuple[int, ...]) -> None:
         structure = ndimage.generate_binary_structure(2, 1)
         self._block, self._affine, self._shape = {}, affine, labels.shape
+        height, width = labels.shape
+        border_rows = np.concatenate([np.zeros(width, np.int64), np.full(width, height - 1), np.arange(height),
+                                      np.arange(height)])
+        border_cols = np.concatenate([np.arange(width), np.arange(width), np.zeros(height, np.int64),
+                                      np.full(height, width - 1)])
         parts = [(self.points, self.labels, self.sums, self.counts)]
         for label in emit:
-            components, count = ndimage.label(labels == label, structure=structure)
-            if count == 0:
+            where = labels == label
+            inside = np.flatnonzero(where)  # sums run over the class's pixels only, not the whole block
+            if not len(inside):
                 continue
-            flat = components.ravel()
-            counts = np.bincount(flat, minlength=count + 1).astype(np.float64)
-            sums = np.bincount(flat, weights=probs[label].ravel(), minlength=count + 1)
+            components, count = ndimage.label(where, structure=structure)
+            ids = components.ravel()[inside]
+            counts = np.bincount(ids, minlength=count + 1).astype(np.float64)
+            sums = np.bincount(ids, weights=probs[label].ravel()[inside], minlength=count + 1)
             self._block[label] = (components, sums, counts)
-            edge_ids = np.unique(np.concatenate([components[0], components[-1], components[:, 0], components[:, -1]]))
-            edge_ids = edge_ids[edge_ids > 0]
+            # A piece touching the block border is recorded by one of its border pixels (looked up on the
+            # border only: a unique over the whole block would sort every pixel).
+            edge_ids, first = np.unique(components[border_rows, border_cols], return_index=True)
+            first, edge_ids = first[edge_ids > 0], edge_ids[edge_ids > 0]
             if len(edge_ids):
-                ids, first = np.unique(flat, return_index=True)
-                first = first[np.isin(ids, edge_ids)]
-                rows, cols = np.divmod(first, labels.shape[1])
-                xs, ys = _apply(affine, cols + 0.5, rows + 0.5)
+                xs, ys = _apply(affine, border_cols[first] + 0.5, border_rows[first] + 0.5)
                 parts.append((np.column_stack([xs, ys]), np.full(len(edge_ids), label), sums[edge_ids],
                               counts[edge_ids]))
         self.points = np.concatenate([p[0] for p in parts])
@@ -455,6 +463,10 @@ def predict_slide(
     return summary
 
 
+#: The cell stage reads a block's region boxes one by one (not the box around them all) when they cover less
+#: than this share of it.
+READ_BOXES_BELOW = 0.6
+
 #: ROI-stage block side in px at the ROI model's um/px (2 mm at 2 um/px; small enough that a small slide's
 #: blocks are as big as a large slide's, so peak memory is the same).
 ROI_BLOCK_PX = 1024
@@ -475,7 +487,9 @@ class RoiGate:
     def __init__(self, polygons: np.ndarray, margin_px: float = 0.0, tolerance_px: float = 0.0) -> None:
         if tolerance_px > 0 and len(polygons):  # pixel-staircase outlines: far fewer vertices, same region
             polygons = shapely.simplify(polygons, tolerance_px, preserve_topology=True)
-        self.polygons = shapely.buffer(polygons, margin_px) if margin_px > 0 and len(polygons) else polygons
+        # 4 segments per quarter circle: corners of a margin of a few um are off by < 8% of it, at half the cost
+        self.polygons = (shapely.buffer(polygons, margin_px, quad_segs=4) if margin_px > 0 and len(polygons)
+                         else polygons)
         self.tree = shapely.STRtree(self.polygons)
 
     def mask(self, affine: Affine, shape: tuple[int, int]) -> np.ndarray:
@@ -600,13 +614,24 @@ def _segment_cells(
         right = max(r.left + r.width for r in regions)
         return Window(window.x_px + left, window.y_px + top, right - left, bottom - top)
 
-    def read(crop: Window) -> np.ndarray:
-        return slide.read_region_at(crop.x_px, crop.y_px, crop.width_px, crop.height_px, mpp)
+    def read(crop: Window, regions: list[Region]) -> tuple[np.ndarray, int]:
+        """The crop's pixels that its regions use, and how many px were read. When the regions' boxes cover
+        much less than the crop (scattered ROI pieces), only the boxes are read; the rest stays white."""
+        boxes, whole = sum(r.height * r.width for r in regions), crop.width_px * crop.height_px
+        if boxes >= READ_BOXES_BELOW * whole:
+            return slide.read_region_at(crop.x_px, crop.y_px, crop.width_px, crop.height_px, mpp), whole
+        rgb = np.full((crop.height_px, crop.width_px, 3), 255, dtype=np.uint8)
+        for r in regions:
+            rgb[r.top:r.top + r.height, r.left:r.left + r.width] = slide.read_region_at(
+                crop.x_px + r.left, crop.y_px + r.top, r.width, r.height, mpp)
+        return rgb, boxes
 
     windows = grid.windows()
     stats["blocks_total"] = len(windows)
-    todo: list[tuple[Window, Window]] = []
-    for window in windows:  # which blocks to read at all (masks are recomputed later: memory stays per block)
+    # Which blocks to read at all, and their regions (planned once; masks are recomputed later and regions
+    # keep their own pixels on a coarse grid, so memory stays per block).
+    todo: list[tuple[Window, Window, list[Region]]] = []
+    for window in windows:
         tissue_block, active = masks(window)
         if not tissue_block.any():
             continue
@@ -614,20 +639,22 @@ def _segment_cells(
         stats["tissue_px"] += sum(region.pixels for region in tissue_regions)
         regions = tissue_regions if gate is None else segmenter.plan(active) if active.any() else []
         if regions:
-            todo.append((window, crop_of(window, regions)))
+            crop = crop_of(window, regions)
+            dy, dx = crop.y_px - window.y_px, crop.x_px - window.x_px
+            todo.append((window, crop, [region.shifted(dy, dx) for region in regions]))
     with ThreadPoolExecutor(max_workers=1) as pool:  # read the next block while the network runs
-        pending: Future[np.ndarray] | None = pool.submit(read, todo[0][1]) if todo else None
-        for index, (window, crop) in enumerate(todo):
+        pending: Future[tuple[np.ndarray, int]] | None = pool.submit(read, *todo[0][1:]) if todo else None
+        for index, (window, crop, regions) in enumerate(todo):
             assert pending is not None
-            rgb = pending.result()
-            pending = pool.submit(read, todo[index + 1][1]) if index + 1 < len(todo) else None
+            rgb, read_px = pending.result()
+            pending = pool.submit(read, *todo[index + 1][1:]) if index + 1 < len(todo) else None
             _, active_block = masks(window)
             # Only the part of the block around its active pixels is read and worked on (``crop``).
             rows = slice(crop.y_px - window.y_px, crop.y_px - window.y_px + crop.height_px)
             cols = slice(crop.x_px - window.x_px, crop.x_px - window.x_px + crop.width_px)
             active = active_block[rows, cols]
-            result = segmenter.predict(rgb, active)
-            labels = result.probabilities.argmax(axis=0).astype(np.uint8)
+            result = segmenter.predict(rgb, active, regions)
+            labels = argmax_labels(result.probabilities)
             labels[~active] = 0
             crop_affine = window_affine(affine, crop)
             ledger.add_block(labels, result.probabilities, crop_affine, tuple(emit_classes))
@@ -640,7 +667,7 @@ def _segment_cells(
             if overlay is not None:
                 overlay.paint(labels, crop_affine)
             stats["blocks_read"] += 1
-            stats["read_px"] += crop.width_px * crop.height_px
+            stats["read_px"] += read_px
             del rgb, result, labels, block_labels
             release_freed_memory()
             if progress is not None:

@@ -111,3 +111,46 @@ def test_bad_options_name_the_value() -> None:
         _segmenter(layout="nhwc")
     with pytest.raises(InputError, match="context_px and max_fit_px must be >= 0, got -1, 128"):
         _segmenter(context_px=-1, max_fit_px=128)
+
+
+def test_argmax_labels_is_numpy_argmax_with_first_class_winning_ties() -> None:
+    from qpbridge.inference import argmax_labels
+
+    rng = np.random.default_rng(1)
+    probs = rng.integers(0, 4, size=(4, 64, 80)).astype(np.float32)  # many ties
+    labels = argmax_labels(probs)
+    assert labels.dtype == np.uint8
+    assert np.array_equal(labels, probs.argmax(axis=0))
+
+
+def test_network_input_is_the_training_normalisation() -> None:
+    """Inference's fused uint8 -> float path gives what training's normalize_rgb01 gives (same model input)."""
+    from qpbridge.preprocess import normalize_rgb01, to_network_input
+
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
+    for space in ("RGB", "LAB"):
+        card = SimpleNamespace(color_space=space, norm_mean=(0.7, 0.5, 0.6), norm_std=(0.2, 0.25, 0.3))
+        x = to_network_input(rgb, card)
+        expected = normalize_rgb01(torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0, space,
+                                   card.norm_mean, card.norm_std)
+        assert x.shape == (1, 3, 37, 53) and x.is_contiguous()
+        assert torch.allclose(x, expected, atol=1e-5)
+        assert float((x - expected).abs().max()) < 1e-5
+
+
+def test_regions_planned_once_run_as_planned_in_a_crop() -> None:
+    """Regions planned on a whole block and shifted into a crop of it give the probabilities of planning the
+    crop itself (what predict does with the regions the pipeline planned before reading)."""
+    active = _blobs()
+    rgb = np.random.default_rng(4).integers(0, 256, size=(*active.shape, 3), dtype=np.uint8)
+    segmenter = _segmenter(context_px=8, max_fit_px=128)
+    regions = segmenter.plan(active)
+    top, left = min(r.top for r in regions), min(r.left for r in regions)
+    crop = (slice(top, None), slice(left, None))
+    shifted = [r.shifted(top, left) for r in regions]
+    assert [(r.top + top, r.left + left) for r in shifted] == [(r.top, r.left) for r in regions]
+    planned = segmenter.predict(rgb[crop], active[crop], shifted)
+    replanned = _segmenter(context_px=8, max_fit_px=128).predict(rgb[crop], active[crop])
+    assert planned.windows_run == replanned.windows_run == sum(r.windows for r in regions)
+    assert np.array_equal(planned.probabilities, replanned.probabilities)

@@ -238,3 +238,60 @@ def test_window_starts_match_monai(extent: int, tile: int, overlap: float) -> No
     monai_rows = sorted({rows.start for rows, _ in dense_patch_slices(
         size, (tile, tile), _get_scan_interval(size, (tile, tile), 2, (overlap, overlap)))})
     assert window_starts(extent, tile, overlap) == monai_rows
+
+
+def test_mean_probability_of_polygons_across_block_seams() -> None:
+    """The ledger's mean class probability per polygon equals the mean over the polygon's pixels in the whole
+    image, also for polygons merged from pieces of several blocks."""
+    import rasterio.features
+
+    from qpbridge.pipeline import _ProbabilityLedger
+    from qpbridge.tiling import BlockGrid
+    from qpbridge.vectorize import BlockVectorizer
+
+    rng = np.random.default_rng(3)
+    labels = np.zeros((96, 96), dtype=np.uint8)
+    labels[5:60, 20:40] = 1  # crosses the row seam at 32
+    labels[28:36, 50:90] = 2  # crosses two column seams and a row seam
+    labels[70:80, 70:80] = 1  # inside one block
+    labels[40:45, 5:12] = 2
+    probs = rng.random((3, 96, 96)).astype(np.float32)
+    affine = Affine.scale(2.0)
+    grid = BlockGrid(96, 96, 32)
+    vectorizer = BlockVectorizer(grid, affine, labels_to_vectorize=(1, 2))
+    ledger = _ProbabilityLedger()
+    found = []
+    for window in grid.windows():
+        block_affine = affine * Affine.translation(window.x_px, window.y_px)
+        ledger.add_block(labels[window.slices], probs[(slice(None), *window.slices)], block_affine, (1, 2))
+        done = vectorizer.add(window, labels[window.slices])
+        found += list(zip(done.labels, done.polygons, ledger.settle(done), strict=True))
+    rest = vectorizer.finish()
+    found += list(zip(rest.labels, rest.polygons, ledger.settle(rest, last=True), strict=True))
+
+    assert sorted(int(label) for label, _, _ in found) == [1, 1, 2, 2]
+    for label, polygon, mean in found:
+        inside = rasterio.features.rasterize([(polygon, 1)], out_shape=labels.shape, transform=affine).astype(bool)
+        assert (labels[inside] == label).all()
+        assert mean == pytest.approx(float(probs[label][inside].mean()), rel=1e-6)
+
+
+def test_reading_only_region_boxes_changes_nothing(
+    tmp_path: Path, synth_slide: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks whose ROI pieces are scattered read only the pieces' boxes: the same output as reading the
+    whole box around them, from fewer pixels read."""
+    import qpbridge.pipeline as pipeline
+
+    roi, cell = _shipped("deepbatch-synth-roi"), _shipped("deepbatch-synth-cell")
+    config = PredictConfig(model_roi=str(roi), model_cell=str(cell))
+    boxes = predict_slide(synth_slide, tmp_path / "boxes.geojson", config)
+    monkeypatch.setattr(pipeline, "READ_BOXES_BELOW", 0.0)  # always the whole crop
+    whole = predict_slide(synth_slide, tmp_path / "whole.geojson", config)
+    assert boxes.read_mpx < 0.9 * whole.read_mpx
+    assert boxes.network_mpx == whole.network_mpx
+    a, b = read_geojson(tmp_path / "boxes.geojson").features, read_geojson(tmp_path / "whole.geojson").features
+    assert len(a) == len(b) > 3
+    for fa, fb in zip(a, b, strict=True):
+        assert fa.class_name == fb.class_name and fa.geometry.equals(fb.geometry)
+        assert fa.measurements.get("Mean probability") == pytest.approx(fb.measurements.get("Mean probability"))
