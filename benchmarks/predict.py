@@ -189,7 +189,9 @@ def report_model(label: str, args: argparse.Namespace, slide: Path, device: torc
     print(f"    {label}: {flops / 1e9:.2f} GFLOP per {cell.card.tile_px}px window "
           f"({flops_per_px / 1e3:.1f} GFLOP/MP) at {cell.card.mpp} um/px")
     run = run_child(slide, args.workdir / f"small_{label.split()[0]}.geojson", args)
-    batch = args.batch_size or (64 if device.type == "cuda" else 8)
+    from qpbridge.inference import default_batch_size
+
+    batch = args.batch_size or default_batch_size(device)
     roi = load_model(args.model_roi, role="roi", device=device)
     roi.network = inference_network(roi.card, roi.network)
     layouts = run["layouts"]

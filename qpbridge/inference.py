@@ -64,17 +64,28 @@ class Region:
     width: int
     roi_px: tuple[int, int]  #: (rows, cols) of each window
     windows: int  #: windows that touch the mask (those that run)
-    #: bool: which :data:`BOX_CELL_PX` cells of the box this region answers for (None: all of it); kept
-    #: coarse so that a slide's worth of planned regions stays small
+    #: bool: which :data:`BOX_CELL_PX` cells of the piece's box this region answers for (None: all of the
+    #: region); kept coarse so that a slide's worth of planned regions stays small
     own_cells: np.ndarray | None = None
+    #: where the piece's box (``own_cells``) starts inside this region's box, when the box was grown to fit
+    #: its window (rows, cols px)
+    own_at_px: tuple[int, int] = (0, 0)
+    #: the piece's box (rows, cols px); None: the region's
+    own_shape_px: tuple[int, int] | None = None
 
     @property
     def own(self) -> np.ndarray | None:
         """Bool (height, width): the pixels this region answers for (None: all)."""
         if self.own_cells is None:
             return None
-        full = np.repeat(np.repeat(self.own_cells, BOX_CELL_PX, axis=0), BOX_CELL_PX, axis=1)
-        return full[:self.height, :self.width]
+        rows, cols = self.own_shape_px or (self.height, self.width)
+        cells = np.repeat(np.repeat(self.own_cells, BOX_CELL_PX, axis=0), BOX_CELL_PX, axis=1)[:rows, :cols]
+        if (rows, cols) == (self.height, self.width):
+            return cells
+        full = np.zeros((self.height, self.width), dtype=bool)
+        top, left = self.own_at_px
+        full[top:top + rows, left:left + cols] = cells
+        return full
 
     def shifted(self, rows_px: int, cols_px: int) -> Region:
         """The same region in a frame whose origin is ``(rows_px, cols_px)`` in this one's."""
@@ -84,6 +95,13 @@ class Region:
     def pixels(self) -> int:
         """Network input pixels of this region's windows."""
         return self.windows * self.roi_px[0] * self.roi_px[1]
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Windows per forward pass when ``--batch-size`` is not given: 64 on a GPU; 4 on a CPU, where larger
+    batches only add memory (activations of 8 x 256 px windows are ~200 MB) and run slower per pixel (the
+    shipped cell model: 25 MP/s at 4, 18 at 8 on a 2-core CPU; see benchmarks/predict.py)."""
+    return 64 if device.type == "cuda" else 4
 
 
 def argmax_labels(probabilities: np.ndarray) -> np.ndarray:
@@ -189,28 +207,54 @@ def _pieces(active: np.ndarray, context_px: int) -> list[tuple[slice, slice, np.
     return pieces
 
 
+def _fit_axis(start: int, side: int, extent: int, target: int) -> int:
+    """Start of a box of ``target`` px around ``start .. start + side``, centred, inside ``0 .. extent``."""
+    return max(0, min(start - (target - side) // 2, extent - target))
+
+
 def plan_regions(
-    active: np.ndarray, *, tile_px: int, overlap_frac: float, context_px: int, max_fit_px: int, multiple: int = 1
+    active: np.ndarray, *, tile_px: int, overlap_frac: float, context_px: int, max_fit_px: int, multiple: int = 1,
+    fit_step_px: int | None = None,
 ) -> list[Region]:
     """The regions (and their windows) a gated run of a block works on; see the module docstring.
 
     Each piece of ``active`` (grown by ``context_px``) is one region: its bounding box, of which it answers
     for its own pixels only (boxes of neighbouring pieces may overlap). A box side up to ``max_fit_px`` gets
-    one window of that side rounded up to ``multiple`` (MONAI pads the box to it); a longer side gets
-    ``tile_px`` windows at ``overlap_frac``. Only windows touching ``active`` run.
+    one window of that side rounded up to ``fit_step_px`` (default ``multiple``): the box grows to the window
+    around the piece where the mask has room (real pixels as context), else MONAI pads it. Rounding to a
+    coarse step keeps the number of window shapes small: the network's kernels are prepared once per shape,
+    which costs more than a small model's forward. A longer side gets ``tile_px`` windows at
+    ``overlap_frac``. Only windows touching ``active`` run.
 
     >>> mask = np.zeros((1024, 1024), bool); mask[100:300, 500:650] = True
     >>> [(r.top, r.left, r.height, r.width, r.roi_px, r.windows) for r in plan_regions(
     ...     mask, tile_px=256, overlap_frac=0.25, context_px=32, max_fit_px=512, multiple=8)]
     [(64, 464, 272, 224, (272, 224), 1)]
     """
+    step = _round_up(fit_step_px or multiple, multiple)
     regions = []
     for rows, cols, own_cells in _pieces(active, context_px):
-        height, width = rows.stop - rows.start, cols.stop - cols.start
-        roi_px = tuple(_round_up(side, multiple) if side <= max_fit_px else tile_px for side in (height, width))
-        roi = (int(roi_px[0]), int(roi_px[1]))
-        region = Region(rows.start, cols.start, height, width, roi, 0, own_cells)
-        region.windows = windows_touching(active[rows, cols] & region.own, roi, overlap_frac)
+        box, roi = [], []
+        for sl, extent in ((rows, active.shape[0]), (cols, active.shape[1])):
+            side = sl.stop - sl.start
+            if side > max_fit_px:
+                box.append(sl)
+                roi.append(tile_px)
+            elif _round_up(side, step) <= extent:  # grow the box to the window
+                target = _round_up(side, step)
+                start = _fit_axis(sl.start, side, extent, target)
+                box.append(slice(start, start + target))
+                roi.append(target)
+            else:  # the mask is smaller than the window: MONAI pads the box
+                box.append(sl)
+                roi.append(_round_up(side, multiple))
+        top, left = box[0].start, box[1].start
+        region = Region(top, left, box[0].stop - top, box[1].stop - left, (roi[0], roi[1]), 0, own_cells,
+                        own_at_px=(rows.start - top, cols.start - left),
+                        own_shape_px=(rows.stop - rows.start, cols.stop - cols.start))
+        own = region.own
+        assert own is not None
+        region.windows = windows_touching(active[box[0], box[1]] & own, region.roi_px, overlap_frac)
         if region.windows:
             regions.append(region)
     return regions
@@ -227,15 +271,16 @@ class BlockSegmenter:
     device
         Where the network runs. On CUDA, windows run in float16 autocast.
     batch_size
-        Windows per forward pass (default: 8 on CPU, 64 on CUDA).
+        Windows per forward pass (default: :func:`default_batch_size`, 4 on CPU, 64 on CUDA).
     overlap_frac, blend
         Override the card's ``overlap_frac`` and ``blend`` ("gaussian" or "constant").
     layout
         ``nchw``, ``channels_last`` or ``auto`` (default: time both on the first batch, keep the faster; which
         one wins depends on the CPU).
-    context_px, max_fit_px
-        Context around the active mask, and the largest box side that runs as one fitted window (defaults:
-        ``tile_px / 8`` and ``2 * tile_px``; ``max_fit_px=0`` runs the card's fixed grid only).
+    context_px, max_fit_px, fit_step_px
+        Context around the active mask, the largest box side that runs as one fitted window, and the step
+        fitted window sides are rounded up to (defaults: ``tile_px / 8``, ``2 * tile_px`` and ``tile_px / 4``;
+        ``max_fit_px=0`` runs the card's fixed grid only).
     """
 
     def __init__(
@@ -249,11 +294,12 @@ class BlockSegmenter:
         layout: str = "auto",
         context_px: int | None = None,
         max_fit_px: int | None = None,
+        fit_step_px: int | None = None,
     ) -> None:
         self.card = model.card
         self.device = torch.device(device)
         self.network = model.network.to(self.device).eval()
-        self.batch_size = batch_size or (64 if self.device.type == "cuda" else 8)
+        self.batch_size = batch_size or default_batch_size(self.device)
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
         self.overlap_frac = self.card.overlap_frac if overlap_frac is None else overlap_frac
@@ -273,6 +319,7 @@ class BlockSegmenter:
         if self.context_px < 0 or self.max_fit_px < 0:
             raise InputError(f"context_px and max_fit_px must be >= 0, got {self.context_px}, {self.max_fit_px}")
         self.multiple = size_multiple(self.card)
+        self.fit_step_px = _round_up(self.tile_px // 4 if fit_step_px is None else fit_step_px, self.multiple)
         self.binary = self.card.role == "roi"
         self.forward_seconds = 0.0
         self.windows_run = 0
@@ -330,7 +377,7 @@ class BlockSegmenter:
     def plan(self, active: np.ndarray) -> list[Region]:
         """The regions a gated run over ``active`` works on (no network: also the cost of a run)."""
         return plan_regions(active, tile_px=self.tile_px, overlap_frac=self.overlap_frac, context_px=self.context_px,
-                            max_fit_px=self.max_fit_px, multiple=self.multiple)
+                            max_fit_px=self.max_fit_px, multiple=self.multiple, fit_step_px=self.fit_step_px)
 
     def predict(
         self, rgb: np.ndarray, active: np.ndarray | None = None, regions: list[Region] | None = None

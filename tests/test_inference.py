@@ -140,8 +140,8 @@ def test_network_input_is_the_training_normalisation() -> None:
 
 
 def test_regions_planned_once_run_as_planned_in_a_crop() -> None:
-    """Regions planned on a whole block and shifted into a crop of it give the probabilities of planning the
-    crop itself (what predict does with the regions the pipeline planned before reading)."""
+    """Regions planned on a whole block and shifted into a crop of it (what the pipeline reads) give the
+    block's probabilities there."""
     active = _blobs()
     rgb = np.random.default_rng(4).integers(0, 256, size=(*active.shape, 3), dtype=np.uint8)
     segmenter = _segmenter(context_px=8, max_fit_px=128)
@@ -151,6 +151,45 @@ def test_regions_planned_once_run_as_planned_in_a_crop() -> None:
     shifted = [r.shifted(top, left) for r in regions]
     assert [(r.top + top, r.left + left) for r in shifted] == [(r.top, r.left) for r in regions]
     planned = segmenter.predict(rgb[crop], active[crop], shifted)
-    replanned = _segmenter(context_px=8, max_fit_px=128).predict(rgb[crop], active[crop])
-    assert planned.windows_run == replanned.windows_run == sum(r.windows for r in regions)
-    assert np.array_equal(planned.probabilities, replanned.probabilities)
+    whole = _segmenter(context_px=8, max_fit_px=128).predict(rgb, active)
+    assert planned.windows_run == whole.windows_run == sum(r.windows for r in regions)
+    assert np.array_equal(planned.probabilities, whole.probabilities[(slice(None), *crop)])
+
+
+def test_fitted_boxes_grow_to_a_coarse_step_around_their_piece() -> None:
+    """Fitted windows are rounded up to ``fit_step_px``: the box grows around its piece (centred, inside the
+    mask) so the window sees real pixels, and the piece's own pixels stay where they are."""
+    active = _blobs()
+    plain = plan_regions(active, tile_px=64, overlap_frac=0.25, context_px=8, max_fit_px=128, multiple=8)
+    grown = plan_regions(active, tile_px=64, overlap_frac=0.25, context_px=8, max_fit_px=128, multiple=8,
+                         fit_step_px=32)
+    assert len(plain) == len(grown) == 3
+    for a, b in zip(sorted(plain, key=lambda r: (r.top, r.left)), sorted(grown, key=lambda r: (r.top, r.left)),
+                    strict=True):
+        # each fitted side is a multiple of 32 and holds the old box; a grid side is unchanged
+        for side_a, side_b, start_a, start_b, roi_a, roi_b in ((a.height, b.height, a.top, b.top, a.roi_px[0],
+                                                                 b.roi_px[0]),
+                                                                (a.width, b.width, a.left, b.left, a.roi_px[1],
+                                                                 b.roi_px[1])):
+            if roi_a == 64 and side_a > 128:
+                assert (side_b, start_b, roi_b) == (side_a, start_a, 64)
+            else:
+                assert roi_b == side_b == -(-side_a // 32) * 32
+                assert start_b <= start_a and start_b + side_b >= start_a + side_a
+                assert abs((start_a - start_b) - (start_b + side_b - start_a - side_a)) <= 1  # centred
+        own_a, own_b = np.zeros(active.shape, bool), np.zeros(active.shape, bool)
+        own_a[a.top:a.top + a.height, a.left:a.left + a.width] = a.own
+        own_b[b.top:b.top + b.height, b.left:b.left + b.width] = b.own
+        assert np.array_equal(own_a, own_b)
+    # the first piece: rows 8..72 (64 px) and cols 16..104 (88 px -> 96, one window of 64 x 96)
+    first = min(grown, key=lambda r: (r.top, r.left))
+    assert (first.top, first.left, first.height, first.width, first.roi_px) == (8, 12, 64, 96, (64, 96))
+    # a piece at the mask's edge grows inwards
+    edge = np.zeros((100, 100), bool)
+    edge[90:100, 0:10] = True
+    (region,) = plan_regions(edge, tile_px=64, overlap_frac=0.25, context_px=0, max_fit_px=128, multiple=8,
+                             fit_step_px=32)
+    assert (region.top, region.left, region.height, region.width) == (68, 0, 32, 32)
+    expected = np.zeros((32, 32), bool)
+    expected[20:, :16] = True  # the piece's 8 px cells: rows 88..100, cols 0..16
+    assert region.own is not None and np.array_equal(region.own, expected)

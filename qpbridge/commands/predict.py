@@ -65,7 +65,9 @@ def register(app: typer.Typer) -> None:
         model_cell: str = typer.Option("deepbatch-synth-cell", "--model-cell", help="Cell model: name or path."),
         mpp: float | None = typer.Option(None, "--mpp", help="Slide pixel size override (um/px at level 0)."),
         device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
-        batch_size: int | None = typer.Option(None, "--batch-size", help="Windows per forward pass."),
+        batch_size: int | None = typer.Option(
+            None, "--batch-size", help="Windows per forward pass [default: 4 on CPU, 64 on GPU]."
+        ),
         threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
         no_roi: bool = typer.Option(False, "--no-roi", help="Run the cell model over all tissue."),
         roi_only: bool = typer.Option(False, "--roi-only", help="Stop after ROI detection."),
