@@ -16,7 +16,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from qpbridge.memory import set_cache_defaults  # noqa: E402
 
-set_cache_defaults()  # cap oneDNN's per-shape caches (memory stays flat over big slides)
+set_cache_defaults()  # bound oneDNN's per-shape caches (memory stays flat over big slides)
 
 import typer  # noqa: E402
 

@@ -38,7 +38,7 @@ from qpbridge import __version__
 from qpbridge.atomic import atomic_write_text
 from qpbridge.errors import InputError, OutputError
 from qpbridge.inference import BlockSegmenter, Region, argmax_labels, configure_threads, resolve_device
-from qpbridge.memory import release_freed_memory
+from qpbridge.memory import HeapTrimmer
 from qpbridge.models import LoadedModel, inference_network, load_model
 from qpbridge.naming import prediction_properties
 from qpbridge.qupath import Feature, GeoJSONWriter
@@ -382,6 +382,8 @@ def predict_slide(
         clock = time.perf_counter()
         tissue = detect_tissue(slide, mpp=config.tissue_mpp)
         timings["tissue_s"] = time.perf_counter() - clock
+        trimmer = HeapTrimmer()  # freed block memory goes back to the system (peak memory flat over slide size)
+        trimmer.now()  # the tissue thumbnail's memory
         if not tissue.tissue.any():
             _warn(f"no tissue found in {slide_path}: the output is an empty FeatureCollection")
 
@@ -411,7 +413,7 @@ def predict_slide(
             gate: RoiGate | None = None  # None: the cell model runs over all tissue (--no-roi)
             if roi_model is not None and tissue.tissue.any():
                 clock = time.perf_counter()
-                roi = _detect_roi(slide, roi_model, tissue, config, device, progress)
+                roi = _detect_roi(slide, roi_model, tissue, config, device, progress, trimmer)
                 timings["roi_s"] = time.perf_counter() - clock
                 stats["roi_forward_s"] += roi.forward_s
                 stats["roi_windows_run"] += roi.windows_run
@@ -424,10 +426,12 @@ def predict_slide(
                     overlay.roi = RoiGate(roi.polygons).mask(overlay.affine, overlay.labels.shape)
                 gate = RoiGate(roi.polygons, margin_px=config.roi_margin_um / slide_mpp,
                                tolerance_px=0.5 * roi_model.card.mpp / slide_mpp)
+                trimmer.now()  # the ROI stage's and the buffering's temporaries
 
             if cell_model is not None and tissue.tissue.any():
                 clock = time.perf_counter()
-                _segment_cells(slide, cell_model, tissue, gate, config, device, emit, stats, overlay, progress)
+                _segment_cells(slide, cell_model, tissue, gate, config, device, emit, stats, overlay, progress,
+                               trimmer)
                 timings["cells_s"] = time.perf_counter() - clock
         if overlay is not None and config.overlay is not None:
             class_colors = {c.label: c.color for c in cell_model.card.classes if c.emit} if cell_model else {}
@@ -524,7 +528,7 @@ def _segmenter(model: LoadedModel, mpp: float, device: Any, config: PredictConfi
 
 def _detect_roi(
     slide: Slide, model: LoadedModel, tissue: TissueMask, config: PredictConfig, device: Any,
-    progress: Progress | None,
+    progress: Progress | None, trimmer: HeapTrimmer,
 ) -> _RoiResult:
     """ROI regions of the whole slide at the ROI model's um/px, over tissue only, block by block.
 
@@ -559,7 +563,7 @@ def _detect_roi(
             result = segmenter.predict(rgb, active)
             pieces.append(vectorizer.add(window, ((result.probabilities[0] >= threshold) & active).astype(np.uint8)))
             del rgb, result
-            release_freed_memory()
+            trimmer()
             if progress is not None:
                 progress("roi", index + 1, len(todo), segmenter.windows_run)
     pieces.append(vectorizer.finish())
@@ -582,7 +586,7 @@ def _detect_roi(
 def _segment_cells(
     slide: Slide, model: LoadedModel, tissue: TissueMask, gate: RoiGate | None, config: PredictConfig,
     device: Any, emit: Callable[[list[Feature]], None], stats: dict[str, Any], overlay: _Overlay | None,
-    progress: Progress | None,
+    progress: Progress | None, trimmer: HeapTrimmer,
 ) -> None:
     """Cell U-Net block by block inside the gate; polygons stream to ``emit``."""
     card = model.card
@@ -669,7 +673,7 @@ def _segment_cells(
             stats["blocks_read"] += 1
             stats["read_px"] += read_px
             del rgb, result, labels, block_labels
-            release_freed_memory()
+            trimmer()
             if progress is not None:
                 progress("cells", index + 1, len(todo), segmenter.windows_run)
     rest = vectorizer.finish()
