@@ -279,7 +279,7 @@ class BlockSegmenter:
         one wins depends on the CPU).
     context_px, max_fit_px, fit_step_px
         Context around the active mask, the largest box side that runs as one fitted window, and the step
-        fitted window sides are rounded up to (defaults: ``tile_px / 8``, ``2 * tile_px`` and ``tile_px / 4``;
+        fitted window sides are rounded up to (defaults: ``tile_px / 8``, ``2 * tile_px`` and ``tile_px / 8``;
         ``max_fit_px=0`` runs the card's fixed grid only).
     """
 
@@ -319,7 +319,7 @@ class BlockSegmenter:
         if self.context_px < 0 or self.max_fit_px < 0:
             raise InputError(f"context_px and max_fit_px must be >= 0, got {self.context_px}, {self.max_fit_px}")
         self.multiple = size_multiple(self.card)
-        self.fit_step_px = _round_up(self.tile_px // 4 if fit_step_px is None else fit_step_px, self.multiple)
+        self.fit_step_px = _round_up(self.tile_px // 8 if fit_step_px is None else fit_step_px, self.multiple)
         self.binary = self.card.role == "roi"
         self.forward_seconds = 0.0
         self.windows_run = 0
