@@ -327,6 +327,12 @@ class BlockSegmenter:
         self.pixels_run = 0
 
     @property
+    def halo_px(self) -> int:
+        """Pixels to read around a block so that the windows at its edges see real pixels: the context, and
+        the growth of a fitted box to its window."""
+        return self.context_px + (self.fit_step_px if self.max_fit_px else 0)
+
+    @property
     def n_outputs(self) -> int:
         """Channels of :attr:`BlockResult.probabilities`."""
         return 1 if self.binary else len(self.card.classes)

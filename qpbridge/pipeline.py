@@ -70,7 +70,9 @@ class PredictConfig:
     roi_margin_um: float = 8.0  #: the ROI is grown by this much before gating the cell model
     roi_min_area_um2: float = 2000.0  #: ROI pieces smaller than this are dropped (holes in the ROI are filled)
     tissue_mpp: float = DEFAULT_TISSUE_MPP
-    block_px: int = 1024  #: cell-stage block side in pixels at the cell model's um/px
+    #: cell-stage block side in pixels at the cell model's um/px, with its context on both sides (a block of
+    #: tissue and its context then fills a whole number of the card's sliding windows)
+    block_px: int = 1024
     context_um: float = 16.0  #: context the networks see around their gate (tissue, dilated ROI)
     max_fit_um: float | None = None  #: gate pieces up to this size run as one fitted window (default 2 tiles)
     layout: str = "auto"  #: network memory layout: auto (timed), nchw or channels_last
@@ -471,8 +473,9 @@ def predict_slide(
 #: than this share of it.
 READ_BOXES_BELOW = 0.6
 
-#: ROI-stage block side in px at the ROI model's um/px (2 mm at 2 um/px; small enough that a small slide's
-#: blocks are as big as a large slide's, so peak memory is the same).
+#: ROI-stage block side in px at the ROI model's um/px, with its context on both sides (2 mm at 2 um/px; small
+#: enough that a small slide's blocks are as big as a large slide's, so peak memory is the same). Blocks are
+#: read with a halo (:attr:`BlockSegmenter.halo_px`): windows at their edges see the neighbouring tissue.
 ROI_BLOCK_PX = 1024
 
 
@@ -509,6 +512,15 @@ class RoiGate:
         ).astype(bool)
 
 
+def _inside_only(window: Window, outer: Window, mask: np.ndarray) -> np.ndarray:
+    """``mask`` (on ``outer``'s grid) with everything outside ``window`` cleared (in place)."""
+    inner = window.relative_to(outer).slices
+    keep = mask[inner].copy()
+    mask[:] = False
+    mask[inner] = keep
+    return mask
+
+
 @dataclass
 class _RoiResult:
     features: list[Feature]
@@ -540,17 +552,24 @@ def _detect_roi(
     width, height = slide.size_at_mpp(mpp)
     affine = slide.affine_at(mpp)
     segmenter = _segmenter(model, mpp, device, config)
-    grid = BlockGrid(width, height, ROI_BLOCK_PX)
+    grid = BlockGrid(width, height, ROI_BLOCK_PX - 2 * segmenter.context_px)
     vectorizer = BlockVectorizer(grid, affine, labels_to_vectorize=(1,), mpp=slide.mpp,
                                  min_area_um2=config.roi_min_area_um2)
     threshold = card.threshold if card.threshold is not None else 0.5
     pieces: list[ClassPolygons] = []
 
+    def padded(window: Window) -> Window:  # the block and its halo: windows at its edges see real pixels
+        return window.expand(segmenter.halo_px, width, height)
+
     def active_of(window: Window) -> np.ndarray:
-        return sample_mask(tissue.tissue, tissue.affine, window_affine(affine, window), window.shape)
+        """Tissue of the block on its padded grid (none in the halo)."""
+        outer = padded(window)
+        tissue_px = sample_mask(tissue.tissue, tissue.affine, window_affine(affine, outer), outer.shape)
+        return _inside_only(window, outer, tissue_px)
 
     def read(window: Window) -> np.ndarray:
-        return slide.read_region_at(window.x_px, window.y_px, window.width_px, window.height_px, mpp)
+        outer = padded(window)
+        return slide.read_region_at(outer.x_px, outer.y_px, outer.width_px, outer.height_px, mpp)
 
     todo = [window for window in grid.windows() if active_of(window).any()]  # blocks with tissue
     with ThreadPoolExecutor(max_workers=1) as pool:  # read the next block while the network runs
@@ -561,7 +580,9 @@ def _detect_roi(
             pending = pool.submit(read, todo[index + 1]) if index + 1 < len(todo) else None
             active = active_of(window)
             result = segmenter.predict(rgb, active)
-            pieces.append(vectorizer.add(window, ((result.probabilities[0] >= threshold) & active).astype(np.uint8)))
+            inner = window.relative_to(padded(window)).slices
+            roi = (result.probabilities[0][inner] >= threshold) & active[inner]
+            pieces.append(vectorizer.add(window, roi.astype(np.uint8)))
             del rgb, result
             trimmer()
             if progress is not None:
@@ -594,29 +615,41 @@ def _segment_cells(
     slide_mpp = slide.mpp
     width, height = slide.size_at_mpp(mpp)
     affine = slide.affine_at(mpp)
-    grid = BlockGrid(width, height, config.block_px)
+    segmenter = _segmenter(model, mpp, device, config)
+    heat_px = max(1, int(round(config.heatmap_um / mpp)))
+    block_px = config.block_px - 2 * segmenter.context_px
+    if config.heatmap and block_px >= heat_px:  # heat map tiles never straddle two blocks
+        block_px = block_px // heat_px * heat_px
+    grid = BlockGrid(width, height, block_px)
     emit_classes = {c.label: c for c in card.classes if c.emit}
     vectorizer = BlockVectorizer(grid, affine, labels_to_vectorize=tuple(emit_classes), mpp=slide_mpp,
                                  simplify_um=config.simplify_um, min_area_um2=config.min_area_um2)
     ledger = _ProbabilityLedger()
-    segmenter = _segmenter(model, mpp, device, config)
-    heat_px = max(1, int(round(config.heatmap_um / mpp)))
+
+    def padded(window: Window) -> Window:  # the block and its halo: windows at its edges see real pixels
+        return window.expand(segmenter.halo_px, width, height)
 
     def masks(window: Window) -> tuple[np.ndarray, np.ndarray]:
-        """Tissue and active (gated) masks of a block."""
-        block_affine = window_affine(affine, window)
-        tissue_block = sample_mask(tissue.tissue, tissue.affine, block_affine, window.shape)
-        active = tissue_block if gate is None else gate.mask(block_affine, window.shape) & tissue_block
+        """Tissue and active (gated) masks of a block, on its padded grid (nothing in the halo)."""
+        outer = padded(window)
+        outer_affine = window_affine(affine, outer)
+        tissue_px = sample_mask(tissue.tissue, tissue.affine, outer_affine, outer.shape)
+        tissue_block = _inside_only(window, outer, tissue_px)
+        active = tissue_block if gate is None else gate.mask(outer_affine, outer.shape) & tissue_block
         return tissue_block, active
 
     def crop_of(window: Window, regions: list[Region]) -> Window:
-        """The part of a block its regions cover: what is read and worked on."""
-        top, left = min(r.top for r in regions), min(r.left for r in regions)
-        if config.heatmap:  # heat map tiles stay on the block's grid
-            top, left = top // heat_px * heat_px, left // heat_px * heat_px
-        bottom = max(r.top + r.height for r in regions)
-        right = max(r.left + r.width for r in regions)
-        return Window(window.x_px + left, window.y_px + top, right - left, bottom - top)
+        """The part of a padded block its regions cover: what is read and worked on."""
+        outer = padded(window)
+        top, left = outer.y_px + min(r.top for r in regions), outer.x_px + min(r.left for r in regions)
+        bottom = outer.y_px + max(r.top + r.height for r in regions)
+        right = outer.x_px + max(r.left + r.width for r in regions)
+        if config.heatmap:  # heat map tiles stay on the block's grid: the crop's part of the block starts on it
+            if top > window.y_px:
+                top = window.y_px + (top - window.y_px) // heat_px * heat_px
+            if left > window.x_px:
+                left = window.x_px + (left - window.x_px) // heat_px * heat_px
+        return Window(left, top, right - left, bottom - top)
 
     def read(crop: Window, regions: list[Region]) -> tuple[np.ndarray, int]:
         """The crop's pixels that its regions use, and how many px were read. When the regions' boxes cover
@@ -644,7 +677,8 @@ def _segment_cells(
         regions = tissue_regions if gate is None else segmenter.plan(active) if active.any() else []
         if regions:
             crop = crop_of(window, regions)
-            dy, dx = crop.y_px - window.y_px, crop.x_px - window.x_px
+            outer = padded(window)
+            dy, dx = crop.y_px - outer.y_px, crop.x_px - outer.x_px
             todo.append((window, crop, [region.shifted(dy, dx) for region in regions]))
     with ThreadPoolExecutor(max_workers=1) as pool:  # read the next block while the network runs
         pending: Future[tuple[np.ndarray, int]] | None = pool.submit(read, *todo[0][1:]) if todo else None
@@ -652,27 +686,31 @@ def _segment_cells(
             assert pending is not None
             rgb, read_px = pending.result()
             pending = pool.submit(read, *todo[index + 1][1:]) if index + 1 < len(todo) else None
-            _, active_block = masks(window)
-            # Only the part of the block around its active pixels is read and worked on (``crop``).
-            rows = slice(crop.y_px - window.y_px, crop.y_px - window.y_px + crop.height_px)
-            cols = slice(crop.x_px - window.x_px, crop.x_px - window.x_px + crop.width_px)
-            active = active_block[rows, cols]
+            _, active_padded = masks(window)
+            # Only the part of the padded block around its active pixels is read and worked on (``crop``);
+            # what comes out is the crop's part of the block (``part``).
+            active = active_padded[crop.relative_to(padded(window)).slices]
             result = segmenter.predict(rgb, active, regions)
-            labels = argmax_labels(result.probabilities)
+            part = crop.intersection(window)
+            assert part is not None  # regions hold active pixels, which are all inside the block
+            rows, cols = part.relative_to(crop).slices
+            probabilities, active = result.probabilities[:, rows, cols], active[rows, cols]
+            labels = argmax_labels(probabilities)
             labels[~active] = 0
-            crop_affine = window_affine(affine, crop)
-            ledger.add_block(labels, result.probabilities, crop_affine, tuple(emit_classes))
+            part_affine = window_affine(affine, part)
+            ledger.add_block(labels, probabilities, part_affine, tuple(emit_classes))
             block_labels = np.zeros(window.shape, dtype=np.uint8)
-            block_labels[rows, cols] = labels
+            block_labels[part.relative_to(window).slices] = labels
             done = vectorizer.add(window, block_labels)
             emit(_cell_features(done, ledger.settle(done), emit_classes, config, slide_mpp))
             if config.heatmap:
-                emit(_heatmap_features(result.probabilities, active, crop_affine, heat_px, card))
+                limit = (window.y_end_px - part.y_px, window.x_end_px - part.x_px)  # tiles end at the block's edge
+                emit(_heatmap_features(probabilities, active, part_affine, heat_px, card, limit))
             if overlay is not None:
-                overlay.paint(labels, crop_affine)
+                overlay.paint(labels, part_affine)
             stats["blocks_read"] += 1
             stats["read_px"] += read_px
-            del rgb, result, labels, block_labels
+            del rgb, result, probabilities, labels, block_labels
             trimmer()
             if progress is not None:
                 progress("cells", index + 1, len(todo), segmenter.windows_run)
@@ -701,11 +739,17 @@ def _cell_features(
 
 
 def _heatmap_features(
-    probs: np.ndarray, active: np.ndarray, block_affine: Affine, heat_px: int, card: Any
+    probs: np.ndarray, active: np.ndarray, block_affine: Affine, heat_px: int, card: Any,
+    limit_px: tuple[int, int] | None = None,
 ) -> list[Feature]:
-    """Square tiles carrying the mean class probabilities as measurements (QuPath colours by measurement)."""
+    """Square tiles carrying the mean class probabilities as measurements (QuPath colours by measurement).
+
+    Tiles start at pixel (0, 0) of ``probs`` and are whole up to ``limit_px`` (rows, cols; default: the
+    array's size), where they are cut: ``probs`` may be a crop of a block whose tiles go on past it.
+    """
     features = []
     channels, height, width = probs.shape
+    max_y, max_x = limit_px if limit_px is not None else (height, width)
     for y in range(0, height, heat_px):
         for x in range(0, width, heat_px):
             sel = active[y:y + heat_px, x:x + heat_px]
@@ -714,7 +758,7 @@ def _heatmap_features(
             patch = probs[:, y:y + heat_px, x:x + heat_px][:, sel]
             means = patch.mean(axis=1)
             x0, y0 = block_affine @ (x, y)
-            x1, y1 = block_affine @ (min(x + heat_px, width), min(y + heat_px, height))
+            x1, y1 = block_affine @ (min(x + heat_px, max_x), min(y + heat_px, max_y))
             best = card.classes[int(means.argmax())]
             features.append(Feature(
                 geometry=shapely.box(x0, y0, x1, y1), class_name=best.name, color=best.color, object_type="tile",
