@@ -40,6 +40,9 @@ from qpbridge.preprocess import to_network_input
 #: Memory layouts the network can run in; ``auto`` times both on the first batch and keeps the faster.
 LAYOUTS: dict[str, torch.memory_format] = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
+#: Timed runs per layout when ``layout="auto"`` chooses one.
+LAYOUT_TRIAL_RUNS = 3
+
 #: Granularity (px) of the boxes fitted around the active mask.
 BOX_CELL_PX = 8
 
@@ -356,19 +359,26 @@ class BlockSegmenter:
         return probs
 
     def _choose_layout(self, batch: torch.Tensor) -> torch.Tensor:
-        """Run ``batch`` in each layout (once to warm up, once timed) and keep the faster layout."""
-        probs = batch
-        for name, memory_format in LAYOUTS.items():
+        """Time the first window of ``batch`` in each layout (after a warm-up, the best of three alternating
+        runs: one timing is at the mercy of whatever else runs, such as the next block's read), keep the
+        faster layout, and run ``batch`` in it."""
+        window = batch[:1]
+        for memory_format in LAYOUTS.values():  # warm-up: kernels prepared for this shape
             self.network = self.network.to(memory_format=memory_format)
-            x = batch.contiguous(memory_format=memory_format)
-            self._run(x)
-            start = time.perf_counter()
-            probs = self._run(x)
-            self.layout_trial_s[name] = time.perf_counter() - start
+            self._run(window.contiguous(memory_format=memory_format))
+        times: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+        for _ in range(LAYOUT_TRIAL_RUNS):
+            for name, memory_format in LAYOUTS.items():
+                self.network = self.network.to(memory_format=memory_format)
+                x = window.contiguous(memory_format=memory_format)
+                start = time.perf_counter()
+                self._run(x)
+                times[name].append(time.perf_counter() - start)
+        self.layout_trial_s = {name: min(runs) for name, runs in times.items()}
         self.layout = min(self.layout_trial_s, key=lambda name: self.layout_trial_s[name])
         self.network = self.network.to(memory_format=LAYOUTS[self.layout])
         self._layout_chosen = True
-        return probs
+        return self._run(batch.contiguous(memory_format=LAYOUTS[self.layout]))
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         start = time.perf_counter()
