@@ -78,8 +78,11 @@ def model_flops_per_window(model: object, device: torch.device) -> float:
     return float(counter.get_total_flops())
 
 
-def pure_forward_seconds(model: object, device: torch.device, mpx: float, batch: int, layout: str) -> float:
-    """Seconds to run ``mpx`` megapixels through the network as batches of tiles (nothing else), in ``layout``."""
+def pure_forward_seconds(
+    model: object, device: torch.device, mpx: float, batch: int, layout: str, min_seconds: float = 3.0
+) -> float:
+    """Seconds to run ``mpx`` megapixels through the network as batches of tiles (nothing else), in ``layout``:
+    the rate is measured over at least ``min_seconds``."""
     from qpbridge.inference import LAYOUTS
 
     card = model.card  # type: ignore[attr-defined]
@@ -87,16 +90,17 @@ def pure_forward_seconds(model: object, device: torch.device, mpx: float, batch:
     x = torch.randn(batch, 3, card.tile_px, card.tile_px, device=device).contiguous(memory_format=LAYOUTS[layout])
     pixels = mpx * 1e6
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
-        network(x)
+        for _ in range(2):  # warm-up: kernels prepared, memory allocated
+            network(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         done = 0
-        while done < pixels:
+        while done < pixels or time.perf_counter() - start < min_seconds:  # a rate, not one noisy pass
             network(x)
             done += x.numel() // 3
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
     return (time.perf_counter() - start) * pixels / done
 
 

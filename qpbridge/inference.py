@@ -102,8 +102,9 @@ class Region:
 
 def default_batch_size(device: torch.device) -> int:
     """Windows per forward pass when ``--batch-size`` is not given: 64 on a GPU; 4 on a CPU, where larger
-    batches only add memory (activations of 8 x 256 px windows are ~200 MB) and run slower per pixel (the
-    shipped cell model: 25 MP/s at 4, 18 at 8 on a 2-core CPU; see benchmarks/predict.py)."""
+    batches only add memory (activations of 8 x 256 px windows are ~200 MB) and are no faster per pixel (on a
+    2-core CPU, 3 s runs: the shipped cell model 22 MP/s at 4 and 20-22 at 8; a seed-sized 40x U-Net 13.3 and
+    11.2)."""
     return 64 if device.type == "cuda" else 4
 
 
