@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -65,6 +66,8 @@ def main() -> None:
         qpbridge("masks", str(train_slide), str(train_slide.with_suffix(".truth.geojson")), "-o", str(tiles),
                  "--model", "deepbatch-synth-cell", "--stride-px", "192", "--max-per-class", "60", "--qa-mpp", "0")
     tuned = args.workdir / "deepbatch-cell-faded"
+    if tuned.exists():  # a model from an earlier run: train afresh (train refuses to overwrite a model)
+        shutil.rmtree(tuned)
     start = time.perf_counter()
     qpbridge("train", str(tiles), "-o", str(tuned), "--role", "cell", "--init-from", "deepbatch-synth-cell",
              "--epochs", str(args.epochs), "--lr", "5e-4", "--val-fraction", "0.2")
