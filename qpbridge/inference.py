@@ -334,10 +334,15 @@ class BlockSegmenter:
         self.pixels_run = 0
 
     @property
+    def context_grown_px(self) -> int:
+        """The context a piece's box really gets: ``context_px`` rounded up to the :data:`BOX_CELL_PX` grid."""
+        return _round_up(self.context_px, BOX_CELL_PX)
+
+    @property
     def halo_px(self) -> int:
         """Pixels to read around a block so that the windows at its edges see real pixels: the context, and
         the growth of a fitted box to its window."""
-        return self.context_px + (self.fit_step_px if self.max_fit_px else 0)
+        return self.context_grown_px + (self.fit_step_px if self.max_fit_px else 0)
 
     @property
     def n_outputs(self) -> int:

@@ -193,3 +193,16 @@ def test_fitted_boxes_grow_to_a_coarse_step_around_their_piece() -> None:
     expected = np.zeros((32, 32), bool)
     expected[20:, :16] = True  # the piece's 8 px cells: rows 88..100, cols 0..16
     assert region.own is not None and np.array_equal(region.own, expected)
+
+
+def test_halo_covers_the_grown_context_and_the_fit_step() -> None:
+    segmenter = _segmenter(context_px=12, max_fit_px=128, fit_step_px=16)
+    assert segmenter.context_grown_px == 16  # pieces grow on the 8 px grid
+    assert segmenter.halo_px == 16 + 16
+    assert _segmenter(context_px=12, max_fit_px=0).halo_px == 16  # the fixed grid only: no fitted growth
+    # a piece at the edge of a block grows into the halo by its context, no further than the halo
+    active = np.zeros((32 + 100 + 32, 32 + 100 + 32), dtype=bool)
+    active[32:132, 32:132] = True  # the block, inside a 32 px halo
+    (region,) = segmenter.plan(active)
+    assert region.top >= 0 and region.top + region.height <= active.shape[0]
+    assert region.top <= 32 - 16 and region.left <= 32 - 16
