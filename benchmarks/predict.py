@@ -82,7 +82,7 @@ def pure_forward_seconds(
     model: object, device: torch.device, mpx: float, batch: int, layout: str, min_seconds: float = 3.0
 ) -> float:
     """Seconds to run ``mpx`` megapixels through the network as batches of tiles (nothing else), in ``layout``:
-    the rate is measured over at least ``min_seconds``."""
+    the median of three rates measured over at least ``min_seconds`` in all."""
     from qpbridge.inference import LAYOUTS
 
     card = model.card  # type: ignore[attr-defined]
@@ -94,14 +94,16 @@ def pure_forward_seconds(
             network(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
-        done = 0
-        while done < pixels or time.perf_counter() - start < min_seconds:  # a rate, not one noisy pass
-            network(x)
-            done += x.numel() // 3
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-    return (time.perf_counter() - start) * pixels / done
+        rates = []
+        for _ in range(3):  # the median of three rates, each over >= min_seconds / 3 (this machine's noise)
+            start, done = time.perf_counter(), 0
+            while done < pixels / 3 or time.perf_counter() - start < min_seconds / 3:
+                network(x)
+                done += x.numel() // 3
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+            rates.append(done / (time.perf_counter() - start))
+    return pixels / sorted(rates)[1]
 
 
 def ensure_slide(workdir: Path, width: int, height: int, seed: int) -> Path:
