@@ -7,10 +7,11 @@ this is the DeepBatch ROI sampling, the cell U-Net only works inside the ROI.
 How the active mask becomes work (:func:`plan_regions`): each of its pieces, grown by ``context_px`` of
 context, runs on its bounding box and answers for its own pixels only (boxes of neighbouring pieces may
 overlap). A box no larger than ``max_fit_px`` runs as **one window fitted to the box** (the U-Net is fully
-convolutional: a 300 x 180 px piece with 16 px of context costs one 336 x 216 px window, not the four to six
-fixed-grid windows it straddles). A larger box runs MONAI's sliding window with the card's ``tile_px``,
-``overlap_frac`` and blending, and only the windows that touch the piece run. Nothing runs away from the
-pieces: those pixels read "background".
+convolutional: a 300 x 180 px piece with 16 px of context costs one 352 x 224 px window, its sides rounded up to
+``fit_step_px``, not the four to six fixed-grid windows it straddles). A larger box runs MONAI's sliding window
+with the card's ``tile_px``, ``overlap_frac`` and blending, and only the windows that touch the piece run.
+Nothing runs away from the pieces: those pixels read "background". The caller reads each block with
+:attr:`BlockSegmenter.halo_px` of margin (nothing active there), so boxes at a block's edge see real pixels.
 
 Example
 -------
@@ -37,7 +38,7 @@ from scipy import ndimage
 from qpbridge.errors import InputError
 from qpbridge.preprocess import to_network_input
 
-#: Memory layouts the network can run in; ``auto`` times both on the first batch and keeps the faster.
+#: Memory layouts the network can run in; ``auto`` times both on the first window and keeps the faster.
 LAYOUTS: dict[str, torch.memory_format] = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
 #: Timed runs per layout when ``layout="auto"`` chooses one.
@@ -282,7 +283,7 @@ class BlockSegmenter:
     overlap_frac, blend
         Override the card's ``overlap_frac`` and ``blend`` ("gaussian" or "constant").
     layout
-        ``nchw``, ``channels_last`` or ``auto`` (default: time both on the first batch, keep the faster; which
+        ``nchw``, ``channels_last`` or ``auto`` (default: time both on the first window, keep the faster; which
         one wins depends on the CPU).
     context_px, max_fit_px, fit_step_px
         Context around the active mask, the largest box side that runs as one fitted window, and the step

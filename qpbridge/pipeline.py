@@ -552,7 +552,7 @@ def _detect_roi(
     width, height = slide.size_at_mpp(mpp)
     affine = slide.affine_at(mpp)
     segmenter = _segmenter(model, mpp, device, config)
-    grid = BlockGrid(width, height, ROI_BLOCK_PX - 2 * segmenter.context_grown_px)
+    grid = BlockGrid(width, height, max(ROI_BLOCK_PX - 2 * segmenter.context_grown_px, segmenter.tile_px))
     vectorizer = BlockVectorizer(grid, affine, labels_to_vectorize=(1,), mpp=slide.mpp,
                                  min_area_um2=config.roi_min_area_um2)
     threshold = card.threshold if card.threshold is not None else 0.5
@@ -617,7 +617,7 @@ def _segment_cells(
     affine = slide.affine_at(mpp)
     segmenter = _segmenter(model, mpp, device, config)
     heat_px = max(1, int(round(config.heatmap_um / mpp)))
-    block_px = config.block_px - 2 * segmenter.context_grown_px
+    block_px = max(config.block_px - 2 * segmenter.context_grown_px, segmenter.tile_px)  # a large context
     if config.heatmap and block_px >= heat_px:  # heat map tiles never straddle two blocks
         block_px = block_px // heat_px * heat_px
     grid = BlockGrid(width, height, block_px)

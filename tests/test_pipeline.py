@@ -352,3 +352,14 @@ def test_heatmap_tiles_are_whole_aligned_and_disjoint(tmp_path: Path, synth_slid
     for tile in tiles:
         probs = [v for k, v in tile.measurements.items() if k.startswith("Probability ")]
         assert len(probs) == 4 and sum(probs) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_context_wider_than_half_a_block_still_runs(tmp_path: Path, synth_slide: Path) -> None:
+    """Blocks shrink by the context on both sides, but never below a tile (a 600 um context at 1 um/px would
+    leave none of a 1024 px block)."""
+    roi, cell = _shipped("deepbatch-synth-roi"), _shipped("deepbatch-synth-cell")
+    out = tmp_path / "wide.geojson"
+    summary = predict_slide(synth_slide, out, PredictConfig(model_roi=str(roi), model_cell=str(cell), context_um=600))
+    assert summary.features_by_class.get("Invasive carcinoma", 0) >= 1 and summary.windows_run > 0
+    report = validate_geojson(out)
+    assert report.ok and not report.issues
