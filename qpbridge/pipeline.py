@@ -513,12 +513,11 @@ class RoiGate:
 
 
 def _inside_only(window: Window, outer: Window, mask: np.ndarray) -> np.ndarray:
-    """``mask`` (on ``outer``'s grid) with everything outside ``window`` cleared (in place)."""
+    """``mask`` (on ``outer``'s grid) with everything outside ``window`` cleared."""
     inner = window.relative_to(outer).slices
-    keep = mask[inner].copy()
-    mask[:] = False
-    mask[inner] = keep
-    return mask
+    out = np.zeros_like(mask)
+    out[inner] = mask[inner]
+    return out
 
 
 @dataclass
@@ -635,8 +634,9 @@ def _segment_cells(
         outer_affine = window_affine(affine, outer)
         tissue_px = sample_mask(tissue.tissue, tissue.affine, outer_affine, outer.shape)
         tissue_block = _inside_only(window, outer, tissue_px)
-        active = tissue_block if gate is None else gate.mask(outer_affine, outer.shape) & tissue_block
-        return tissue_block, active
+        if gate is None or not tissue_block.any():  # no gate to draw where there is no tissue
+            return tissue_block, tissue_block
+        return tissue_block, gate.mask(outer_affine, outer.shape) & tissue_block
 
     def crop_of(window: Window, regions: list[Region]) -> Window:
         """The part of a padded block its regions cover: what is read and worked on."""
