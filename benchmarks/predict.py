@@ -19,6 +19,7 @@ Usage::
     python benchmarks/predict.py --large 80000x60000     # the issue's large slide (synth takes ~15 min)
     python benchmarks/predict.py --device cuda --batch-size 64
     python benchmarks/predict.py --seed-sized              # add the seed-sized 40x cell model's figures
+    python benchmarks/predict.py --precision bf16          # predict and the pure forward in bfloat16
 
 Slides are cached in ``--workdir`` (default ``/tmp/qpbridge-bench``) between runs.
 """
@@ -45,14 +46,17 @@ set_cache_defaults()
 import torch  # noqa: E402
 
 
-def conv_reference_gflops(device: torch.device, layout: str, seconds: float = 3.0) -> float:
-    """GFLOP/s of a 64->64 channel 3x3 convolution over a batch of 8 x 256 x 256 (float32 on CPU) in a layout."""
+def conv_reference_gflops(
+    device: torch.device, layout: str, seconds: float = 3.0, dtype: torch.dtype | None = None
+) -> float:
+    """GFLOP/s of a 64->64 channel 3x3 convolution over a batch of 8 x 256 x 256 in a layout (float32, or
+    autocast to ``dtype``)."""
     from qpbridge.inference import LAYOUTS
 
     conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).to(device).eval().to(memory_format=LAYOUTS[layout])
     x = torch.randn(8, 64, 256, 256, device=device).contiguous(memory_format=LAYOUTS[layout])
     flops = 2 * 8 * 64 * 64 * 9 * 256 * 256
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         for _ in range(2):
             conv(x)
         if device.type == "cuda":
@@ -79,17 +83,18 @@ def model_flops_per_window(model: object, device: torch.device) -> float:
 
 
 def pure_forward_seconds(
-    model: object, device: torch.device, mpx: float, batch: int, layout: str, min_seconds: float = 3.0
+    model: object, device: torch.device, mpx: float, batch: int, layout: str, precision: str, min_seconds: float = 3.0
 ) -> float:
-    """Seconds to run ``mpx`` megapixels through the network as batches of tiles (nothing else), in ``layout``:
-    the median of three rates measured over at least ``min_seconds`` in all."""
-    from qpbridge.inference import LAYOUTS
+    """Seconds to run ``mpx`` megapixels through the network as batches of tiles (nothing else), in ``layout``
+    and ``precision`` (as predict runs it): the median of three rates measured over at least ``min_seconds``."""
+    from qpbridge.inference import LAYOUTS, autocast_dtype
 
     card = model.card  # type: ignore[attr-defined]
     network = model.network.to(memory_format=LAYOUTS[layout])  # type: ignore[attr-defined]
     x = torch.randn(batch, 3, card.tile_px, card.tile_px, device=device).contiguous(memory_format=LAYOUTS[layout])
     pixels = mpx * 1e6
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
+    dtype = autocast_dtype(device, precision)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         for _ in range(2):  # warm-up: kernels prepared, memory allocated
             network(x)
         if device.type == "cuda":
@@ -135,7 +140,7 @@ def child_predict(args: argparse.Namespace) -> None:
     from qpbridge.pipeline import PredictConfig, predict_slide
 
     config = PredictConfig(device=args.device, batch_size=args.batch_size, use_roi=not args.no_roi,
-                           model_roi=args.model_roi, model_cell=args.model_cell)
+                           model_roi=args.model_roi, model_cell=args.model_cell, precision=args.precision)
     start = time.perf_counter()
     summary = predict_slide(args.child, args.out, config)
     wall = time.perf_counter() - start
@@ -151,7 +156,7 @@ def child_predict(args: argparse.Namespace) -> None:
 
 def run_child(slide: Path, out: Path, args: argparse.Namespace, no_roi: bool = False) -> dict:
     cmd = [sys.executable, __file__, "--child", str(slide), "--out", str(out), "--device", args.device,
-           "--model-roi", args.model_roi, "--model-cell", args.model_cell]
+           "--model-roi", args.model_roi, "--model-cell", args.model_cell, "--precision", args.precision]
     if args.batch_size:
         cmd += ["--batch-size", str(args.batch_size)]
     if no_roi:
@@ -201,8 +206,9 @@ def report_model(label: str, args: argparse.Namespace, slide: Path, device: torc
     roi = load_model(args.model_roi, role="roi", device=device)
     roi.network = inference_network(roi.card, roi.network)
     layouts = run["layouts"]
-    pure_cell = pure_forward_seconds(cell, device, run["mpx"], batch, layouts.get("cell", "nchw"))
-    pure = pure_cell + pure_forward_seconds(roi, device, run["roi_mpx"], batch, layouts.get("roi", "nchw"))
+    pure_cell = pure_forward_seconds(cell, device, run["mpx"], batch, layouts.get("cell", "nchw"), args.precision)
+    pure = pure_cell + pure_forward_seconds(roi, device, run["roi_mpx"], batch, layouts.get("roi", "nchw"),
+                                            args.precision)
     work = flops_per_px * run["mpx"] * 1e6
     in_forward = work / max(run["forward_s"], 1e-9) / 1e9
     achieved = work / max(run["timings"].get("cells_s", 0), 1e-9) / 1e9
@@ -230,6 +236,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--precision", default="auto", help="predict's --precision (auto, fp32, bf16)")
     parser.add_argument("--model-roi", default="deepbatch-synth-roi")
     parser.add_argument("--model-cell", default="deepbatch-synth-cell")
     parser.add_argument("--seed-sized", action="store_true", help="also measure a seed-sized 40x cell model")
@@ -255,6 +262,13 @@ def main() -> None:
     ref = max(refs.values())
     print(f"(1) reference 3x3 conv (8x64x256x256, 64->64): {ref:.1f} GFLOP/s (the faster layout; "
           + ", ".join(f"{k} {v:.0f}" for k, v in refs.items()) + ")")
+    from qpbridge.inference import autocast_dtype, native_bf16
+
+    dtype = autocast_dtype(device, args.precision)
+    if dtype is not None:  # the ratios below are to the float32 reference; this one is in predict's precision
+        low = max(conv_reference_gflops(device, layout, dtype=dtype) for layout in ("nchw", "channels_last"))
+        print(f"    the same conv in {dtype} autocast (predict's --precision {args.precision}): {low:.1f} GFLOP/s"
+              + (f" (native bfloat16: {native_bf16()})" if device.type == "cpu" else ""))
 
     w, h = (int(v) for v in args.small.split("x"))
     small = ensure_slide(args.workdir, w, h, args.seed)

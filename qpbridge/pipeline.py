@@ -37,7 +37,15 @@ from scipy import ndimage
 from qpbridge import __version__
 from qpbridge.atomic import atomic_write_text
 from qpbridge.errors import InputError, OutputError
-from qpbridge.inference import BlockSegmenter, Region, argmax_labels, configure_threads, resolve_device
+from qpbridge.inference import (
+    PRECISIONS,
+    BlockSegmenter,
+    Region,
+    argmax_labels,
+    configure_threads,
+    native_bf16,
+    resolve_device,
+)
 from qpbridge.memory import HeapTrimmer
 from qpbridge.models import LoadedModel, inference_network, load_model
 from qpbridge.naming import prediction_properties
@@ -76,6 +84,7 @@ class PredictConfig:
     context_um: float = 16.0  #: context the networks see around their gate (tissue, dilated ROI)
     max_fit_um: float | None = None  #: gate pieces up to this size run as one fitted window (default 2 tiles)
     layout: str = "auto"  #: network memory layout: auto (timed), nchw or channels_last
+    precision: str = "auto"  #: forward pass precision: auto (fp16 on a GPU, fp32 on a CPU), fp32 or bf16
     overlap_frac: float | None = None  #: override the cards' sliding-window overlap
     object_type: str = "detection"  #: QuPath object type of the cell-level class regions
     min_area_um2: float = 20.0
@@ -105,6 +114,8 @@ class PredictConfig:
             raise InputError(f"--max-fit-um must be >= 0, got {self.max_fit_um}")
         if self.layout not in ("auto", "nchw", "channels_last"):
             raise InputError(f"--layout must be auto, nchw or channels_last, got {self.layout!r}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.heatmap_um <= 0:
             raise InputError(f"--heatmap-um must be > 0, got {self.heatmap_um}")
 
@@ -367,6 +378,9 @@ def predict_slide(
     clock = time.perf_counter()
     device = resolve_device(config.device)
     threads = configure_threads(config.threads) if device.type == "cpu" else None
+    if config.precision == "bf16" and device.type == "cpu" and not native_bf16():
+        _warn("--precision bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX), so it runs slower than "
+              "fp32; leave --precision out for fp32")
     roi_model = load_model(config.model_roi, role="roi", device=device) if config.use_roi else None
     cell_model = None if config.roi_only else load_model(config.model_cell, role="cell", device=device)
     for model in (roi_model, cell_model):
@@ -534,7 +548,8 @@ class _RoiResult:
 def _segmenter(model: LoadedModel, mpp: float, device: Any, config: PredictConfig) -> BlockSegmenter:
     max_fit_px = None if config.max_fit_um is None else int(config.max_fit_um / mpp)
     return BlockSegmenter(model, device=device, batch_size=config.batch_size, overlap_frac=config.overlap_frac,
-                          layout=config.layout, context_px=int(round(config.context_um / mpp)), max_fit_px=max_fit_px)
+                          layout=config.layout, context_px=int(round(config.context_um / mpp)), max_fit_px=max_fit_px,
+                          precision=config.precision)
 
 
 def _detect_roi(

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from qpbridge.errors import InputError
-from qpbridge.inference import BlockSegmenter, plan_regions
+from qpbridge.inference import BlockSegmenter, autocast_dtype, plan_regions
 from qpbridge.models import build_network, example_card
 
 
@@ -104,6 +104,31 @@ def test_layouts_give_the_same_probabilities(layout: str) -> None:
         assert segmenter.layout == min(segmenter.layout_trial_s, key=segmenter.layout_trial_s.__getitem__)
     else:
         assert segmenter.layout == layout and not segmenter.layout_trial_s
+
+
+def test_bf16_runs_in_bfloat16_and_agrees_with_fp32() -> None:
+    """--precision bf16 really runs the network in bfloat16 (probabilities differ from float32's) and labels
+    agree with float32's almost everywhere."""
+    torch.manual_seed(0)
+    card = example_card("cell", channels=(8, 16))
+    model = SimpleNamespace(card=card, network=build_network(card.architecture).eval())
+    rgb = np.random.default_rng(3).integers(0, 256, size=(128, 192, 3), dtype=np.uint8)
+    fp32 = BlockSegmenter(model, layout="nchw", precision="fp32").predict(rgb).probabilities
+    bf16 = BlockSegmenter(model, layout="nchw", precision="bf16").predict(rgb).probabilities
+    assert bf16.dtype == np.float32 and bf16.shape == fp32.shape
+    diff = np.abs(bf16 - fp32)
+    assert 1e-4 < diff.max() < 0.1  # rounded to bfloat16's 8 bits of mantissa, not float32's 24
+    assert (bf16.argmax(0) == fp32.argmax(0)).mean() > 0.97
+    assert BlockSegmenter(model, precision="auto").autocast_dtype is None  # a CPU runs float32 by default
+
+
+def test_precision_names() -> None:
+    assert autocast_dtype(torch.device("cpu"), "fp32") is None
+    assert autocast_dtype(torch.device("cuda"), "fp32") is None
+    assert autocast_dtype(torch.device("cuda"), "auto") == torch.float16
+    assert autocast_dtype(torch.device("cuda"), "bf16") == torch.bfloat16
+    with pytest.raises(InputError, match="precision must be one of auto, fp32, bf16, got 'fp16'"):
+        _segmenter(precision="fp16")
 
 
 def test_bad_options_name_the_value() -> None:

@@ -226,6 +226,27 @@ def test_cli_finished_output_needs_overwrite(
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
 
 
+def test_precision_option(
+    tmp_path: Path, synth_slide: Path, random_models: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import qpbridge.pipeline as pipeline
+
+    out = tmp_path / "x.geojson"
+    bad = runner.invoke(app, ["predict", str(synth_slide), "-o", str(out), "--precision", "fp16"])
+    assert bad.exit_code == 2  # bad input, as for other options
+    assert bad.stderr.strip() == "error: --precision must be one of auto, fp32, bf16, got 'fp16'"
+    assert not out.exists()
+
+    monkeypatch.setattr(pipeline, "native_bf16", lambda: False)  # as on a CPU without AVX512-BF16 or AMX
+    warnings: list[str] = []
+    summary = predict_slide(synth_slide, out, PredictConfig(model_roi=str(random_models[0]), roi_only=True,
+                                                            precision="bf16"), warn=warnings.append)
+    assert warnings == ["--precision bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX), so it runs slower "
+                        "than fp32; leave --precision out for fp32"]
+    assert summary.warnings == warnings and summary.roi_windows_run > 0
+    assert json.loads(meta_path_for(out).read_text())["config"]["precision"] == "bf16"
+
+
 @pytest.mark.parametrize(("extent", "tile", "overlap"), [(200, 64, 0.25), (1024, 256, 0.25), (300, 256, 0.5),
                                                          (100, 256, 0.25), (1000, 256, 0.0), (777, 64, 0.5)])
 def test_window_starts_match_monai(extent: int, tile: int, overlap: float) -> None:
