@@ -226,6 +226,9 @@ def report_model(label: str, args: argparse.Namespace, slide: Path, device: torc
           f"{run['wall_s'] / max(pure, 1e-9):.2f}; the cell stage alone: "
           f"{run['timings'].get('cells_s', 0):.2f} / {pure_cell:.2f} s = "
           f"{run['timings'].get('cells_s', 0) / max(pure_cell, 1e-9):.2f}")
+    in_predict = run["forward_s"] + run["roi_forward_s"]
+    print(f"    wall / the forward passes' own time inside predict (what the pipeline adds around the networks): "
+          f"{run['wall_s']:.2f} / {in_predict:.2f} s = {run['wall_s'] / max(in_predict, 1e-9):.2f}")
     return run
 
 
