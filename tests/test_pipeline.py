@@ -226,6 +226,22 @@ def test_cli_finished_output_needs_overwrite(
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
 
 
+def test_progress_reports_each_stage_from_its_start(tmp_path: Path, synth_slide: Path) -> None:
+    roi, cell = _shipped("deepbatch-synth-roi"), _shipped("deepbatch-synth-cell")
+    calls: list[tuple[str, int, int, int]] = []
+    config = PredictConfig(model_roi=str(roi), model_cell=str(cell))
+    summary = predict_slide(synth_slide, tmp_path / "x.geojson", config, progress=lambda *args: calls.append(args))
+    stages = [c[0] for c in calls]
+    assert stages == sorted(stages, key=["roi", "cells"].index)  # the ROI stage, then the cells
+    for stage, windows in (("roi", summary.roi_windows_run), ("cells", summary.windows_run)):
+        done = [c for c in calls if c[0] == stage]
+        total = done[0][2]
+        assert done[0] == (stage, 0, total, 0)  # announced before its first block
+        assert [c[1] for c in done] == list(range(total + 1)) and {c[2] for c in done} == {total}
+        assert done[-1][3] == windows > 0
+    assert summary.blocks_read == len([c for c in calls if c[0] == "cells"]) - 1
+
+
 def test_precision_option(
     tmp_path: Path, synth_slide: Path, random_models: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -134,18 +134,19 @@ def register(app: typer.Typer) -> None:
 def _predict_one(slide_path: Path, target: Path, config: PredictConfig) -> None:
     from qpbridge.pipeline import predict_slide
 
-    start = time.perf_counter()
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
     )
     with Progress(*columns, console=err_console, transient=True) as bar:
         tasks: dict[str, TaskID] = {}
+        began: dict[str, float] = {}  # the rate is the stage's own: windows since the stage began
 
         def progress(stage: str, done: int, total: int, windows: int) -> None:
             if stage not in tasks:
                 tasks[stage] = bar.add_task(f"{slide_path.name}: {stage}", total=total, rate="")
-            elapsed = max(time.perf_counter() - start, 1e-9)
+                began[stage] = time.perf_counter()
+            elapsed = max(time.perf_counter() - began[stage], 1e-9)
             bar.update(tasks[stage], completed=done, total=total, rate=f"{windows / elapsed:.1f} tiles/s")
 
         summary = predict_slide(slide_path, target, config, progress=progress, warn=warn)
