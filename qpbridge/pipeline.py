@@ -586,7 +586,7 @@ def _detect_roi(
         return slide.read_region_at(outer.x_px, outer.y_px, outer.width_px, outer.height_px, mpp)
 
     todo = [window for window in grid.windows() if active_of(window).any()]  # blocks with tissue
-    if progress is not None:
+    if progress is not None and todo:
         progress("roi", 0, len(todo), 0)  # the stage begins (its bar and rate start now)
     with ThreadPoolExecutor(max_workers=1) as pool:  # read the next block while the network runs
         pending: Future[np.ndarray] | None = pool.submit(read, todo[0]) if todo else None
@@ -697,7 +697,7 @@ def _segment_cells(
             outer = padded(window)
             dy, dx = crop.y_px - outer.y_px, crop.x_px - outer.x_px
             todo.append((window, crop, [region.shifted(dy, dx) for region in regions]))
-    if progress is not None:
+    if progress is not None and todo:
         progress("cells", 0, len(todo), 0)  # the stage begins (its bar and rate start now)
     with ThreadPoolExecutor(max_workers=1) as pool:  # read the next block while the network runs
         pending: Future[tuple[np.ndarray, int]] | None = pool.submit(read, *todo[0][1:]) if todo else None
