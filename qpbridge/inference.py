@@ -8,7 +8,9 @@ How the active mask becomes work (:func:`plan_regions`): each of its pieces, gro
 context, runs on its bounding box and answers for its own pixels only (boxes of neighbouring pieces may
 overlap). A box no larger than ``max_fit_px`` runs as **one window fitted to the box** (the U-Net is fully
 convolutional: a 300 x 180 px piece with 16 px of context costs one 352 x 224 px window, its sides rounded up to
-``fit_step_px``, not the four to six fixed-grid windows it straddles). A larger box runs MONAI's sliding window
+``fit_step_px``, not the four to six fixed-grid windows it straddles); a piece whose box is mostly empty (an L, a
+diagonal) is cut once into two such windows when they cost at most :data:`SPLIT_BELOW` of the one, each half
+answering for its own cells with its context reaching past the cut. A larger box runs MONAI's sliding window
 with the card's ``tile_px``, ``overlap_frac`` and blending, and only the windows that touch the piece run.
 Nothing runs away from the pieces: those pixels read "background". The caller reads each block with
 :attr:`BlockSegmenter.halo_px` of margin (nothing active there), so boxes at a block's edge see real pixels.
@@ -247,6 +249,57 @@ def _pieces(active: np.ndarray, context_px: int) -> list[tuple[slice, slice, np.
     return pieces
 
 
+#: A fitted piece is cut in two when the two windows cost at most this share of its one window's pixels.
+SPLIT_BELOW = 0.9
+
+
+def _split_piece(
+    rows: slice, cols: slice, own_cells: np.ndarray, grow: int, step: int
+) -> list[tuple[slice, slice, np.ndarray]]:
+    """``[(rows, cols, own_cells)]`` of a piece, or of its two halves when one straight cut between
+    :data:`BOX_CELL_PX` cells makes their windows cost less than :data:`SPLIT_BELOW` of the piece's window
+    (an L-shaped or diagonal piece in one box runs mostly over nothing).
+
+    Each half answers for its own cells and its box reaches ``grow`` cells past the cut, so its pixels keep the
+    context they had in the whole piece.
+    """
+    cell = BOX_CELL_PX
+
+    def cost(cells: np.ndarray) -> int:  # pixels of the window fitted to the box of ``cells``
+        rr, cc = np.flatnonzero(cells.any(axis=1)), np.flatnonzero(cells.any(axis=0))
+        return _round_up(int(rr[-1] - rr[0] + 1) * cell, step) * _round_up(int(cc[-1] - cc[0] + 1) * cell, step)
+
+    whole = cost(own_cells)
+    best: tuple[int, int, int] | None = None  # (cost, axis, cut)
+    for axis in (0, 1):
+        cells = own_cells if axis == 0 else own_cells.T
+        for cut in range(1, cells.shape[0]):
+            first, second = cells[:min(cut + grow, len(cells))], cells[max(cut - grow, 0):]
+            if not cells[:cut].any() or not cells[cut:].any():
+                continue
+            total = cost(first) + cost(second)
+            if best is None or total < best[0]:
+                best = (total, axis, cut)
+    if best is None or best[0] > SPLIT_BELOW * whole:
+        return [(rows, cols, own_cells)]
+    _, axis, cut = best
+    halves = []
+    for part in (slice(0, cut), slice(cut, own_cells.shape[axis])):
+        mine = np.zeros_like(own_cells)
+        index = (part, slice(None)) if axis == 0 else (slice(None), part)
+        mine[index] = own_cells[index]
+        reach = slice(max(part.start - grow, 0), part.stop + grow)  # its box: own cells and context past the cut
+        seen = np.zeros_like(own_cells)
+        index = (reach, slice(None)) if axis == 0 else (slice(None), reach)
+        seen[index] = own_cells[index]
+        rr, cc = np.flatnonzero(seen.any(axis=1)), np.flatnonzero(seen.any(axis=0))
+        r0, r1, c0, c1 = int(rr[0]), int(rr[-1]) + 1, int(cc[0]), int(cc[-1]) + 1
+        halves.append((slice(rows.start + r0 * cell, min(rows.start + r1 * cell, rows.stop)),
+                       slice(cols.start + c0 * cell, min(cols.start + c1 * cell, cols.stop)),
+                       mine[r0:r1, c0:c1]))
+    return halves
+
+
 def _fit_axis(start: int, side: int, extent: int, target: int) -> int:
     """Start of a box of ``target`` px around ``start .. start + side``, centred, inside ``0 .. extent``."""
     return max(0, min(start - (target - side) // 2, extent - target))
@@ -258,9 +311,10 @@ def plan_regions(
 ) -> list[Region]:
     """The regions (and their windows) a gated run of a block works on; see the module docstring.
 
-    Each piece of ``active`` (grown by ``context_px``) is one region: its bounding box, of which it answers
-    for its own pixels only (boxes of neighbouring pieces may overlap). A box side up to ``max_fit_px`` gets
-    one window of that side rounded up to ``fit_step_px`` (default ``multiple``): the box grows to the window
+    Each piece of ``active`` (grown by ``context_px``) is one region (or two, see :func:`_split_piece`): its
+    bounding box, of which it answers for its own pixels only (boxes of neighbouring pieces may overlap). A box
+    side up to ``max_fit_px`` gets one window of that side rounded up to ``fit_step_px`` (default
+    ``multiple``): the box grows to the window
     around the piece where the mask has room (real pixels as context), else MONAI pads it. Rounding to a
     coarse step keeps the number of window shapes small: the network's kernels are prepared once per shape,
     which costs more than a small model's forward. A longer side gets ``tile_px`` windows at
@@ -272,8 +326,14 @@ def plan_regions(
     [(64, 464, 272, 224, (272, 224), 1)]
     """
     step = _round_up(fit_step_px or multiple, multiple)
-    regions = []
+    grow = _round_up(context_px, BOX_CELL_PX) // BOX_CELL_PX
+    pieces = []
     for rows, cols, own_cells in _pieces(active, context_px):
+        fitted = rows.stop - rows.start <= max_fit_px and cols.stop - cols.start <= max_fit_px
+        pieces.extend(_split_piece(rows, cols, own_cells, grow, step) if fitted and SPLIT_BELOW else
+                      [(rows, cols, own_cells)])
+    regions = []
+    for rows, cols, own_cells in pieces:
         box, roi = [], []
         for sl, extent in ((rows, active.shape[0]), (cols, active.shape[1])):
             side = sl.stop - sl.start

@@ -65,6 +65,35 @@ def test_neighbouring_pieces_keep_their_own_pixels() -> None:
     assert owned.max() == 1 and owned[active].min() == 1
 
 
+def _l_shape() -> np.ndarray:
+    active = np.zeros((300, 300), dtype=bool)
+    active[20:220, 20:60] = True  # a long vertical arm
+    active[180:220, 20:260] = True  # and a long horizontal one: one piece, its box mostly empty
+    return active
+
+
+def test_l_shaped_piece_runs_as_two_windows_with_their_context() -> None:
+    active = _l_shape()
+    kwargs = dict(tile_px=256, overlap_frac=0.25, context_px=16, max_fit_px=512, multiple=8, fit_step_px=32)
+    regions = plan_regions(active, **kwargs)  # type: ignore[arg-type]
+    assert len(regions) == 2
+    whole = -(-(200 + 2 * 16) // 32) * 32 * -(-(240 + 2 * 16) // 32) * 32  # the one window around the L
+    assert sum(r.pixels for r in regions) <= 0.9 * whole
+    owned = np.zeros(active.shape, dtype=int)
+    for r in regions:
+        assert r.own is not None and r.windows == 1 and r.roi_px == (r.height, r.width)
+        owned[r.top:r.top + r.height, r.left:r.left + r.width] += r.own
+        # every active pixel a region answers for has its 16 px of context inside the region's box
+        rows, cols = np.nonzero(active[r.top:r.top + r.height, r.left:r.left + r.width] & r.own)
+        assert rows.min() >= min(16, r.top + rows.min()) and cols.min() >= min(16, r.left + cols.min())
+        assert rows.max() + 16 < r.height and cols.max() + 16 < r.width
+    assert owned.max() == 1 and owned[active].min() == 1  # each active pixel answered for exactly once
+    # a compact piece stays one window
+    square = np.zeros((300, 300), dtype=bool)
+    square[50:200, 60:230] = True
+    assert len(plan_regions(square, **kwargs)) == 1  # type: ignore[arg-type]
+
+
 def test_fitted_regions_are_exact() -> None:
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 256, size=(400, 500, 3), dtype=np.uint8)
@@ -77,6 +106,11 @@ def test_fitted_regions_are_exact() -> None:
     regions = segmenter.plan(active)
     assert result.windows_run == sum(r.windows for r in regions) == segmenter.windows_run
     assert result.pixels_run == sum(r.pixels for r in regions) == segmenter.pixels_run
+    split = _l_shape()  # a piece that runs as two windows answers as exactly
+    halves = _segmenter(context_px=16, max_fit_px=512, layout="nchw")
+    assert len(halves.plan(split)) == 2
+    got = halves.predict(rgb[:300, :300], split).probabilities
+    assert np.allclose(got[:, split], expected.numpy()[:, :300, :300][:, split], atol=1e-5)
     full = _segmenter(context_px=8, max_fit_px=128, layout="nchw").predict(rgb)
     assert full.pixels_run == full.windows_run * 64 * 64 == 8 * 11 * 64 * 64  # stride 48 over 400 x 500
     assert result.pixels_run < 0.5 * full.pixels_run
