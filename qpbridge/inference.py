@@ -45,7 +45,7 @@ LAYOUTS: dict[str, torch.memory_format] = {"nchw": torch.contiguous_format, "cha
 
 #: Numeric precisions of the forward pass: ``auto`` is float16 autocast on a GPU and float32 on a CPU;
 #: ``bf16`` is bfloat16 autocast (on a CPU with native bfloat16, AVX512-BF16 or AMX, batched 256 px tiles run
-#: 1.5-1.75x faster than in float32 and forward passes inside ``predict`` 1.2-1.4x; without it, slower),
+#: 1.4-1.75x faster than in float32 and forward passes inside ``predict`` 1.2-1.5x; without it, slower),
 #: ``fp32`` is float32 everywhere.
 PRECISIONS = ("auto", "fp32", "bf16")
 

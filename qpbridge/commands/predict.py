@@ -80,7 +80,7 @@ def register(app: typer.Typer) -> None:
         precision: str = typer.Option(
             "auto", "--precision",
             help="Forward pass precision: auto (fp16 on a GPU, fp32 on a CPU), fp32, or bf16 (bfloat16: forward "
-                 "passes 1.2-1.4x faster on CPUs with AVX512-BF16 or AMX, slower on others; outputs differ "
+                 "passes 1.2-1.5x faster on CPUs with AVX512-BF16 or AMX, slower on others; outputs differ "
                  "slightly from fp32)."),
         object_type: str = typer.Option("detection", "--object-type", help="detection or annotation."),
         min_area_um2: float = typer.Option(20.0, "--min-area-um2", help="Drop class regions smaller than this."),
