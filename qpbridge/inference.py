@@ -265,21 +265,39 @@ def _split_piece(
     """
     cell = BOX_CELL_PX
 
-    def cost(cells: np.ndarray) -> int:  # pixels of the window fitted to the box of ``cells``
-        rr, cc = np.flatnonzero(cells.any(axis=1)), np.flatnonzero(cells.any(axis=0))
-        return _round_up(int(rr[-1] - rr[0] + 1) * cell, step) * _round_up(int(cc[-1] - cc[0] + 1) * cell, step)
+    def window_px(cells_a: np.ndarray, cells_b: np.ndarray) -> np.ndarray:  # of boxes ``cells_a x cells_b``
+        return (-(-cells_a * cell // step) * step) * (-(-cells_b * cell // step) * step)
 
-    whole = cost(own_cells)
-    best: tuple[int, int, int] | None = None  # (cost, axis, cut)
+    def cut_costs(cells: np.ndarray) -> np.ndarray:
+        """Pixels of the two windows of each cut between rows ``cut - 1`` and ``cut`` (inf: a side empty)."""
+        n = len(cells)
+        used = cells.any(axis=1)
+        index = np.arange(n)
+        inf, neg = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+        low = np.where(used, np.where(cells, np.arange(cells.shape[1]), cells.shape[1]).min(axis=1), inf)
+        high = np.where(used, np.where(cells, np.arange(cells.shape[1]), -1).max(axis=1), neg)
+        first_used, last_used = index[used][0], index[used][-1]
+        # the first half: rows [0, end) with end = cut + grow; the second: rows [start, n) with start = cut - grow
+        cuts = np.arange(1, n)
+        end, start = np.minimum(cuts + grow, n), np.maximum(cuts - grow, 0)
+        last_before = np.maximum.accumulate(np.where(used, index, -1))[end - 1]
+        first_after = np.minimum.accumulate(np.where(used, index, n)[::-1])[::-1][start]
+        min_before, max_before = np.minimum.accumulate(low)[end - 1], np.maximum.accumulate(high)[end - 1]
+        min_after = np.minimum.accumulate(low[::-1])[::-1][start]
+        max_after = np.maximum.accumulate(high[::-1])[::-1][start]
+        total = (window_px(last_before - first_used + 1, max_before - min_before + 1)
+                 + window_px(last_used - first_after + 1, max_after - min_after + 1)).astype(float)
+        # both halves must own cells of the piece: rows before and from the cut
+        total[(cuts <= first_used) | (cuts > last_used)] = np.inf
+        return total
+
+    rr, cc = np.flatnonzero(own_cells.any(axis=1)), np.flatnonzero(own_cells.any(axis=0))
+    whole = int(window_px(rr[-1] - rr[0] + 1, cc[-1] - cc[0] + 1))
+    best: tuple[float, int, int] | None = None  # (cost, axis, cut)
     for axis in (0, 1):
-        cells = own_cells if axis == 0 else own_cells.T
-        for cut in range(1, cells.shape[0]):
-            first, second = cells[:min(cut + grow, len(cells))], cells[max(cut - grow, 0):]
-            if not cells[:cut].any() or not cells[cut:].any():
-                continue
-            total = cost(first) + cost(second)
-            if best is None or total < best[0]:
-                best = (total, axis, cut)
+        costs = cut_costs(own_cells if axis == 0 else own_cells.T)
+        if len(costs) and np.isfinite(costs.min()) and (best is None or costs.min() < best[0]):
+            best = (float(costs.min()), axis, int(costs.argmin()) + 1)
     if best is None or best[0] > SPLIT_BELOW * whole:
         return [(rows, cols, own_cells)]
     _, axis, cut = best

@@ -94,6 +94,49 @@ def test_l_shaped_piece_runs_as_two_windows_with_their_context() -> None:
     assert len(plan_regions(square, **kwargs)) == 1  # type: ignore[arg-type]
 
 
+def test_split_takes_the_cheapest_cut() -> None:
+    """The cut of :func:`_split_piece` is the cheapest straight one, found by trying every cut (oracle)."""
+    from scipy import ndimage
+
+    from qpbridge.inference import SPLIT_BELOW, _split_piece
+
+    def window_px(cells: np.ndarray, step: int) -> int:
+        rr, cc = np.flatnonzero(cells.any(axis=1)), np.flatnonzero(cells.any(axis=0))
+        return -(-(rr[-1] - rr[0] + 1) * 8 // step) * step * (-(-(cc[-1] - cc[0] + 1) * 8 // step) * step)
+
+    rng = np.random.default_rng(5)
+    splits = 0
+    for _ in range(400):
+        cells = ndimage.binary_dilation(rng.random(tuple(rng.integers(2, 30, 2))) < 0.1, iterations=1)
+        if not cells.any():
+            continue
+        labels, _ = ndimage.label(cells, np.ones((3, 3)))
+        piece = labels[ndimage.find_objects(labels)[0]] == 1
+        grow, step = int(rng.integers(0, 4)), int(rng.choice([8, 32]))
+        best = min(((window_px(c[:cut + grow], step) + window_px(c[max(cut - grow, 0):], step), axis, cut)
+                    for axis, c in enumerate((piece, piece.T)) for cut in range(1, len(c))
+                    if c[:cut].any() and c[cut:].any()), default=None)
+        halves = _split_piece(slice(0, piece.shape[0] * 8), slice(0, piece.shape[1] * 8), piece, grow, step)
+        if best is None or best[0] > SPLIT_BELOW * window_px(piece, step):
+            assert len(halves) == 1
+            continue
+        splits += 1
+        _, axis, cut = best
+        assert len(halves) == 2
+        placed = []
+        for rows, cols, own in halves:
+            frame = np.zeros(piece.shape, dtype=bool)
+            frame[rows.start // 8:rows.start // 8 + own.shape[0], cols.start // 8:cols.start // 8 + own.shape[1]] = own
+            placed.append(frame)
+        before = np.zeros_like(piece)  # the first half owns exactly the piece's cells before the oracle's cut
+        if axis == 0:
+            before[:cut] = piece[:cut]
+        else:
+            before[:, :cut] = piece[:, :cut]
+        assert np.array_equal(placed[0], before) and np.array_equal(placed[1], piece & ~before)
+    assert splits > 10
+
+
 def test_fitted_regions_are_exact() -> None:
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 256, size=(400, 500, 3), dtype=np.uint8)
