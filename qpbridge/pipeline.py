@@ -211,8 +211,9 @@ def sample_mask(mask: np.ndarray, mask_affine: Affine, out_affine: Affine, out_s
         # Output rows/columns inside the source are contiguous runs: slice them (fancy indexing on both axes at
         # once is ~10x slower on 1024^2 blocks); the source is cut to the part read first (indices are monotonic).
         part = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-        out[out_rows[0]:out_rows[-1] + 1, out_cols[0]:out_cols[-1] + 1] = (
-            part.take(rows - rows[0], axis=0).take(cols - cols[0], axis=1))
+        if part.any():  # a block away from the tissue: nothing to sample
+            out[out_rows[0]:out_rows[-1] + 1, out_cols[0]:out_cols[-1] + 1] = (
+                part.take(rows - rows[0], axis=0).take(cols - cols[0], axis=1))
     return out
 
 
