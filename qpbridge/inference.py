@@ -265,17 +265,16 @@ def _split_piece(
     """
     cell = BOX_CELL_PX
 
-    def window_px(cells_a: np.ndarray, cells_b: np.ndarray) -> np.ndarray:  # of boxes ``cells_a x cells_b``
-        return (-(-cells_a * cell // step) * step) * (-(-cells_b * cell // step) * step)
+    def window_px(cells_a: Any, cells_b: Any) -> Any:  # pixels of the windows of boxes ``cells_a x cells_b``
+        return _round_up(cells_a * cell, step) * _round_up(cells_b * cell, step)
 
     def cut_costs(cells: np.ndarray) -> np.ndarray:
         """Pixels of the two windows of each cut between rows ``cut - 1`` and ``cut`` (inf: a side empty)."""
         n = len(cells)
         used = cells.any(axis=1)
         index = np.arange(n)
-        inf, neg = np.iinfo(np.int64).max, np.iinfo(np.int64).min
-        low = np.where(used, np.where(cells, np.arange(cells.shape[1]), cells.shape[1]).min(axis=1), inf)
-        high = np.where(used, np.where(cells, np.arange(cells.shape[1]), -1).max(axis=1), neg)
+        low = np.where(cells, np.arange(cells.shape[1]), cells.shape[1]).min(axis=1)  # an empty row: past the end
+        high = np.where(cells, np.arange(cells.shape[1]), -1).max(axis=1)  # an empty row: before the start
         first_used, last_used = index[used][0], index[used][-1]
         # the first half: rows [0, end) with end = cut + grow; the second: rows [start, n) with start = cut - grow
         cuts = np.arange(1, n)
