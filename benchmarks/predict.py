@@ -252,7 +252,7 @@ def main() -> None:
         child_predict(args)
         return
 
-    from qpbridge.inference import configure_threads
+    from qpbridge.device import configure_threads
 
     device = torch.device(args.device)
     threads = configure_threads(None) if device.type == "cpu" else None

@@ -52,7 +52,8 @@ def bench_rasterize(n: int = 50_000, size_px: int = 8192, block_px: int = 2048) 
     from affine import Affine
     from rasterio.features import rasterize
 
-    from qpbridge.rasterize import ClassMap, LabelRasterizer, compose_affine, rasterize_shapes
+    from qpbridge.rasterize import ClassMap, LabelRasterizer, rasterize_shapes
+    from qpbridge.tiling import compose_affine
 
     geoms, labels = _polygons(n, size_px)
     count = len(geoms)

@@ -207,7 +207,7 @@ void qpbridgeMoveIntoPlace(File temporary, File target) {
 @Field final String QPBRIDGE_PREDICTION_MEASUREMENT = 'qpbridge prediction'
 @Field final List<String> QPBRIDGE_SLIDE_EXTENSIONS = [
         '.ome.tiff', '.ome.tif', '.svs', '.tif', '.tiff', '.ndpi', '.mrxs', '.scn', '.vms', '.vmu', '.bif',
-        '.svslide', '.dcm', '.czi', '.vsi', '.qptiff', '.isyntax', '.png', '.jpg', '.jpeg',
+        '.svslide', '.dcm', '.png', '.jpg', '.jpeg', '.bmp', '.czi', '.vsi', '.qptiff', '.isyntax',
 ]
 
 /**

@@ -67,7 +67,7 @@ from affine import Affine
 from PIL import Image
 
 from qpbridge import __version__
-from qpbridge.atomic import atomic_write_text
+from qpbridge.atomic import atomic_path, atomic_write_text
 from qpbridge.classes import IGNORE_LABEL
 from qpbridge.errors import GeoJSONError, InputError, OutputError
 from qpbridge.rasterize import (
@@ -75,10 +75,10 @@ from qpbridge.rasterize import (
     REVIEWED_MODES,
     ClassMap,
     LabelRasterizer,
-    apply_affine,
-    compose_affine,
 )
 from qpbridge.slide import Slide, check_mpp, open_slide
+from qpbridge.tiling import apply_affine, compose_affine
+from qpbridge.tissue import DEFAULT_TISSUE_MPP
 
 __all__ = [
     "DATASET_FORMAT",
@@ -97,9 +97,6 @@ DEFAULT_MPP = 0.5
 DEFAULT_TILE_PX = 256
 DEFAULT_BLOCK_PX = 2048
 DEFAULT_QA_MPP = 8.0
-#: um/px of the coarse whole-slide tissue detection behind --min-tissue-frac (its read is the one whole-slide
-#: array: 16 um/px keeps it at ~2 MP for a 25 x 20 mm slide).
-DEFAULT_TISSUE_MPP = 16.0
 #: Colour of ignore (255) pixels in the QA mask's palette.
 IGNORE_COLOR = (0, 0, 0)
 _QA_TILE_PX = 256
@@ -497,28 +494,22 @@ def write_label_mask_tiff(path: Path, rasterizer: LabelRasterizer, slide: Slide,
             for x in range(0, width, tile):
                 yield strip[:, x : x + tile]
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tifffile.TiffWriter(tmp, bigtiff=levels[0][1] * levels[0][2] > 2**31) as tif:
-            for k, (level_mpp, width, height) in enumerate(levels):
-                resolution = 10_000.0 / level_mpp
-                tif.write(
-                    tiles(level_mpp, width, height),
-                    shape=(height, width),
-                    dtype=np.uint8,
-                    tile=(tile, tile),
-                    photometric="palette",
-                    colormap=colormap,
-                    compression="zlib",
-                    subfiletype=0 if k == 0 else 1,
-                    resolution=(resolution, resolution),
-                    resolutionunit="CENTIMETER",
-                    description=json.dumps({"qpbridge": "label mask", "mpp": level_mpp}) if k == 0 else None,
-                )
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=levels[0][1] * levels[0][2] > 2**31) as tif:
+        for k, (level_mpp, width, height) in enumerate(levels):
+            resolution = 10_000.0 / level_mpp
+            tif.write(
+                tiles(level_mpp, width, height),
+                shape=(height, width),
+                dtype=np.uint8,
+                tile=(tile, tile),
+                photometric="palette",
+                colormap=colormap,
+                compression="zlib",
+                subfiletype=0 if k == 0 else 1,
+                resolution=(resolution, resolution),
+                resolutionunit="CENTIMETER",
+                description=json.dumps({"qpbridge": "label mask", "mpp": level_mpp}) if k == 0 else None,
+            )
     return levels[0][1], levels[0][2]
 
 

@@ -26,7 +26,6 @@ Example
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -159,29 +158,6 @@ def argmax_labels(probabilities: np.ndarray) -> np.ndarray:
         labels.masked_fill_(better, label)
         torch.maximum(best, probs[label], out=best)
     return labels.numpy()
-
-
-def configure_threads(threads: int | None) -> int:
-    """Set torch's intra-op threads (default: every core this process may use) and return the number."""
-    if threads is None:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if threads < 1:
-        raise InputError(f"--threads must be >= 1, got {threads}")
-    torch.set_num_threads(threads)
-    return threads
-
-
-def resolve_device(device: str) -> torch.device:
-    """A torch device from ``--device`` (``cpu``, ``cuda``, ``cuda:1``, ``auto``), with a clear error if absent."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise InputError(f"unknown --device {device!r}: use cpu, cuda, cuda:N or auto") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device} asked for, but torch sees no CUDA GPU here: use --device cpu")
-    return resolved
 
 
 def size_multiple(card: Any) -> int:

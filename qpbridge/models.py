@@ -48,7 +48,10 @@ BLENDS: tuple[str, ...] = ("gaussian", "constant")
 #: File endings of pickled PyTorch checkpoints, which are never loaded.
 PICKLE_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
 #: What the shipped (and by default, every newly trained) model says about its use.
-DEFAULT_INTENDED_USE = "synthetic data, demonstration and testing, not for diagnosis"
+#: Intended use written into a card that does not say (a newly trained model, unless ``--intended-use``).
+DEFAULT_INTENDED_USE = "research and demonstration; not for diagnosis"
+#: Intended use of the example cards built in code (random or synthetic-trained weights).
+EXAMPLE_INTENDED_USE = "synthetic data, demonstration and testing, not for diagnosis"
 
 _REQUIRED_FIELDS: tuple[str, ...] = (
     "name",
@@ -950,7 +953,7 @@ def example_card(role: str, *, channels: Sequence[int] = (16, 32, 64, 128), name
         norm_std=(0.25, 0.25, 0.25),
         color_space="RGB",
         license="Apache-2.0",
-        intended_use=DEFAULT_INTENDED_USE,
+        intended_use=EXAMPLE_INTENDED_USE,
         weights_sha256="0" * 64,
         threshold=threshold,
     )

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from qpbridge.errors import InputError
+from qpbridge.slide import SLIDE_SUFFIXES
 
 #: Folder, inside the QuPath project folder, that holds qpbridge's predictions.
 PREDICTIONS_DIRNAME = "qpbridge"
@@ -68,29 +69,12 @@ PREDICTION_MEASUREMENT_VALUE = 1.0
 PREDICTION_METADATA_KEY = "qpbridge"
 PREDICTION_RUN_METADATA_KEY = "qpbridge_run"
 
-#: Slide extensions removed from an image name, longest first where one ends another.
-SLIDE_EXTENSIONS: tuple[str, ...] = (
-    ".ome.tiff",
-    ".ome.tif",
-    ".svs",
-    ".tif",
-    ".tiff",
-    ".ndpi",
-    ".mrxs",
-    ".scn",
-    ".vms",
-    ".vmu",
-    ".bif",
-    ".svslide",
-    ".dcm",
-    ".czi",
-    ".vsi",
-    ".qptiff",
-    ".isyntax",
-    ".png",
-    ".jpg",
-    ".jpeg",
-)
+#: Extensions of images that QuPath opens (through Bio-Formats) and qpbridge does not.
+QUPATH_ONLY_EXTENSIONS: tuple[str, ...] = (".czi", ".vsi", ".qptiff", ".isyntax")
+
+#: Slide extensions removed from an image name, longest first where one ends another: what qpbridge opens
+#: (:data:`qpbridge.slide.SLIDE_SUFFIXES`, the one list of those) and what only QuPath opens.
+SLIDE_EXTENSIONS: tuple[str, ...] = (*SLIDE_SUFFIXES, *QUPATH_ONLY_EXTENSIONS)
 
 #: Characters replaced by ``_`` in a base name.
 _FORBIDDEN_CHARS = re.compile(r'[\\/:*?"<>|\x00-\x1F\x7F]')

@@ -35,16 +35,15 @@ from affine import Affine
 from scipy import ndimage
 
 from qpbridge import __version__
-from qpbridge.atomic import atomic_write_text
+from qpbridge.atomic import atomic_path, atomic_write_text
+from qpbridge.device import configure_threads, resolve_device
 from qpbridge.errors import InputError, OutputError
 from qpbridge.inference import (
     PRECISIONS,
     BlockSegmenter,
     Region,
     argmax_labels,
-    configure_threads,
     native_bf16,
-    resolve_device,
 )
 from qpbridge.memory import HeapTrimmer
 from qpbridge.models import LoadedModel, inference_network, load_model
@@ -52,7 +51,7 @@ from qpbridge.naming import prediction_properties
 from qpbridge.qupath import Feature, GeoJSONWriter
 from qpbridge.qupath_write import meta_path as meta_path_for  # out.geojson -> out.geojson.meta.json
 from qpbridge.slide import Slide, check_mpp, open_slide
-from qpbridge.tiling import BlockGrid, Window, window_affine
+from qpbridge.tiling import BlockGrid, Window, apply_affine, window_affine
 from qpbridge.tissue import DEFAULT_TISSUE_MPP, TissueMask, detect_tissue
 from qpbridge.vectorize import BlockVectorizer, ClassPolygons
 
@@ -190,11 +189,6 @@ def _nearest_index(
     return out_rows, out_cols, rows[out_rows], cols[out_cols]
 
 
-def _apply(affine: Affine, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``affine`` applied to arrays of x and y."""
-    return affine.a * xs + affine.b * ys + affine.c, affine.d * xs + affine.e * ys + affine.f
-
-
 def sample_mask(mask: np.ndarray, mask_affine: Affine, out_affine: Affine, out_shape: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour sample of a boolean mask onto another axis-aligned grid (via level-0 coordinates).
 
@@ -259,7 +253,7 @@ class _ProbabilityLedger:
             edge_ids, first = np.unique(components[border_rows, border_cols], return_index=True)
             first, edge_ids = first[edge_ids > 0], edge_ids[edge_ids > 0]
             if len(edge_ids):
-                xs, ys = _apply(affine, border_cols[first] + 0.5, border_rows[first] + 0.5)
+                xs, ys = apply_affine(affine, border_cols[first] + 0.5, border_rows[first] + 0.5)
                 parts.append((np.column_stack([xs, ys]), np.full(len(edge_ids), label), sums[edge_ids],
                               counts[edge_ids]))
         self.points = np.concatenate([p[0] for p in parts])
@@ -282,7 +276,7 @@ class _ProbabilityLedger:
             if inside.any():
                 where = np.flatnonzero(inside)
                 xy = shapely.get_coordinates(shapely.point_on_surface(emitted.polygons[where]))
-                cols, rows = _apply(~self._affine, xy[:, 0], xy[:, 1])
+                cols, rows = apply_affine(~self._affine, xy[:, 0], xy[:, 1])
                 cols = np.clip(np.floor(cols).astype(np.int64), 0, width - 1)
                 rows = np.clip(np.floor(rows).astype(np.int64), 0, height - 1)
                 for label, (components, sums, counts) in self._block.items():
@@ -335,9 +329,8 @@ class _Overlay:
             out[where] = 0.5 * out[where] + 0.5 * np.asarray(color, dtype=np.float32)
         edge = find_boundaries(self.roi, mode="outer")
         out[edge] = roi_color
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-        Image.fromarray(out.clip(0, 255).astype(np.uint8)).save(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            Image.fromarray(out.clip(0, 255).astype(np.uint8)).save(tmp, format="PNG")
 
 
 def _run_id(slide_path: Path, config: PredictConfig, models: list[LoadedModel]) -> str:

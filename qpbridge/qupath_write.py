@@ -32,7 +32,7 @@ import numpy as np
 import orjson
 import shapely
 
-from qpbridge.atomic import atomic_write_bytes
+from qpbridge.atomic import atomic_write_bytes, commit, temporary_path
 from qpbridge.errors import GeoJSONError, OutputError
 
 __all__ = [
@@ -320,7 +320,7 @@ class GeoJSONWriter:
         self._default_color = {k: _check_color(v, f"class {k!r}") for k, v in (default_color or {}).items()}
         self._seen_ids: set[int] = set()  # 64 bits of each derived id, to keep ids unique in the file
         self._props_cache: dict[tuple[str, str | None, tuple[int, int, int] | None], bytes] = {}
-        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        self._tmp = temporary_path(self.path)
         try:
             self._raw: IO[bytes] = open(self._tmp, "wb")  # noqa: SIM115 (closed in close/abort)
         except OSError as exc:
@@ -358,10 +358,8 @@ class GeoJSONWriter:
             self._flush(force=True)
             if self._out is not self._raw:
                 self._out.close()
-            self._raw.flush()
-            os.fsync(self._raw.fileno())
             self._raw.close()
-            os.replace(self._tmp, self.path)
+            commit(self._tmp, self.path)
         except BaseException:
             self.abort()
             raise

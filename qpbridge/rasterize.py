@@ -67,6 +67,7 @@ from rasterio.features import rasterize as _rio_rasterize
 
 from qpbridge.classes import DEEPBATCH_CLASSES, IGNORE_LABEL, ROI_CLASS, ClassInfo
 from qpbridge.errors import InputError
+from qpbridge.tiling import apply_affine
 
 __all__ = [
     "DEFAULT_IGNORE_PATTERNS",
@@ -76,8 +77,6 @@ __all__ = [
     "UNCLASSIFIED",
     "ClassMap",
     "LabelRasterizer",
-    "apply_affine",
-    "compose_affine",
     "load_class_map_file",
     "parse_class_option",
     "polygon_dicts",
@@ -391,32 +390,6 @@ def polygon_dicts(geoms: Sequence[Any] | np.ndarray) -> tuple[list[dict[str, Any
             ring += 1
         dicts.append({"type": "Polygon", "coordinates": ring_lists})
     return dicts, owner
-
-
-def apply_affine(affine: Affine, x: float, y: float) -> tuple[float, float]:
-    """``affine`` applied to the point ``(x, y)`` (without the ``*``/``@`` operators, which differ by version).
-
-    >>> apply_affine(Affine(4, 0, 100, 0, 4, 40), 1, 2)
-    (104.0, 48.0)
-    """
-    return (affine.a * x + affine.b * y + affine.c, affine.d * x + affine.e * y + affine.f)
-
-
-def compose_affine(outer: Affine, inner: Affine) -> Affine:
-    """The Affine applying ``inner`` then ``outer`` (``outer @ inner``), on every affine version.
-
-    >>> compose_affine(Affine.translation(10, 0), Affine.scale(2)) == Affine(2, 0, 10, 0, 2, 0)
-    True
-    """
-    o, i = outer, inner
-    return Affine(
-        o.a * i.a + o.b * i.d,
-        o.a * i.b + o.b * i.e,
-        o.a * i.c + o.b * i.f + o.c,
-        o.d * i.a + o.e * i.d,
-        o.d * i.b + o.e * i.e,
-        o.d * i.c + o.e * i.f + o.f,
-    )
 
 
 def _window_box(shape_hw: tuple[int, int], affine: Affine) -> tuple[float, float, float, float]:

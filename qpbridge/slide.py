@@ -23,6 +23,7 @@ Example
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,8 +36,13 @@ from PIL import Image
 
 from qpbridge.errors import InputError, SlideError
 
-#: Extensions read with Pillow when OpenSlide does not open the file.
-PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+#: What :func:`open_slide` opens, by file name (any letter case; longest first where one ends another): the
+#: formats OpenSlide reads, then plain images (read with Pillow when OpenSlide does not open the file).
+#: A folder given as slides is searched for these.
+SLIDE_SUFFIXES: tuple[str, ...] = (
+    ".ome.tiff", ".ome.tif", ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide",
+    ".dcm", ".png", ".jpg", ".jpeg", ".bmp",
+)
 
 #: A level is "as fine as" the target when its um/px is at most this factor above it (float noise in downsamples).
 _LEVEL_TOLERANCE = 1.01
@@ -419,6 +425,15 @@ class Slide:
 
     def __repr__(self) -> str:
         return f"Slide({str(self.path)!r}, mpp={self._mpp})"
+
+
+def has_slide_suffix(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path``'s name ends in one of :data:`SLIDE_SUFFIXES` (any letter case).
+
+    >>> has_slide_suffix("a/b.SVS"), has_slide_suffix("x.ome.tif"), has_slide_suffix("notes.txt")
+    (True, True, False)
+    """
+    return os.fspath(path).lower().endswith(SLIDE_SUFFIXES)
 
 
 def check_mpp(mpp: float, what: str = "--mpp") -> float:

@@ -54,7 +54,7 @@ from rasterio.features import rasterize
 from shapely.geometry import mapping
 from shapely.geometry.base import BaseGeometry
 
-from qpbridge.atomic import atomic_write_bytes
+from qpbridge.atomic import atomic_write_bytes, commit, temporary_path
 from qpbridge.classes import DEEPBATCH_CLASSES, PEN_CLASS, TISSUE_CLASS
 from qpbridge.errors import InputError, OutputError
 
@@ -1422,7 +1422,7 @@ def write_synthetic_slide(
         if progress is not None:
             progress(done, total_steps)
 
-    tmp_slide = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp_slide = temporary_path(path)
     with tempfile.TemporaryDirectory(prefix=".synth-", dir=path.parent) as tmpdir:
         sinks: list[_LevelSink] = []
         below: _LevelSink | None = None
@@ -1498,7 +1498,7 @@ def write_synthetic_slide(
                 path, truth_path, meta_path, nuclei_path if nuclei else None, layout, seed, stain, dims, nuclei_count
             )
             _write_meta(meta_path, result, lesion_fraction)
-            os.replace(tmp_slide, path)
+            commit(tmp_slide, path)
         finally:
             for sink in sinks:
                 if not sink.file.closed:

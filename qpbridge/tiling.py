@@ -4,6 +4,8 @@ A :class:`Window` is a rectangle of whole pixels ``[x_px, x_px + width_px) x [y_
 pixel grid (level 0, a pyramid level, or a mask at a target um/px). :func:`grid_windows` lays windows over an
 image, :class:`BlockGrid` is the regular non-overlapping grid the predict pipeline works block by block in,
 and :func:`window_affine` gives the ``Affine`` of a window's pixels from the ``Affine`` of the whole grid.
+This module is the one home of the affine helpers: :func:`apply_affine` (points, scalars or arrays),
+:func:`apply_affine_xy` (an ``(n, 2)`` array, for ``shapely.transform``), :func:`compose_affine`.
 
 Example
 -------
@@ -19,12 +21,23 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 from affine import Affine
 
 from qpbridge.errors import InputError
 
-__all__ = ["BlockGrid", "Window", "grid_windows", "window_affine"]
+__all__ = [
+    "BlockGrid",
+    "Window",
+    "apply_affine",
+    "apply_affine_xy",
+    "compose_affine",
+    "grid_windows",
+    "window_affine",
+]
+
 
 
 def _check_int(name: str, value: object, minimum: int | None = None) -> int:
@@ -311,3 +324,43 @@ def window_affine(affine: Affine, window: Window) -> Affine:
         affine.e,
         affine.f + affine.d * x + affine.e * y,
     )
+
+
+def apply_affine(affine: Affine, x: Any, y: Any) -> tuple[Any, Any]:
+    """``affine`` applied to ``(x, y)``: scalars, or numpy arrays of x and y (element by element).
+
+    >>> apply_affine(Affine(4, 0, 100, 0, 4, 40), 1, 2)
+    (104.0, 48.0)
+    >>> [v.tolist() for v in apply_affine(Affine.scale(2), np.array([0.5, 1.0]), np.array([3.0, 4.0]))]
+    [[1.0, 2.0], [6.0, 8.0]]
+    """
+    return (affine.a * x + affine.b * y + affine.c, affine.d * x + affine.e * y + affine.f)
+
+
+def apply_affine_xy(affine: Affine, xy: np.ndarray) -> np.ndarray:
+    """``(n, 2)`` points through ``affine``, as ``shapely.transform`` hands them (~10x faster than
+    ``xy @ m + t``).
+
+    >>> apply_affine_xy(Affine(2, 0, 10, 0, 3, 0), np.array([[1.0, 1.0]])).tolist()
+    [[12.0, 3.0]]
+    """
+    out = np.empty_like(xy)
+    x, y = xy[:, 0], xy[:, 1]
+    if affine.b == 0 and affine.d == 0:
+        np.multiply(x, affine.a, out=out[:, 0])
+        np.multiply(y, affine.e, out=out[:, 1])
+    else:
+        out[:, 0] = x * affine.a + y * affine.b
+        out[:, 1] = x * affine.d + y * affine.e
+    out[:, 0] += affine.c
+    out[:, 1] += affine.f
+    return out
+
+
+def compose_affine(outer: Affine, inner: Affine) -> Affine:
+    """The Affine applying ``inner`` then ``outer`` (``outer @ inner``).
+
+    >>> compose_affine(Affine.translation(10, 0), Affine.scale(2)) == Affine(2, 0, 10, 0, 2, 0)
+    True
+    """
+    return outer @ inner

@@ -38,10 +38,13 @@ from monai.transforms import MapTransform, RandomizableTransform
 from torch import nn
 
 from qpbridge.classes import DEEPBATCH_CLASSES, IGNORE_LABEL, ClassInfo
+from qpbridge.dataset import DATASET_FORMAT
+from qpbridge.device import resolve_device, usable_cpu_count
 from qpbridge.errors import InputError, ModelError, OutputError
 from qpbridge.metrics import ConfusionAccumulator, SegmentationMetrics
 from qpbridge.models import (
     CARD_FILE,
+    DEFAULT_INTENDED_USE,
     CardClass,
     ModelCard,
     atomic_write_bytes,
@@ -54,15 +57,13 @@ from qpbridge.models import (
 )
 from qpbridge.preprocess import channel_statistics, check_color_space, normalize_rgb01
 
-DATASET_FORMAT = "qpbridge-tiles/1"
 CHECKPOINT_DIR = "checkpoint"
 TRAINING_LOG = "training_log.json"
 DEFAULT_EPOCHS = 20
 DEFAULT_BATCH = {"roi": 16, "cell": 8}
 DEFAULT_LR = 1e-4
-#: Licence and intended use written into a newly trained card unless given.
+#: Licence written into a newly trained card unless given (its intended use: models.DEFAULT_INTENDED_USE).
 DEFAULT_LICENSE = "same terms as the training data (set this before sharing the model)"
-DEFAULT_INTENDED_USE = "research and demonstration; not for diagnosis"
 #: Tiles used to compute a new card's normalisation statistics.
 NORMALIZATION_TILES = 64
 #: Decoded tiles kept in memory (single-process loading) up to this many bytes.
@@ -507,18 +508,6 @@ class Recipe:
         return asdict(self)
 
 
-def _resolve_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"--device {name!r} is not a device: use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name} asked for, but torch sees no CUDA GPU here: use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise InputError(f"--device {name}: qpbridge trains on cpu or cuda")
-    return device
-
-
 # --------------------------------------------------------------------------------------------- progress
 @dataclass(frozen=True)
 class EpochRecord:
@@ -779,13 +768,6 @@ def _collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.
     return torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
 
 
-def _available_cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 @dataclass
 class _Run:
     """The pieces of a run that the loop and its helpers share."""
@@ -861,7 +843,7 @@ def train_model(
 
     out = Path(out_dir)
     dirs = [Path(d) for d in dataset_dirs]
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
     checkpoint = _Checkpoint(out)
     if config.resume and not checkpoint.exists():
         raise InputError(
@@ -1036,7 +1018,7 @@ def train_model(
 
     previous_threads = torch.get_num_threads()
     if device.type == "cpu":
-        torch.set_num_threads(config.threads or _available_cpus())
+        torch.set_num_threads(config.threads or usable_cpu_count())
     wall_start, cpu_start = time.perf_counter(), time.process_time()
     report.on_start(total_steps, step, steps_per_epoch)
     try:
@@ -1177,7 +1159,7 @@ def _finite(value: Any) -> Any:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({_available_cpus()} threads)"
+    return f"cpu ({usable_cpu_count()} threads)"
 
 
 def _versions() -> dict[str, str]:

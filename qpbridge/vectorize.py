@@ -47,7 +47,7 @@ from affine import Affine
 from shapely.geometry import Polygon
 
 from qpbridge.errors import InputError
-from qpbridge.tiling import BlockGrid, Window
+from qpbridge.tiling import BlockGrid, Window, apply_affine_xy
 
 __all__ = ["BlockVectorizer", "ClassPolygons", "SeamMerger", "vectorize_blocks", "vectorize_mask"]
 
@@ -672,7 +672,7 @@ class _Finisher:
             keep = area_um2 >= self.min_area_um2
             labels, geoms = labels[keep], geoms[keep]
         if not a.is_identity and len(geoms):
-            geoms = shapely.transform(geoms, lambda xy: _apply_affine(a, xy))
+            geoms = shapely.transform(geoms, lambda xy: apply_affine_xy(a, xy))
         simplified = self.simplify_um > 0 and len(geoms) > 0
         if simplified:
             assert self.mpp is not None
@@ -687,21 +687,6 @@ class _Finisher:
 
 def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _apply_affine(a: Affine, xy: np.ndarray) -> np.ndarray:
-    """``(n, 2)`` points through ``a`` (``x0 = a * x + b * y + c``...); ~10x faster than ``xy @ m + t``."""
-    out = np.empty_like(xy)
-    x, y = xy[:, 0], xy[:, 1]
-    if a.b == 0 and a.d == 0:
-        np.multiply(x, a.a, out=out[:, 0])
-        np.multiply(y, a.e, out=out[:, 1])
-    else:
-        out[:, 0] = x * a.a + y * a.b
-        out[:, 1] = x * a.d + y * a.e
-    out[:, 0] += a.c
-    out[:, 1] += a.f
-    return out
 
 
 def _repair(labels: np.ndarray, geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -255,7 +255,7 @@ def test_groovy_names_match_python() -> None:
     assert _groovy_string(source, "QPBRIDGE_PREDICTION_MEASUREMENT") == naming.PREDICTION_MEASUREMENT
     assert _groovy_list(source, "QPBRIDGE_PREDICTION_SUFFIXES") == list(naming.PREDICTION_SUFFIXES)
     assert _groovy_list(source, "QPBRIDGE_SLIDE_EXTENSIONS") == list(naming.SLIDE_EXTENSIONS)
-    assert len(naming.SLIDE_EXTENSIONS) == 20
+    assert len(naming.SLIDE_EXTENSIONS) == 21
     # The forbidden characters: the same class in both languages.
     groovy_class = re.search(r"name\.replaceAll\('(\[[^']*\])', '_'\)", source)
     assert groovy_class is not None

@@ -21,13 +21,13 @@ from qpbridge.rasterize import (
     SKIP,
     ClassMap,
     LabelRasterizer,
-    compose_affine,
     load_class_map_file,
     parse_class_option,
     polygon_dicts,
     rasterize_features,
     rasterize_shapes,
 )
+from qpbridge.tiling import compose_affine
 
 
 def _random_labels(seed: int, height: int = 96, width: int = 128, n_classes: int = 4) -> np.ndarray:

@@ -20,19 +20,18 @@ from rich.progress import (
 from qpbridge.commands._common import err_console, reported_errors, warn
 from qpbridge.errors import InputError, OutputError, QpbridgeError
 from qpbridge.naming import prediction_filename
+from qpbridge.slide import SLIDE_SUFFIXES, has_slide_suffix
 
 if TYPE_CHECKING:  # torch and the pipeline are imported when the command runs, not at CLI start-up
     from qpbridge.pipeline import PredictConfig
 
-#: What a folder given as SLIDE is searched for.
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
 
 
 def _expand_slides(slides: list[Path]) -> list[Path]:
     found: list[Path] = []
     for path in slides:
         if path.is_dir():
-            inside = sorted(p for p in path.iterdir() if p.suffix.lower() in SLIDE_SUFFIXES and p.is_file())
+            inside = sorted(p for p in path.iterdir() if has_slide_suffix(p) and p.is_file())
             if not inside:
                 raise InputError(f"no slides ({', '.join(SLIDE_SUFFIXES)}) in folder {path}")
             found.extend(inside)

@@ -1,0 +1,41 @@
+"""Rules that used to live in two or three copies that disagreed: each now has one definition."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qpbridge import dataset, device, models, naming, slide, tissue, train
+from qpbridge.errors import InputError
+
+
+def test_train_and_predict_parse_device_alike() -> None:
+    # ``train --device auto`` failed while predict accepted it: one parser now.
+    assert train.resolve_device is device.resolve_device
+    assert device.resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(InputError, match="unknown --device 'gpu0': use cpu, cuda, cuda:N or auto"):
+        device.resolve_device("gpu0")
+    with pytest.raises(InputError, match="unknown --device 'meta'"):
+        device.resolve_device("meta")
+
+
+def test_one_default_tissue_mpp() -> None:
+    # 8.0 in tissue.py and 16.0 in dataset.py under one name.
+    assert dataset.DEFAULT_TISSUE_MPP is tissue.DEFAULT_TISSUE_MPP
+    assert dataset.MaskConfig().tissue_mpp == tissue.DEFAULT_TISSUE_MPP == 8.0
+
+
+def test_image_names_strip_every_format_slides_open() -> None:
+    # A folder given to predict skipped formats slide.py opens; naming kept a third list.
+    assert set(slide.SLIDE_SUFFIXES) <= set(naming.SLIDE_EXTENSIONS)
+    for suffix in slide.SLIDE_SUFFIXES:
+        assert slide.has_slide_suffix(f"case{suffix.upper()}")
+        assert naming.image_basename(f"case{suffix}") == "case"
+    assert not slide.has_slide_suffix("case.czi")  # QuPath opens it, qpbridge does not
+    assert naming.image_basename("case.czi") == "case"
+
+
+def test_one_default_intended_use_and_dataset_format() -> None:
+    assert train.DEFAULT_INTENDED_USE is models.DEFAULT_INTENDED_USE
+    assert "not for diagnosis" in models.DEFAULT_INTENDED_USE
+    assert train.DATASET_FORMAT is dataset.DATASET_FORMAT
