@@ -44,6 +44,14 @@ SLIDE_SUFFIXES: tuple[str, ...] = (
     ".dcm", ".png", ".jpg", ".jpeg", ".bmp",
 )
 
+#: Level-0 pixel sizes (um/px) a slide or image can have: scanners give 0.1-2, thumbnails and low-power images up to
+#: ~30. A metadata value outside this range is not trusted (a plain TIFF's 72 dpi reads as 352.8 um/px) and an
+#: ``--mpp`` outside it is refused.
+SLIDE_MPP_RANGE = (0.05, 50.0)
+
+#: TIFF and image resolutions that image writers put in by default (72 or 96 dpi, or 1): no pixel size at all.
+_DEFAULT_DPI = (1.0, 72.0, 96.0)
+
 #: A level is "as fine as" the target when its um/px is at most this factor above it (float noise in downsamples).
 _LEVEL_TOLERANCE = 1.01
 
@@ -97,7 +105,7 @@ def _mpp_from_properties(props: dict[str, str]) -> tuple[float | None, str | Non
     unit = props.get("tiff.ResolutionUnit", "").lower()
     x_res = _positive_float(props.get("tiff.XResolution"))
     um_per_unit = {"centimeter": 10_000.0, "inch": 25_400.0}.get(unit)
-    if x_res is not None and um_per_unit is not None:
+    if x_res is not None and um_per_unit is not None and not (unit == "inch" and x_res in _DEFAULT_DPI):
         return um_per_unit / x_res, "tiff.XResolution"
     for key in (
         "aperio.MPP",
@@ -132,14 +140,22 @@ class Slide:
         self.path = path
         self._osr: Any = None
         self._image: Image.Image | None = None
-        override = check_mpp(mpp, "--mpp") if mpp is not None else None
+        override = check_slide_mpp(mpp, "--mpp") if mpp is not None else None
         self._open()
         self._mpp: float | None
         self.mpp_source: str | None
+        #: why the metadata's pixel size was not taken (a default resolution tag, an impossible value), if so
+        self.mpp_rejected: str | None = None
         if override is not None:
             self._mpp, self.mpp_source = override, "user override (--mpp)"
         else:
-            self._mpp, self.mpp_source = self._metadata_mpp()
+            found, source = self._metadata_mpp()
+            self._mpp, self.mpp_source = found, source
+            if found is not None and not SLIDE_MPP_RANGE[0] <= found <= SLIDE_MPP_RANGE[1]:
+                low, high = SLIDE_MPP_RANGE
+                self.mpp_rejected = (f"its metadata says {found:.4g} um/px ({source}), outside the {low:g}-{high:g} "
+                                     "um/px any slide or image has")
+                self._mpp, self.mpp_source = None, None
 
     # -- opening -----------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -197,6 +213,9 @@ class Slide:
         if resolution and _positive_float(str(resolution[0])):
             # Pillow: TIFF resolution with unit 2 = inch, 3 = cm; PNG/JPEG dpi = pixels per inch.
             per = 10_000.0 if unit == 3 else 25_400.0
+            if unit != 3 and float(resolution[0]) in _DEFAULT_DPI:
+                self.mpp_rejected = f"its resolution tag is {float(resolution[0]):g} dpi, an image writer's default"
+                return None, None
             if info.get("dpi") is not None or unit in (2, 3):
                 return per / float(resolution[0]), "image resolution tag"
         return None, None
@@ -233,9 +252,10 @@ class Slide:
     def mpp(self) -> float:
         """Level-0 pixel size in um/px; raises :class:`SlideError` when neither metadata nor override gives it."""
         if self._mpp is None:
+            why = f"has no usable pixel size ({self.mpp_rejected})" if self.mpp_rejected else (
+                "has no pixel size in its metadata")
             raise SlideError(
-                f"{self.path} has no pixel size in its metadata: give it with --mpp (um/px at full resolution, "
-                "e.g. --mpp 0.25 for a 40x scan)"
+                f"{self.path} {why}: give it with --mpp (um/px at full resolution, e.g. --mpp 0.25 for a 40x scan)"
             )
         return self._mpp
 
@@ -441,6 +461,24 @@ def check_mpp(mpp: float, what: str = "--mpp") -> float:
     if not isinstance(mpp, (int, float)) or not math.isfinite(mpp) or mpp <= 0:
         raise InputError(f"{what} must be a positive number of um/px, got {mpp}: e.g. 0.25 for a 40x scan")
     return float(mpp)
+
+
+def check_slide_mpp(mpp: float, what: str = "--mpp") -> float:
+    """:func:`check_mpp` for a slide's level-0 pixel size, which must also lie in :data:`SLIDE_MPP_RANGE`.
+
+    >>> check_slide_mpp(0.25)
+    0.25
+    >>> check_slide_mpp(1000)
+    Traceback (most recent call last):
+    ...
+    qpbridge.errors.InputError: --mpp 1000 um/px is outside the 0.05-50 um/px any slide or image has: give the level-0 pixel size, e.g. 0.25 for a 40x scan, 0.5 for 20x
+    """
+    mpp = check_mpp(mpp, what)
+    low, high = SLIDE_MPP_RANGE
+    if not low <= mpp <= high:
+        raise InputError(f"{what} {mpp:g} um/px is outside the {low:g}-{high:g} um/px any slide or image has: give "
+                         "the level-0 pixel size, e.g. 0.25 for a 40x scan, 0.5 for 20x")
+    return mpp
 
 
 def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
