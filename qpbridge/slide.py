@@ -468,10 +468,10 @@ def check_slide_mpp(mpp: float, what: str = "--mpp") -> float:
 
     >>> check_slide_mpp(0.25)
     0.25
-    >>> check_slide_mpp(1000)
+    >>> check_slide_mpp(1000)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    qpbridge.errors.InputError: --mpp 1000 um/px is outside the 0.05-50 um/px any slide or image has: give the level-0 pixel size, e.g. 0.25 for a 40x scan, 0.5 for 20x
+    qpbridge.errors.InputError: --mpp 1000 um/px is outside the 0.05-50 um/px any slide or image has: ...
     """
     mpp = check_mpp(mpp, what)
     low, high = SLIDE_MPP_RANGE
