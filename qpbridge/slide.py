@@ -334,7 +334,7 @@ class Slide:
     def affine_at(self, mpp: float, x_px: float = 0, y_px: float = 0) -> Affine:
         """Affine from pixels of a window at ``mpp`` whose top-left is target-grid pixel (x_px, y_px) to level 0.
 
-        >>> slide.affine_at(1.0) * (10, 10)   # doctest: +SKIP   (slide at 0.25 um/px)
+        >>> slide.affine_at(1.0) * (10, 10)   # doctest: +SKIP
         (40.0, 40.0)
         """
         scale = self.scale_for_mpp(mpp)
