@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,60 +13,16 @@ from typer.testing import CliRunner
 
 from qpbridge.cli import app
 from qpbridge.errors import ModelError, OutputError
-from qpbridge.inference import BlockSegmenter
 from qpbridge.models import build_network, example_card, save_model
-from qpbridge.pipeline import PredictConfig, is_finished, meta_path_for, predict_slide, sample_mask
+from qpbridge.predict import PredictConfig, is_finished, predict_slide
+from qpbridge.predict.segmenter import BlockSegmenter
 from qpbridge.qupath import read_geojson
+from qpbridge.qupath_write import meta_path as meta_path_for
 from qpbridge.validate import validate_geojson
 from tests.conftest import shared_file
 
 runner = CliRunner()
 MODELS = Path(__file__).resolve().parents[1] / "models"
-
-
-class _PlusOne(torch.nn.Module):
-    """An oracle network: logits = input channel 0 + 1 for class 1, 0 elsewhere (so outputs are exact)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(x.shape[0], 2, x.shape[2], x.shape[3])
-        out[:, 1] = x[:, 0] + 1
-        return out
-
-
-def _oracle_segmenter() -> BlockSegmenter:
-    card = SimpleNamespace(
-        role="cell", classes=[0, 1], tile_px=64, overlap_frac=0.25, blend="gaussian", color_space="RGB",
-        norm_mean=(0.0, 0.0, 0.0), norm_std=(1.0, 1.0, 1.0),
-    )
-    return BlockSegmenter(SimpleNamespace(card=card, network=_PlusOne()), batch_size=4)
-
-
-def test_sliding_window_is_exact_and_gated() -> None:
-    rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 256, size=(200, 300, 3), dtype=np.uint8)
-    segmenter = _oracle_segmenter()
-    result = segmenter.predict(rgb)
-    expected = torch.softmax(torch.stack([torch.zeros(200, 300), torch.from_numpy(rgb[..., 0] / 255.0 + 1)]), 0)
-    assert np.allclose(result.probabilities, expected.numpy(), atol=1e-5)
-    assert result.windows_run == 4 * 6 and result.windows_skipped == 0  # stride 48 over 200 x 300
-
-    active = np.zeros((200, 300), dtype=bool)
-    active[10:20, 10:20] = True  # touches only the first window
-    gated = _oracle_segmenter().predict(rgb, active)
-    assert gated.windows_run == 1 and gated.windows_skipped == 23
-    assert np.allclose(gated.probabilities[:, 10:20, 10:20], expected.numpy()[:, 10:20, 10:20], atol=1e-5)
-    far = gated.probabilities[:, 150:, 250:]
-    assert np.allclose(far[0], 1.0) and np.allclose(far[1], 0.0)  # skipped windows say "background"
-
-    nothing = _oracle_segmenter().predict(rgb, np.zeros((200, 300), dtype=bool))
-    assert nothing.windows_run == 0 and nothing.windows_skipped == 24
-
-
-def test_sample_mask_between_grids() -> None:
-    mask = np.zeros((10, 10), dtype=bool)
-    mask[2:4, 5:7] = True  # 8 level-0 px per mask px
-    out = sample_mask(mask, Affine.scale(8), Affine.scale(2), (40, 40))  # 4 out px per mask px
-    assert out.sum() == 8 * 8 and out[8:16, 20:28].all()
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +100,7 @@ def test_no_tissue_gives_empty_collection_and_warning(tmp_path: Path, random_mod
 def test_wrong_role_and_bad_output(
     tmp_path: Path, synth_slide: Path, random_models: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import qpbridge.pipeline as pipeline
+    import qpbridge.predict.pipeline as pipeline
 
     roi, cell = random_models
     with pytest.raises(ModelError, match="is a cell model but a roi model is needed"):
@@ -164,14 +119,14 @@ def test_wrong_role_and_bad_output(
 def test_interrupted_run_leaves_nothing_finished(
     tmp_path: Path, synth_slide: Path, random_models: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import qpbridge.pipeline as pipeline
+    import qpbridge.predict.pipeline as pipeline
 
     out = tmp_path / "x.geojson"
 
     def boom(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "_segment_cells", boom)
+    monkeypatch.setattr(pipeline, "segment_cells", boom)
     with pytest.raises(KeyboardInterrupt):
         predict_slide(synth_slide, out, PredictConfig(model_roi=str(random_models[0]),
                                                       model_cell=str(random_models[1])))
@@ -245,7 +200,7 @@ def test_progress_reports_each_stage_from_its_start(tmp_path: Path, synth_slide:
 def test_precision_option(
     tmp_path: Path, synth_slide: Path, random_models: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import qpbridge.pipeline as pipeline
+    import qpbridge.predict.pipeline as pipeline
 
     out = tmp_path / "x.geojson"
     bad = runner.invoke(app, ["predict", str(synth_slide), "-o", str(out), "--precision", "fp16"])
@@ -263,26 +218,12 @@ def test_precision_option(
     assert json.loads(meta_path_for(out).read_text())["config"]["precision"] == "bf16"
 
 
-@pytest.mark.parametrize(("extent", "tile", "overlap"), [(200, 64, 0.25), (1024, 256, 0.25), (300, 256, 0.5),
-                                                         (100, 256, 0.25), (1000, 256, 0.0), (777, 64, 0.5)])
-def test_window_starts_match_monai(extent: int, tile: int, overlap: float) -> None:
-    """The ROI-saving accounting counts the same windows as MONAI's sliding window lays."""
-    from monai.inferers.utils import _get_scan_interval, dense_patch_slices
-
-    from qpbridge.inference import window_starts
-
-    size = (max(extent, tile), tile)
-    monai_rows = sorted({rows.start for rows, _ in dense_patch_slices(
-        size, (tile, tile), _get_scan_interval(size, (tile, tile), 2, (overlap, overlap)))})
-    assert window_starts(extent, tile, overlap) == monai_rows
-
-
 def test_mean_probability_of_polygons_across_block_seams() -> None:
     """The ledger's mean class probability per polygon equals the mean over the polygon's pixels in the whole
     image, also for polygons merged from pieces of several blocks."""
     import rasterio.features
 
-    from qpbridge.pipeline import _ProbabilityLedger
+    from qpbridge.predict.cells import ProbabilityLedger
     from qpbridge.tiling import BlockGrid
     from qpbridge.vectorize import BlockVectorizer
 
@@ -296,7 +237,7 @@ def test_mean_probability_of_polygons_across_block_seams() -> None:
     affine = Affine.scale(2.0)
     grid = BlockGrid(96, 96, 32)
     vectorizer = BlockVectorizer(grid, affine, labels_to_vectorize=(1, 2))
-    ledger = _ProbabilityLedger()
+    ledger = ProbabilityLedger()
     found = []
     for window in grid.windows():
         block_affine = affine * Affine.translation(window.x_px, window.y_px)
@@ -318,13 +259,13 @@ def test_reading_only_region_boxes_changes_nothing(
 ) -> None:
     """Blocks whose ROI pieces are scattered read only the pieces' boxes: the same output as reading the
     whole box around them (forced here both ways)."""
-    import qpbridge.pipeline as pipeline
+    import qpbridge.predict.cells as cells
 
     roi, cell = _shipped("deepbatch-synth-roi"), _shipped("deepbatch-synth-cell")
     config = PredictConfig(model_roi=str(roi), model_cell=str(cell))
-    monkeypatch.setattr(pipeline, "READ_BOXES_BELOW", 100.0)  # always the boxes
+    monkeypatch.setattr(cells, "READ_BOXES_BELOW", 100.0)  # always the boxes
     boxes = predict_slide(synth_slide, tmp_path / "boxes.geojson", config)
-    monkeypatch.setattr(pipeline, "READ_BOXES_BELOW", 0.0)  # always the whole crop
+    monkeypatch.setattr(cells, "READ_BOXES_BELOW", 0.0)  # always the whole crop
     whole = predict_slide(synth_slide, tmp_path / "whole.geojson", config)
     assert boxes.read_mpx != whole.read_mpx
     assert boxes.network_mpx == whole.network_mpx
@@ -342,8 +283,6 @@ def test_blocks_read_with_a_halo_leave_fewer_seams(
     neighbouring tissue and the class maps agree better than without it."""
     import rasterio.features
     from affine import Affine
-
-    from qpbridge.inference import BlockSegmenter
 
     roi, cell = _shipped("deepbatch-synth-roi"), _shipped("deepbatch-synth-cell")
 
