@@ -339,3 +339,133 @@ def test_a_context_wider_than_half_a_block_still_runs(tmp_path: Path, synth_slid
     assert summary.features_by_class.get("Invasive carcinoma", 0) >= 1 and summary.windows_run > 0
     report = validate_geojson(out)
     assert report.ok and not report.issues
+
+
+def test_predict_slide_is_its_stages_composed(tmp_path: Path) -> None:
+    """predict_slide writes exactly what the stages give when composed by hand (tissue -> ROI -> gate -> cells,
+    marked with the run id): the same GeoJSON bytes, overlay PNG and counters. Both sides run the same code on
+    the same CPU, so this holds on any CPU (a pinned hash of the bytes would not: kernels round differently)."""
+    from qpbridge.models import inference_network, load_model
+    from qpbridge.naming import prediction_properties
+    from qpbridge.predict.cells import CellOptions, segment_cells
+    from qpbridge.predict.overlay import Overlay
+    from qpbridge.predict.pipeline import run_id
+    from qpbridge.predict.roi import RoiGate, detect_roi
+    from qpbridge.predict.segmenter import SegmenterSettings
+    from qpbridge.qupath import GeoJSONWriter
+    from qpbridge.slide import open_slide
+    from qpbridge.synth import write_synthetic_slide
+    from qpbridge.tissue import detect_tissue
+
+    roi_path, cell_path = _shipped("deepbatch-synth-roi"), _shipped("deepbatch-synth-cell")
+    slide_path = tmp_path / "small.svs"
+    write_synthetic_slide(slide_path, width_px=2048, height_px=1536, seed=2)
+    config = PredictConfig(model_roi=str(roi_path), model_cell=str(cell_path), layout="nchw", heatmap=True,
+                           overlay=tmp_path / "composed.png")
+    summary = predict_slide(slide_path, tmp_path / "composed.geojson", config)
+
+    models = [load_model(path, role=role) for path, role in ((roi_path, "roi"), (cell_path, "cell"))]
+    for model in models:
+        model.network = inference_network(model.card, model.network)
+    roi_model, cell_model = models
+    settings = SegmenterSettings(torch.device("cpu"), layout="nchw")
+    features = []
+    with open_slide(slide_path) as slide:
+        tissue = detect_tissue(slide, mpp=config.tissue_mpp)
+        overlay = Overlay(slide, config.overlay_max_px)
+        roi = detect_roi(slide, roi_model, tissue, settings, min_area_um2=config.roi_min_area_um2)
+        features += roi.features
+        overlay.roi = RoiGate(roi.polygons).mask(overlay.affine, overlay.shape)
+        gate = RoiGate(roi.polygons, margin_px=config.roi_margin_um / slide.mpp,
+                       tolerance_px=0.5 * roi_model.card.mpp / slide.mpp)
+        cells = segment_cells(slide, cell_model, tissue, gate, settings, CellOptions(heatmap_um=config.heatmap_um),
+                              emit=features.extend, paint=overlay.paint)
+    overlay.save(tmp_path / "staged.png", {c.label: c.color for c in cell_model.card.classes if c.emit},
+                 roi_model.card.classes[-1].color)
+    marker = prediction_properties(run_id(slide_path, config, models))
+    for feature in features:
+        feature.measurements.update(marker["measurements"])
+        feature.metadata.update(marker["metadata"])
+    colors = {c.name: c.color for model in models for c in model.card.classes}
+    with GeoJSONWriter(tmp_path / "staged.geojson", default_color=colors) as writer:
+        writer.write_many(features)
+
+    assert (tmp_path / "composed.geojson").read_bytes() == (tmp_path / "staged.geojson").read_bytes()
+    assert (tmp_path / "composed.png").read_bytes() == (tmp_path / "staged.png").read_bytes()
+    by_class: dict[str, int] = {}
+    for feature in features:
+        key = "heatmap tiles" if feature.object_type == "tile" else feature.class_name or ""
+        by_class[key] = by_class.get(key, 0) + 1
+    assert summary.features_by_class == by_class and summary.features_written == len(features)
+    assert set(by_class) == {"ROI", "Benign", "In situ carcinoma", "Invasive carcinoma", "heatmap tiles"}
+    assert (summary.roi_windows_run, summary.roi_network_mpx) == (roi.windows_run, roi.pixels_run / 1e6)
+    assert (summary.blocks_total, summary.blocks_read, summary.windows_run, summary.windows_skipped) == (
+        cells.blocks_total, cells.blocks_read, cells.windows_run, cells.windows_skipped)
+    assert (summary.network_mpx, summary.tissue_network_mpx, summary.read_mpx) == (
+        cells.pixels_run / 1e6, cells.tissue_px / 1e6, cells.read_px / 1e6)
+    assert summary.high_mag_saved_frac == 1 - cells.pixels_run / cells.tissue_px
+    assert summary.layouts == {"roi": "nchw", "cell": "nchw"} and cells.windows_run > 0
+
+
+def test_predict_slides_batch(tmp_path: Path, synth_slide: Path, random_models: tuple[Path, Path]) -> None:
+    """The batch: a folder expands to its slides, outputs are named for them, a slide that fails is reported and
+    counted while the others go on, finished outputs are skipped (unless overwrite)."""
+    from qpbridge.errors import InputError, SlideError
+    from qpbridge.predict import predict_slides
+    from qpbridge.predict.pipeline import plan_batch
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    (slides / "a.svs").symlink_to(synth_slide)
+    (slides / "b.svs").write_bytes(b"not a slide")
+    (slides / "notes.txt").write_text("not a slide either")
+    out = tmp_path / "out"
+    out.mkdir()
+    config = PredictConfig(model_roi=str(random_models[0]), roi_only=True)
+    seen: list[tuple[str, str]] = []
+    batch = predict_slides([slides], out, config, report=lambda o: seen.append((o.job.slide.name, o.status)))
+    assert seen == [("a.svs", "done"), ("b.svs", "failed")]
+    assert [o.job.output for o in batch.outcomes] == [out / "a.geojson", out / "b.geojson"]
+    assert (batch.count("done"), batch.count("failed"), batch.count("skipped")) == (1, 1, 0)
+    failed = batch.outcomes[1]
+    assert isinstance(failed.error, SlideError) and str(slides / "b.svs") in str(failed.error)
+    assert is_finished(out / "a.geojson") and not (out / "b.geojson").exists()
+
+    again_batch = predict_slides([slides], out, config)
+    assert [o.status for o in again_batch.outcomes] == ["skipped", "failed"]
+    redone = predict_slides([slides / "a.svs"], out / "a.geojson", config, overwrite=True)
+    assert [o.status for o in redone.outcomes] == ["done"]
+    with pytest.raises(OutputError, match="exists and is finished: use --overwrite to replace it"):
+        predict_slides([slides / "a.svs"], out / "a.geojson", config)  # one slide: raised, not reported
+    with pytest.raises(SlideError):
+        predict_slides([slides / "b.svs"], out / "b.geojson", config)
+
+    with pytest.raises(OutputError, match="looks like a file but several slides were given: give a folder"):
+        plan_batch([slides], out / "all.geojson")
+    with pytest.raises(OutputError, match=f"output folder {tmp_path / 'none'} does not exist: create it first"):
+        plan_batch([slides], tmp_path / "none")
+    with pytest.raises(InputError, match="--overlay takes one slide; several were given"):
+        plan_batch([slides], out, overlay=True)
+    with pytest.raises(InputError, match=f"no slides .* in folder {out}"):
+        plan_batch([out], tmp_path)
+    assert [j.output for j in plan_batch([slides / "a.svs"], out).jobs] == [out / "a.geojson"]
+
+
+def test_cli_batch_reports_each_slide(tmp_path: Path, synth_slide: Path, random_models: tuple[Path, Path]) -> None:
+    """Several slides: one line per slide written (stdout), one error line per slide that failed and the count
+    (stderr, exit 1); run again, the finished slide is skipped."""
+    bad = tmp_path / "bad.svs"
+    bad.write_bytes(b"not a slide")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    args = ["predict", str(synth_slide), str(bad), "-o", str(folder), "--model-roi", str(random_models[0]),
+            "--roi-only"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert result.stdout.startswith(f"{synth_slide} -> {folder / 'seed1.geojson'}: ")
+    errors = result.stderr.strip().splitlines()
+    assert errors[0].startswith(f"error: {bad}: ") and errors[-1] == "1 of 2 slides failed"
+    again = runner.invoke(app, args)
+    assert again.exit_code == 1 and again.stdout == ""
+    unwrapped = " ".join(again.stderr.split())  # the console wraps long lines
+    assert unwrapped.startswith(f"skip {synth_slide}: {folder / 'seed1.geojson'} is finished (use --overwrite")

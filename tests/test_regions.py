@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from affine import Affine
 
 from qpbridge.predict.regions import SPLIT_BELOW, plan_regions, split_piece, window_starts
-from qpbridge.predict.sampling import sample_mask
+from qpbridge.predict.sampling import block_mask, nearest_index, sample_mask
+from qpbridge.tiling import Window
+
+
+def test_planning_and_sampling_import_no_torch() -> None:
+    """regions and sampling (and the package's public face) load without torch: planning is testable alone."""
+    code = ("import sys, qpbridge.predict, qpbridge.predict.regions, qpbridge.predict.sampling; "
+            "print(sorted(m for m in ('torch', 'monai') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def blobs() -> np.ndarray:
@@ -175,3 +187,19 @@ def test_sample_mask_between_grids() -> None:
     mask[2:4, 5:7] = True  # 8 level-0 px per mask px
     out = sample_mask(mask, Affine.scale(8), Affine.scale(2), (40, 40))  # 4 out px per mask px
     assert out.sum() == 8 * 8 and out[8:16, 20:28].all()
+
+
+def test_nearest_index_and_block_mask_between_grids() -> None:
+    # source pixels of 4 level-0 px, output of 2: each source pixel read by two outputs, none past the source
+    out_rows, out_cols, rows, cols = nearest_index((2, 3), Affine.scale(4), Affine.scale(2), (5, 7))
+    assert out_rows.tolist() == [0, 1, 2, 3] and rows.tolist() == [0, 0, 1, 1]
+    assert out_cols.tolist() == [0, 1, 2, 3, 4, 5] and cols.tolist() == [0, 0, 1, 1, 2, 2]
+    # a block (x 4..8, y 0..4 at 2 level-0 px per px) read with a halo (x 2..10, y 0..6): the tissue inside the
+    # block only
+    tissue = np.zeros((4, 4), dtype=bool)
+    tissue[:, 3] = True  # level-0 x 12..16: padded columns 4 and 5 (centres at x 13 and 15)
+    tissue[:, 1] = True  # level-0 x 4..8: padded columns 0 and 1, the halo left of the block: cleared
+    got = block_mask(tissue, Affine.scale(4), Affine.scale(2), Window(4, 0, 4, 4), Window(2, 0, 8, 6))
+    expected = np.zeros((6, 8), dtype=bool)
+    expected[0:4, 4:6] = True
+    assert np.array_equal(got, expected)
