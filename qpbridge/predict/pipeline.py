@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import shapely
 import shapely.affinity
@@ -53,6 +53,7 @@ from qpbridge.slide import SLIDE_SUFFIXES, Slide, has_slide_suffix, open_slide
 from qpbridge.tissue import TissueMask, detect_tissue
 
 __all__ = [
+    "BatchPlan",
     "BatchSummary",
     "SlideJob",
     "SlideOutcome",
@@ -370,7 +371,7 @@ class SlideOutcome:
     or ``failed`` (with the error)."""
 
     job: SlideJob
-    status: str
+    status: Literal["done", "skipped", "failed"]
     summary: PredictSummary | None = None
     error: QpbridgeError | None = None
 
@@ -381,7 +382,7 @@ class BatchSummary:
 
     outcomes: list[SlideOutcome]
 
-    def count(self, status: str) -> int:
+    def count(self, status: Literal["done", "skipped", "failed"]) -> int:
         """How many slides ended ``status`` (done, skipped, failed)."""
         return sum(1 for o in self.outcomes if o.status == status)
 
