@@ -51,7 +51,7 @@ def conv_reference_gflops(
 ) -> float:
     """GFLOP/s of a 64->64 channel 3x3 convolution over a batch of 8 x 256 x 256 in a layout (float32, or
     autocast to ``dtype``)."""
-    from qpbridge.inference import LAYOUTS
+    from qpbridge.predict.segmenter import LAYOUTS
 
     conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).to(device).eval().to(memory_format=LAYOUTS[layout])
     x = torch.randn(8, 64, 256, 256, device=device).contiguous(memory_format=LAYOUTS[layout])
@@ -87,7 +87,7 @@ def pure_forward_seconds(
 ) -> float:
     """Seconds to run ``mpx`` megapixels through the network as batches of tiles (nothing else), in ``layout``
     and ``precision`` (as predict runs it): the median of three rates measured over at least ``min_seconds``."""
-    from qpbridge.inference import LAYOUTS, autocast_dtype
+    from qpbridge.predict.segmenter import LAYOUTS, autocast_dtype
 
     card = model.card  # type: ignore[attr-defined]
     network = model.network.to(memory_format=LAYOUTS[layout])  # type: ignore[attr-defined]
@@ -137,7 +137,7 @@ def peak_rss_mb() -> float:
 
 def child_predict(args: argparse.Namespace) -> None:
     """Run predict once in this process and print its summary and peak RSS as JSON (for the parent)."""
-    from qpbridge.pipeline import PredictConfig, predict_slide
+    from qpbridge.predict import PredictConfig, predict_slide
 
     config = PredictConfig(device=args.device, batch_size=args.batch_size, use_roi=not args.no_roi,
                            model_roi=args.model_roi, model_cell=args.model_cell, precision=args.precision)
@@ -200,7 +200,7 @@ def report_model(label: str, args: argparse.Namespace, slide: Path, device: torc
     print(f"    {label}: {flops / 1e9:.2f} GFLOP per {cell.card.tile_px}px window "
           f"({flops_per_px / 1e3:.1f} GFLOP/MP) at {cell.card.mpp} um/px")
     run = run_child(slide, args.workdir / f"small_{label.split()[0]}.geojson", args)
-    from qpbridge.inference import default_batch_size
+    from qpbridge.predict.segmenter import default_batch_size
 
     batch = args.batch_size or default_batch_size(device)
     roi = load_model(args.model_roi, role="roi", device=device)
@@ -265,7 +265,7 @@ def main() -> None:
     ref = max(refs.values())
     print(f"(1) reference 3x3 conv (8x64x256x256, 64->64): {ref:.1f} GFLOP/s (the faster layout; "
           + ", ".join(f"{k} {v:.0f}" for k, v in refs.items()) + ")")
-    from qpbridge.inference import autocast_dtype, native_bf16
+    from qpbridge.predict.segmenter import autocast_dtype, native_bf16
 
     dtype = autocast_dtype(device, args.precision)
     if dtype is not None:  # the ratios below are to the float32 reference; this one is in predict's precision

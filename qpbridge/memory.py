@@ -7,7 +7,7 @@ Two things made ``predict``'s peak memory grow with the slide even though every 
   ``malloc_trim``) once the process has grown by a slack since the last trim;
 - oneDNN, which runs torch's convolutions on the CPU, caches one compiled primitive per layer and input shape.
   Windows fitted to ROI pieces once came in hundreds of shapes and the caches grew by ~150 MB over an
-  80,000 x 60,000 slide; fitted sides are now rounded to a coarse step (:func:`qpbridge.inference.plan_regions`),
+  80,000 x 60,000 slide; fitted sides are now rounded to a coarse step (:func:`qpbridge.predict.regions.plan_regions`),
   so that slide needs ~150 shapes, and :data:`CACHE_ENV` pins the caches at 1,024 primitives (oneDNN's
   default). A smaller cap (128 was tried) makes every block prepare its kernels again: 25% slower forwards.
   Set before torch is imported (the ``qpbridge`` command does it); the user's own settings win.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,60 +13,16 @@ from typer.testing import CliRunner
 
 from qpbridge.cli import app
 from qpbridge.errors import ModelError, OutputError
-from qpbridge.inference import BlockSegmenter
 from qpbridge.models import build_network, example_card, save_model
-from qpbridge.pipeline import PredictConfig, is_finished, meta_path_for, predict_slide, sample_mask
+from qpbridge.predict import PredictConfig, is_finished, predict_slide
+from qpbridge.predict.segmenter import BlockSegmenter
 from qpbridge.qupath import read_geojson
+from qpbridge.qupath_write import meta_path as meta_path_for
 from qpbridge.validate import validate_geojson
 from tests.conftest import shared_file
 
 runner = CliRunner()
 MODELS = Path(__file__).resolve().parents[1] / "models"
-
-
-class _PlusOne(torch.nn.Module):
-    """An oracle network: logits = input channel 0 + 1 for class 1, 0 elsewhere (so outputs are exact)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(x.shape[0], 2, x.shape[2], x.shape[3])
-        out[:, 1] = x[:, 0] + 1
-        return out
-
-
-def _oracle_segmenter() -> BlockSegmenter:
-    card = SimpleNamespace(
-        role="cell", classes=[0, 1], tile_px=64, overlap_frac=0.25, blend="gaussian", color_space="RGB",
-        norm_mean=(0.0, 0.0, 0.0), norm_std=(1.0, 1.0, 1.0),
-    )
-    return BlockSegmenter(SimpleNamespace(card=card, network=_PlusOne()), batch_size=4)
-
-
-def test_sliding_window_is_exact_and_gated() -> None:
-    rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 256, size=(200, 300, 3), dtype=np.uint8)
-    segmenter = _oracle_segmenter()
-    result = segmenter.predict(rgb)
-    expected = torch.softmax(torch.stack([torch.zeros(200, 300), torch.from_numpy(rgb[..., 0] / 255.0 + 1)]), 0)
-    assert np.allclose(result.probabilities, expected.numpy(), atol=1e-5)
-    assert result.windows_run == 4 * 6 and result.windows_skipped == 0  # stride 48 over 200 x 300
-
-    active = np.zeros((200, 300), dtype=bool)
-    active[10:20, 10:20] = True  # touches only the first window
-    gated = _oracle_segmenter().predict(rgb, active)
-    assert gated.windows_run == 1 and gated.windows_skipped == 23
-    assert np.allclose(gated.probabilities[:, 10:20, 10:20], expected.numpy()[:, 10:20, 10:20], atol=1e-5)
-    far = gated.probabilities[:, 150:, 250:]
-    assert np.allclose(far[0], 1.0) and np.allclose(far[1], 0.0)  # skipped windows say "background"
-
-    nothing = _oracle_segmenter().predict(rgb, np.zeros((200, 300), dtype=bool))
-    assert nothing.windows_run == 0 and nothing.windows_skipped == 24
-
-
-def test_sample_mask_between_grids() -> None:
-    mask = np.zeros((10, 10), dtype=bool)
-    mask[2:4, 5:7] = True  # 8 level-0 px per mask px
-    out = sample_mask(mask, Affine.scale(8), Affine.scale(2), (40, 40))  # 4 out px per mask px
-    assert out.sum() == 8 * 8 and out[8:16, 20:28].all()
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +100,7 @@ def test_no_tissue_gives_empty_collection_and_warning(tmp_path: Path, random_mod
 def test_wrong_role_and_bad_output(
     tmp_path: Path, synth_slide: Path, random_models: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import qpbridge.pipeline as pipeline
+    import qpbridge.predict.pipeline as pipeline
 
     roi, cell = random_models
     with pytest.raises(ModelError, match="is a cell model but a roi model is needed"):
@@ -164,14 +119,14 @@ def test_wrong_role_and_bad_output(
 def test_interrupted_run_leaves_nothing_finished(
     tmp_path: Path, synth_slide: Path, random_models: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import qpbridge.pipeline as pipeline
+    import qpbridge.predict.pipeline as pipeline
 
     out = tmp_path / "x.geojson"
 
     def boom(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "_segment_cells", boom)
+    monkeypatch.setattr(pipeline, "segment_cells", boom)
     with pytest.raises(KeyboardInterrupt):
         predict_slide(synth_slide, out, PredictConfig(model_roi=str(random_models[0]),
                                                       model_cell=str(random_models[1])))
@@ -245,7 +200,7 @@ def test_progress_reports_each_stage_from_its_start(tmp_path: Path, synth_slide:
 def test_precision_option(
     tmp_path: Path, synth_slide: Path, random_models: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import qpbridge.pipeline as pipeline
+    import qpbridge.predict.pipeline as pipeline
 
     out = tmp_path / "x.geojson"
     bad = runner.invoke(app, ["predict", str(synth_slide), "-o", str(out), "--precision", "fp16"])
@@ -263,26 +218,12 @@ def test_precision_option(
     assert json.loads(meta_path_for(out).read_text())["config"]["precision"] == "bf16"
 
 
-@pytest.mark.parametrize(("extent", "tile", "overlap"), [(200, 64, 0.25), (1024, 256, 0.25), (300, 256, 0.5),
-                                                         (100, 256, 0.25), (1000, 256, 0.0), (777, 64, 0.5)])
-def test_window_starts_match_monai(extent: int, tile: int, overlap: float) -> None:
-    """The ROI-saving accounting counts the same windows as MONAI's sliding window lays."""
-    from monai.inferers.utils import _get_scan_interval, dense_patch_slices
-
-    from qpbridge.inference import window_starts
-
-    size = (max(extent, tile), tile)
-    monai_rows = sorted({rows.start for rows, _ in dense_patch_slices(
-        size, (tile, tile), _get_scan_interval(size, (tile, tile), 2, (overlap, overlap)))})
-    assert window_starts(extent, tile, overlap) == monai_rows
-
-
 def test_mean_probability_of_polygons_across_block_seams() -> None:
     """The ledger's mean class probability per polygon equals the mean over the polygon's pixels in the whole
     image, also for polygons merged from pieces of several blocks."""
     import rasterio.features
 
-    from qpbridge.pipeline import _ProbabilityLedger
+    from qpbridge.predict.cells import ProbabilityLedger
     from qpbridge.tiling import BlockGrid
     from qpbridge.vectorize import BlockVectorizer
 
@@ -296,7 +237,7 @@ def test_mean_probability_of_polygons_across_block_seams() -> None:
     affine = Affine.scale(2.0)
     grid = BlockGrid(96, 96, 32)
     vectorizer = BlockVectorizer(grid, affine, labels_to_vectorize=(1, 2))
-    ledger = _ProbabilityLedger()
+    ledger = ProbabilityLedger()
     found = []
     for window in grid.windows():
         block_affine = affine * Affine.translation(window.x_px, window.y_px)
@@ -318,13 +259,13 @@ def test_reading_only_region_boxes_changes_nothing(
 ) -> None:
     """Blocks whose ROI pieces are scattered read only the pieces' boxes: the same output as reading the
     whole box around them (forced here both ways)."""
-    import qpbridge.pipeline as pipeline
+    import qpbridge.predict.cells as cells
 
     roi, cell = _shipped("deepbatch-synth-roi"), _shipped("deepbatch-synth-cell")
     config = PredictConfig(model_roi=str(roi), model_cell=str(cell))
-    monkeypatch.setattr(pipeline, "READ_BOXES_BELOW", 100.0)  # always the boxes
+    monkeypatch.setattr(cells, "READ_BOXES_BELOW", 100.0)  # always the boxes
     boxes = predict_slide(synth_slide, tmp_path / "boxes.geojson", config)
-    monkeypatch.setattr(pipeline, "READ_BOXES_BELOW", 0.0)  # always the whole crop
+    monkeypatch.setattr(cells, "READ_BOXES_BELOW", 0.0)  # always the whole crop
     whole = predict_slide(synth_slide, tmp_path / "whole.geojson", config)
     assert boxes.read_mpx != whole.read_mpx
     assert boxes.network_mpx == whole.network_mpx
@@ -342,8 +283,6 @@ def test_blocks_read_with_a_halo_leave_fewer_seams(
     neighbouring tissue and the class maps agree better than without it."""
     import rasterio.features
     from affine import Affine
-
-    from qpbridge.inference import BlockSegmenter
 
     roi, cell = _shipped("deepbatch-synth-roi"), _shipped("deepbatch-synth-cell")
 
@@ -400,3 +339,133 @@ def test_a_context_wider_than_half_a_block_still_runs(tmp_path: Path, synth_slid
     assert summary.features_by_class.get("Invasive carcinoma", 0) >= 1 and summary.windows_run > 0
     report = validate_geojson(out)
     assert report.ok and not report.issues
+
+
+def test_predict_slide_is_its_stages_composed(tmp_path: Path) -> None:
+    """predict_slide writes exactly what the stages give when composed by hand (tissue -> ROI -> gate -> cells,
+    marked with the run id): the same GeoJSON bytes, overlay PNG and counters. Both sides run the same code on
+    the same CPU, so this holds on any CPU (a pinned hash of the bytes would not: kernels round differently)."""
+    from qpbridge.models import inference_network, load_model
+    from qpbridge.naming import prediction_properties
+    from qpbridge.predict.cells import CellOptions, segment_cells
+    from qpbridge.predict.overlay import Overlay
+    from qpbridge.predict.pipeline import run_id
+    from qpbridge.predict.roi import RoiGate, detect_roi
+    from qpbridge.predict.segmenter import SegmenterSettings
+    from qpbridge.qupath import GeoJSONWriter
+    from qpbridge.slide import open_slide
+    from qpbridge.synth import write_synthetic_slide
+    from qpbridge.tissue import detect_tissue
+
+    roi_path, cell_path = _shipped("deepbatch-synth-roi"), _shipped("deepbatch-synth-cell")
+    slide_path = tmp_path / "small.svs"
+    write_synthetic_slide(slide_path, width_px=2048, height_px=1536, seed=2)
+    config = PredictConfig(model_roi=str(roi_path), model_cell=str(cell_path), layout="nchw", heatmap=True,
+                           overlay=tmp_path / "composed.png")
+    summary = predict_slide(slide_path, tmp_path / "composed.geojson", config)
+
+    models = [load_model(path, role=role) for path, role in ((roi_path, "roi"), (cell_path, "cell"))]
+    for model in models:
+        model.network = inference_network(model.card, model.network)
+    roi_model, cell_model = models
+    settings = SegmenterSettings(torch.device("cpu"), layout="nchw")
+    features = []
+    with open_slide(slide_path) as slide:
+        tissue = detect_tissue(slide, mpp=config.tissue_mpp)
+        overlay = Overlay(slide, config.overlay_max_px)
+        roi = detect_roi(slide, roi_model, tissue, settings, min_area_um2=config.roi_min_area_um2)
+        features += roi.features
+        overlay.roi = RoiGate(roi.polygons).mask(overlay.affine, overlay.shape)
+        gate = RoiGate(roi.polygons, margin_px=config.roi_margin_um / slide.mpp,
+                       tolerance_px=0.5 * roi_model.card.mpp / slide.mpp)
+        cells = segment_cells(slide, cell_model, tissue, gate, settings, CellOptions(heatmap_um=config.heatmap_um),
+                              emit=features.extend, paint=overlay.paint)
+    overlay.save(tmp_path / "staged.png", {c.label: c.color for c in cell_model.card.classes if c.emit},
+                 roi_model.card.classes[-1].color)
+    marker = prediction_properties(run_id(slide_path, config, models))
+    for feature in features:
+        feature.measurements.update(marker["measurements"])
+        feature.metadata.update(marker["metadata"])
+    colors = {c.name: c.color for model in models for c in model.card.classes}
+    with GeoJSONWriter(tmp_path / "staged.geojson", default_color=colors) as writer:
+        writer.write_many(features)
+
+    assert (tmp_path / "composed.geojson").read_bytes() == (tmp_path / "staged.geojson").read_bytes()
+    assert (tmp_path / "composed.png").read_bytes() == (tmp_path / "staged.png").read_bytes()
+    by_class: dict[str, int] = {}
+    for feature in features:
+        key = "heatmap tiles" if feature.object_type == "tile" else feature.class_name or ""
+        by_class[key] = by_class.get(key, 0) + 1
+    assert summary.features_by_class == by_class and summary.features_written == len(features)
+    assert set(by_class) == {"ROI", "Benign", "In situ carcinoma", "Invasive carcinoma", "heatmap tiles"}
+    assert (summary.roi_windows_run, summary.roi_network_mpx) == (roi.windows_run, roi.pixels_run / 1e6)
+    assert (summary.blocks_total, summary.blocks_read, summary.windows_run, summary.windows_skipped) == (
+        cells.blocks_total, cells.blocks_read, cells.windows_run, cells.windows_skipped)
+    assert (summary.network_mpx, summary.tissue_network_mpx, summary.read_mpx) == (
+        cells.pixels_run / 1e6, cells.tissue_px / 1e6, cells.read_px / 1e6)
+    assert summary.high_mag_saved_frac == 1 - cells.pixels_run / cells.tissue_px
+    assert summary.layouts == {"roi": "nchw", "cell": "nchw"} and cells.windows_run > 0
+
+
+def test_predict_slides_batch(tmp_path: Path, synth_slide: Path, random_models: tuple[Path, Path]) -> None:
+    """The batch: a folder expands to its slides, outputs are named for them, a slide that fails is reported and
+    counted while the others go on, finished outputs are skipped (unless overwrite)."""
+    from qpbridge.errors import InputError, SlideError
+    from qpbridge.predict import predict_slides
+    from qpbridge.predict.pipeline import plan_batch
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    (slides / "a.svs").symlink_to(synth_slide)
+    (slides / "b.svs").write_bytes(b"not a slide")
+    (slides / "notes.txt").write_text("not a slide either")
+    out = tmp_path / "out"
+    out.mkdir()
+    config = PredictConfig(model_roi=str(random_models[0]), roi_only=True)
+    seen: list[tuple[str, str]] = []
+    batch = predict_slides([slides], out, config, report=lambda o: seen.append((o.job.slide.name, o.status)))
+    assert seen == [("a.svs", "done"), ("b.svs", "failed")]
+    assert [o.job.output for o in batch.outcomes] == [out / "a.geojson", out / "b.geojson"]
+    assert (batch.count("done"), batch.count("failed"), batch.count("skipped")) == (1, 1, 0)
+    failed = batch.outcomes[1]
+    assert isinstance(failed.error, SlideError) and str(slides / "b.svs") in str(failed.error)
+    assert is_finished(out / "a.geojson") and not (out / "b.geojson").exists()
+
+    again_batch = predict_slides([slides], out, config)
+    assert [o.status for o in again_batch.outcomes] == ["skipped", "failed"]
+    redone = predict_slides([slides / "a.svs"], out / "a.geojson", config, overwrite=True)
+    assert [o.status for o in redone.outcomes] == ["done"]
+    with pytest.raises(OutputError, match="exists and is finished: use --overwrite to replace it"):
+        predict_slides([slides / "a.svs"], out / "a.geojson", config)  # one slide: raised, not reported
+    with pytest.raises(SlideError):
+        predict_slides([slides / "b.svs"], out / "b.geojson", config)
+
+    with pytest.raises(OutputError, match="looks like a file but several slides were given: give a folder"):
+        plan_batch([slides], out / "all.geojson")
+    with pytest.raises(OutputError, match=f"output folder {tmp_path / 'none'} does not exist: create it first"):
+        plan_batch([slides], tmp_path / "none")
+    with pytest.raises(InputError, match="--overlay takes one slide; several were given"):
+        plan_batch([slides], out, overlay=True)
+    with pytest.raises(InputError, match=f"no slides .* in folder {out}"):
+        plan_batch([out], tmp_path)
+    assert [j.output for j in plan_batch([slides / "a.svs"], out).jobs] == [out / "a.geojson"]
+
+
+def test_cli_batch_reports_each_slide(tmp_path: Path, synth_slide: Path, random_models: tuple[Path, Path]) -> None:
+    """Several slides: one line per slide written (stdout), one error line per slide that failed and the count
+    (stderr, exit 1); run again, the finished slide is skipped."""
+    bad = tmp_path / "bad.svs"
+    bad.write_bytes(b"not a slide")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    args = ["predict", str(synth_slide), str(bad), "-o", str(folder), "--model-roi", str(random_models[0]),
+            "--roi-only"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert result.stdout.startswith(f"{synth_slide} -> {folder / 'seed1.geojson'}: ")
+    errors = result.stderr.strip().splitlines()
+    assert errors[0].startswith(f"error: {bad}: ") and errors[-1] == "1 of 2 slides failed"
+    again = runner.invoke(app, args)
+    assert again.exit_code == 1 and again.stdout == ""
+    unwrapped = " ".join(again.stderr.split())  # the console wraps long lines
+    assert unwrapped.startswith(f"skip {synth_slide}: {folder / 'seed1.geojson'} is finished (use --overwrite")

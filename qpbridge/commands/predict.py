@@ -1,8 +1,11 @@
-"""``qpbridge predict SLIDE... -o OUT``: the DeepBatch cascade into QuPath GeoJSON."""
+"""``qpbridge predict SLIDE... -o OUT``: options -> :class:`qpbridge.predict.PredictConfig` ->
+:func:`qpbridge.predict.predict_slides` -> one line per slide (progress bars and messages stay here)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,26 +21,12 @@ from rich.progress import (
 )
 
 from qpbridge.commands._common import err_console, reported_errors, warn
-from qpbridge.errors import InputError, OutputError, QpbridgeError
-from qpbridge.naming import prediction_filename
-from qpbridge.slide import SLIDE_SUFFIXES, has_slide_suffix
 
 if TYPE_CHECKING:  # torch and the pipeline are imported when the command runs, not at CLI start-up
-    from qpbridge.pipeline import PredictConfig
+    from qpbridge.predict import Progress as StageProgress
+    from qpbridge.predict.pipeline import SlideJob, SlideOutcome
 
-
-
-def _expand_slides(slides: list[Path]) -> list[Path]:
-    found: list[Path] = []
-    for path in slides:
-        if path.is_dir():
-            inside = sorted(p for p in path.iterdir() if has_slide_suffix(p) and p.is_file())
-            if not inside:
-                raise InputError(f"no slides ({', '.join(SLIDE_SUFFIXES)}) in folder {path}")
-            found.extend(inside)
-        else:
-            found.append(path)
-    return found
+__all__ = ["register"]
 
 
 def register(app: typer.Typer) -> None:
@@ -88,21 +77,9 @@ def register(app: typer.Typer) -> None:
         overlay: Path | None = typer.Option(None, "--overlay", help="Write a thumbnail PNG with predictions."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace finished outputs."),
     ) -> None:
-        from qpbridge.pipeline import PredictConfig, is_finished
+        from qpbridge.predict import PredictConfig, predict_slides
 
         with reported_errors():
-            paths = _expand_slides(slides)
-            many = len(paths) > 1 or any(p.is_dir() for p in slides)
-            if many:
-                if output.suffix.lower() in (".geojson", ".gz", ".json"):
-                    raise OutputError(f"-o {output} looks like a file but several slides were given: give a folder")
-                if not output.is_dir():
-                    raise OutputError(f"output folder {output} does not exist: create it first")
-                if overlay is not None:
-                    raise InputError("--overlay takes one slide; several were given")
-                targets = [output / prediction_filename(p) for p in paths]
-            else:
-                targets = [output / prediction_filename(paths[0]) if output.is_dir() else output]
             config = PredictConfig(
                 model_roi=model_roi, model_cell=model_cell, mpp=mpp, device=device, batch_size=batch_size,
                 threads=threads, use_roi=not no_roi, roi_only=roi_only, roi_margin_um=roi_margin_um,
@@ -110,29 +87,16 @@ def register(app: typer.Typer) -> None:
                 object_type=object_type, min_area_um2=min_area_um2, simplify_um=simplify_um, heatmap=heatmap,
                 overlay=overlay,
             )
-            config.check()
-            failures = 0
-            for slide_path, target in zip(paths, targets, strict=True):
-                if is_finished(target) and not overwrite:
-                    if not many:
-                        raise OutputError(f"{target} exists and is finished: use --overwrite to replace it")
-                    err_console.print(f"skip {slide_path}: {target} is finished (use --overwrite to redo it)")
-                    continue
-                try:
-                    _predict_one(slide_path, target, config)
-                except QpbridgeError as exc:
-                    if not many:
-                        raise
-                    failures += 1
-                    typer.echo(f"error: {slide_path}: {exc}", err=True)
-            if failures:
-                typer.echo(f"{failures} of {len(paths)} slides failed", err=True)
+            batch = predict_slides(slides, output, config, overwrite=overwrite, progress=_progress_bar, warn=warn,
+                                   report=_report)
+            if failures := batch.count("failed"):
+                typer.echo(f"{failures} of {len(batch.outcomes)} slides failed", err=True)
                 raise typer.Exit(1)
 
 
-def _predict_one(slide_path: Path, target: Path, config: PredictConfig) -> None:
-    from qpbridge.pipeline import predict_slide
-
+@contextmanager
+def _progress_bar(job: SlideJob) -> Iterator[StageProgress]:
+    """A transient progress bar per stage of one slide, with the stage's own rate (windows since it began)."""
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
@@ -143,12 +107,25 @@ def _predict_one(slide_path: Path, target: Path, config: PredictConfig) -> None:
 
         def progress(stage: str, done: int, total: int, windows: int) -> None:
             if stage not in tasks:
-                tasks[stage] = bar.add_task(f"{slide_path.name}: {stage}", total=total, rate="")
+                tasks[stage] = bar.add_task(f"{job.slide.name}: {stage}", total=total, rate="")
                 began[stage] = time.perf_counter()
             elapsed = max(time.perf_counter() - began[stage], 1e-9)
             bar.update(tasks[stage], completed=done, total=total, rate=f"{windows / elapsed:.1f} tiles/s")
 
-        summary = predict_slide(slide_path, target, config, progress=progress, warn=warn)
+        yield progress
+
+
+def _report(outcome: SlideOutcome) -> None:
+    """One line per slide: what it wrote (stdout), or why it was skipped or failed (stderr)."""
+    slide_path, target = outcome.job.slide, outcome.job.output
+    if outcome.status == "skipped":
+        err_console.print(f"skip {slide_path}: {target} is finished (use --overwrite to redo it)")
+        return
+    if outcome.status == "failed":
+        typer.echo(f"error: {slide_path}: {outcome.error}", err=True)
+        return
+    summary = outcome.summary
+    assert summary is not None
     by_class = ", ".join(f"{name} {count}" for name, count in sorted(summary.features_by_class.items())) or "none"
     roi = (f", ROI {summary.roi_fraction_of_tissue:.1%} of tissue" if summary.roi_fraction_of_tissue is not None
            else "")

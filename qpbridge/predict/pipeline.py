@@ -1,0 +1,432 @@
+"""The DeepBatch cascade over slides: the only module that composes the steps.
+
+slide -> tissue & pen mask (thumbnail scale, :mod:`qpbridge.tissue`) -> ROI U-Net (low magnification, over
+tissue only, :mod:`qpbridge.predict.roi`) -> ROI regions, grown by a margin into a gate -> cell U-Net (high
+magnification, MONAI sliding window, block by block, only around the ROI, :mod:`qpbridge.predict.cells`) ->
+polygons (seams merged) -> QuPath GeoJSON, streamed; plus ``<out>.meta.json`` (written last: it marks the run
+finished) and, optionally, a thumbnail overlay (:mod:`qpbridge.predict.overlay`).
+
+Memory is bounded by the block: the high-magnification image is never held whole; the only whole-slide
+arrays are the tissue mask (thumbnail scale) and the overlay thumbnail; the ROI is kept as polygons.
+
+:func:`predict_slides` is the batch over many slides (folders expanded, output names chosen, finished outputs
+skipped, each slide's failure reported and counted); :func:`predict_slide` is one slide.
+
+Example
+-------
+>>> from qpbridge.predict import PredictConfig, predict_slide
+>>> summary = predict_slide("slide.svs", "slide.geojson", PredictConfig())     # doctest: +SKIP
+>>> summary.features_written                                                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import shapely
+import shapely.affinity
+import torch
+
+from qpbridge import __version__
+from qpbridge.atomic import atomic_write_text
+from qpbridge.device import configure_threads, resolve_device
+from qpbridge.errors import InputError, OutputError, QpbridgeError
+from qpbridge.memory import HeapTrimmer
+from qpbridge.models import LoadedModel, inference_network, load_model
+from qpbridge.naming import prediction_filename, prediction_properties
+from qpbridge.predict.cells import CellOptions, CellResult, segment_cells
+from qpbridge.predict.config import PredictConfig, PredictSummary, Progress
+from qpbridge.predict.overlay import Overlay
+from qpbridge.predict.roi import RoiGate, RoiResult, detect_roi
+from qpbridge.predict.segmenter import SegmenterSettings, native_bf16
+from qpbridge.qupath import Feature, GeoJSONWriter
+from qpbridge.qupath_write import meta_path as meta_path_for  # out.geojson -> out.geojson.meta.json
+from qpbridge.slide import SLIDE_SUFFIXES, Slide, has_slide_suffix, open_slide
+from qpbridge.tissue import TissueMask, detect_tissue
+
+__all__ = [
+    "BatchPlan",
+    "BatchSummary",
+    "SlideJob",
+    "SlideOutcome",
+    "expand_slides",
+    "is_finished",
+    "plan_batch",
+    "predict_slide",
+    "predict_slides",
+    "run_id",
+]
+
+
+def is_finished(output: str | os.PathLike[str]) -> bool:
+    """A finished prediction has its GeoJSON and its meta sidecar (written last) and the sidecar says so.
+
+    >>> is_finished("/nonexistent/slide.geojson")
+    False
+    """
+    meta = meta_path_for(output)
+    if not (Path(output).is_file() and meta.is_file()):
+        return False
+    try:
+        return bool(json.loads(meta.read_text()).get("finished"))
+    except (OSError, ValueError):
+        return False
+
+
+def _check_output(output: Path) -> None:
+    folder = output.parent if str(output.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"output folder {folder} does not exist: create it first or choose another -o")
+    if not os.access(folder, os.W_OK):
+        raise OutputError(f"output folder {folder} is not writable: choose another -o")
+    name = output.name.lower()
+    if not (name.endswith(".geojson") or name.endswith(".geojson.gz") or name.endswith(".json")):
+        raise OutputError(f"output {output} must end in .geojson or .geojson.gz (what QuPath imports)")
+
+
+def run_id(slide_path: Path, config: PredictConfig, models: Sequence[LoadedModel]) -> str:
+    """The id every feature of a run carries (16 hex digits): the same slide, options and model weights give
+    the same id, so a re-run marks its predictions alike.
+
+    >>> len(run_id(Path("slide.svs"), PredictConfig(), []))
+    16
+    """
+    digest = hashlib.sha256()
+    digest.update(str(slide_path.resolve()).encode())
+    digest.update(json.dumps(asdict(config), default=str, sort_keys=True).encode())
+    for model in models:
+        digest.update(model.card.weights_sha256.encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class _Models:
+    roi: LoadedModel | None
+    cell: LoadedModel | None
+
+    @property
+    def loaded(self) -> list[LoadedModel]:
+        return [m for m in (self.roi, self.cell) if m is not None]
+
+
+def _load_models(config: PredictConfig, device: torch.device) -> _Models:
+    roi = load_model(config.model_roi, role="roi", device=device) if config.use_roi else None
+    cell = None if config.roi_only else load_model(config.model_cell, role="cell", device=device)
+    models = _Models(roi, cell)
+    for model in models.loaded:
+        model.network = inference_network(model.card, model.network)
+    return models
+
+
+class _Emitter:
+    """Features to the writer: shifted into QuPath's frame, marked as this run's predictions, counted."""
+
+    def __init__(self, writer: GeoJSONWriter, offset_xy_px: tuple[int, int], marker: dict[str, Any]) -> None:
+        self.writer, self.offset_xy_px, self.marker = writer, offset_xy_px, marker
+        self.by_class: dict[str, int] = {}
+
+    def __call__(self, features: list[Feature]) -> None:
+        ox, oy = self.offset_xy_px
+        for feature in features:
+            if (ox, oy) != (0, 0):
+                feature.geometry = shapely.affinity.translate(feature.geometry, -ox, -oy)
+            feature.measurements.update(self.marker["measurements"])
+            feature.metadata.update(self.marker["metadata"])
+            key = "heatmap tiles" if feature.object_type == "tile" else (feature.class_name or "")
+            self.by_class[key] = self.by_class.get(key, 0) + 1
+        self.writer.write_many(features)
+
+
+def _run_stages(
+    slide: Slide, tissue: TissueMask, models: _Models, config: PredictConfig, settings: SegmenterSettings,
+    emit: _Emitter, overlay: Overlay | None, progress: Progress | None, trimmer: HeapTrimmer,
+    timings: dict[str, float],
+) -> tuple[RoiResult | None, CellResult | None]:
+    """ROI -> gate -> cells over a slide with tissue; features go to ``emit`` as the stages make them."""
+    roi = cells = None
+    gate: RoiGate | None = None  # None: the cell model runs over all tissue (--no-roi)
+    if models.roi is not None:
+        clock = time.perf_counter()
+        roi = detect_roi(slide, models.roi, tissue, settings, min_area_um2=config.roi_min_area_um2,
+                         simplify_um=config.simplify_um, progress=progress, trim=trimmer)
+        timings["roi_s"] = time.perf_counter() - clock
+        emit(roi.features)
+        roi.features.clear()  # written: the polygons stay for the gate
+        if overlay is not None:
+            overlay.roi = RoiGate(roi.polygons).mask(overlay.affine, overlay.shape)
+        gate = RoiGate(roi.polygons, margin_px=config.roi_margin_um / slide.mpp,
+                       tolerance_px=0.5 * models.roi.card.mpp / slide.mpp)
+        trimmer.now()  # the ROI stage's and the buffering's temporaries
+    if models.cell is not None:
+        clock = time.perf_counter()
+        options = CellOptions(block_px=config.block_px, object_type=config.object_type,
+                              min_area_um2=config.min_area_um2, simplify_um=config.simplify_um,
+                              heatmap_um=config.heatmap_um if config.heatmap else None)
+        cells = segment_cells(slide, models.cell, tissue, gate, settings, options, emit=emit,
+                              paint=overlay.paint if overlay is not None else None, progress=progress, trim=trimmer)
+        timings["cells_s"] = time.perf_counter() - clock
+    return roi, cells
+
+
+def _save_overlay(overlay: Overlay, path: Path, models: _Models) -> None:
+    class_colors = {c.label: c.color for c in models.cell.card.classes if c.emit} if models.cell else {}
+    roi_color = models.roi.card.classes[-1].color if models.roi else (255, 215, 0)
+    overlay.save(path, class_colors, roi_color)
+
+
+def predict_slide(
+    slide_path: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    config: PredictConfig | None = None,
+    *,
+    progress: Progress | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> PredictSummary:
+    """Run the DeepBatch cascade over one slide and write QuPath GeoJSON (+ ``<output>.meta.json``).
+
+    The GeoJSON is written to a temporary file and renamed when complete; the meta sidecar is written last
+    and marks the run finished, so an interrupted run never looks finished. ``progress`` hears each stage's
+    blocks (:data:`qpbridge.predict.config.Progress`); ``warn`` each warning (also in the summary).
+    """
+    config = config or PredictConfig()
+    config.check()
+    if config.overlay is not None:
+        config = replace(config, overlay=Path(config.overlay))
+    slide_path, output = Path(slide_path), Path(output)
+    _check_output(output)
+    warnings: list[str] = []
+
+    def _warn(message: str) -> None:
+        warnings.append(message)
+        if warn is not None:
+            warn(message)
+
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    device = resolve_device(config.device)
+    threads = configure_threads(config.threads) if device.type == "cpu" else None
+    if config.precision == "bf16" and device.type == "cpu" and not native_bf16():
+        _warn("--precision bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX), so it runs slower than "
+              "fp32; leave --precision out for fp32")
+    models = _load_models(config, device)
+    timings["load_models_s"] = time.perf_counter() - clock
+    settings = SegmenterSettings(device, batch_size=config.batch_size, overlap_frac=config.overlap_frac,
+                                 layout=config.layout, precision=config.precision, context_um=config.context_um,
+                                 max_fit_um=config.max_fit_um)
+
+    with open_slide(slide_path, mpp=config.mpp) as slide:
+        slide_mpp = slide.mpp  # raises a clear error when the slide has no pixel size
+        width, height = slide.dimensions
+        offset = slide.qupath_offset_xy_px
+        run = run_id(slide_path, config, models.loaded)
+
+        clock = time.perf_counter()
+        tissue = detect_tissue(slide, mpp=config.tissue_mpp)
+        timings["tissue_s"] = time.perf_counter() - clock
+        trimmer = HeapTrimmer()  # freed block memory goes back to the system (peak memory flat over slide size)
+        trimmer.now()  # the tissue thumbnail's memory
+        if not tissue.tissue.any():
+            _warn(f"no tissue found in {slide_path}: the output is an empty FeatureCollection")
+
+        overlay = Overlay(slide, config.overlay_max_px) if config.overlay is not None else None
+        colors: dict[str, tuple[int, int, int]] = {}
+        for model in models.loaded:
+            colors.update({c.name: c.color for c in model.card.classes})
+        roi: RoiResult | None = None
+        cells: CellResult | None = None
+        with GeoJSONWriter(output, default_color=colors) as writer:
+            emit = _Emitter(writer, offset, prediction_properties(run))
+            if tissue.tissue.any():
+                roi, cells = _run_stages(slide, tissue, models, config, settings, emit, overlay, progress, trimmer,
+                                         timings)
+        if overlay is not None and config.overlay is not None:
+            _save_overlay(overlay, config.overlay, models)
+
+    timings["total_s"] = sum(timings.values())
+    summary = _summary(slide_path, output, slide_mpp, (width, height), tissue, roi, cells, config,
+                       writer.summary.written, emit.by_class, timings, warnings)
+    _write_meta(output, run, slide_path, config, threads, device, models, offset, summary)
+    return summary
+
+
+def _write_meta(
+    output: Path, run: str, slide_path: Path, config: PredictConfig, threads: int | None, device: torch.device,
+    models: _Models, offset: tuple[int, int], summary: PredictSummary,
+) -> None:
+    """``<output>.meta.json``: provenance, options and the summary; written last, it marks the run finished."""
+    meta = {
+        "qpbridge_version": __version__, "run_id": run, "finished": True,
+        "slide": str(slide_path.resolve()), "config": {k: (str(v) if isinstance(v, Path) else v)
+                                                        for k, v in asdict(config).items()},
+        "threads": threads, "device": str(device),
+        "models": {m.card.role: {"name": m.card.name, "path": str(m.path), "sha256": m.card.weights_sha256,
+                                 "mpp": m.card.mpp} for m in models.loaded},
+        "qupath_offset_xy_px": list(offset), "summary": asdict(summary),
+    }
+    atomic_write_text(meta_path_for(output), json.dumps(meta, indent=2, default=str) + "\n")
+
+
+def _summary(
+    slide_path: Path, output: Path, slide_mpp: float, size_px: tuple[int, int], tissue: TissueMask,
+    roi: RoiResult | None, cells: CellResult | None, config: PredictConfig, written: int, by_class: dict[str, int],
+    timings: dict[str, float], warnings: list[str],
+) -> PredictSummary:
+    """The summary of one slide's run, from what its stages returned."""
+    layouts = {}
+    if roi is not None:
+        layouts["roi"] = roi.layout
+    if cells is not None:
+        layouts["cell"] = cells.layout
+    cell = cells or CellResult()
+    saved = None
+    if config.use_roi and cells is not None and cell.tissue_px:
+        saved = 1.0 - cell.pixels_run / cell.tissue_px
+    return PredictSummary(
+        slide=str(slide_path), output=str(output), slide_mpp=slide_mpp, width_px=size_px[0], height_px=size_px[1],
+        tissue_fraction=tissue.tissue_fraction,
+        roi_fraction_of_tissue=None if roi is None else roi.area_um2 / max(tissue.tissue_area_um2, 1e-9),
+        features_written=written, features_by_class=by_class,
+        blocks_total=cell.blocks_total, blocks_read=cell.blocks_read,
+        blocks_skipped=cell.blocks_total - cell.blocks_read, windows_run=cell.windows_run,
+        windows_skipped=cell.windows_skipped, high_mag_saved_frac=saved, timings_s=timings,
+        forward_s=cell.forward_s, roi_windows_run=roi.windows_run if roi else 0,
+        roi_forward_s=roi.forward_s if roi else 0.0,
+        read_mpx=cell.read_px / 1e6, network_mpx=cell.pixels_run / 1e6, tissue_network_mpx=cell.tissue_px / 1e6,
+        roi_network_mpx=(roi.pixels_run if roi else 0) / 1e6, layouts=layouts, warnings=warnings,
+    )
+
+
+# ------------------------------------------------------------------------------------------- many slides
+@dataclass(frozen=True)
+class SlideJob:
+    """One slide of a batch and the GeoJSON it writes."""
+
+    slide: Path
+    output: Path
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """The slides of a batch; ``several``: several slides (or a folder) were given, so outputs go into a folder
+    and a slide's failure or finished output is reported, not raised."""
+
+    jobs: list[SlideJob]
+    several: bool
+
+
+def expand_slides(slides: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Slide paths, each folder replaced by the slides in it (sorted; slide suffixes of
+    :data:`qpbridge.slide.SLIDE_SUFFIXES`).
+
+    >>> expand_slides(["a.svs", "b.ndpi"])
+    [PosixPath('a.svs'), PosixPath('b.ndpi')]
+    """
+    found: list[Path] = []
+    for path in map(Path, slides):
+        if path.is_dir():
+            inside = sorted(p for p in path.iterdir() if has_slide_suffix(p) and p.is_file())
+            if not inside:
+                raise InputError(f"no slides ({', '.join(SLIDE_SUFFIXES)}) in folder {path}")
+            found.extend(inside)
+        else:
+            found.append(path)
+    return found
+
+
+def plan_batch(
+    slides: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str], *, overlay: bool = False
+) -> BatchPlan:
+    """Which slide writes which file: one slide writes ``output`` (or ``<image name>.geojson`` into it when it
+    is a folder); several slides, or a folder, write ``<image name>.geojson`` into the folder ``output``.
+
+    >>> plan_batch(["slide.svs"], "slide.geojson").jobs
+    [SlideJob(slide=PosixPath('slide.svs'), output=PosixPath('slide.geojson'))]
+    """
+    paths, output = expand_slides(slides), Path(output)
+    several = len(paths) > 1 or any(Path(p).is_dir() for p in slides)
+    if several:
+        if output.suffix.lower() in (".geojson", ".gz", ".json"):
+            raise OutputError(f"-o {output} looks like a file but several slides were given: give a folder")
+        if not output.is_dir():
+            raise OutputError(f"output folder {output} does not exist: create it first")
+        if overlay:
+            raise InputError("--overlay takes one slide; several were given")
+        targets = [output / prediction_filename(p) for p in paths]
+    else:
+        targets = [output / prediction_filename(paths[0]) if output.is_dir() else output]
+    return BatchPlan([SlideJob(p, t) for p, t in zip(paths, targets, strict=True)], several)
+
+
+@dataclass
+class SlideOutcome:
+    """What became of one slide of a batch: ``done`` (with its summary), ``skipped`` (its output was finished)
+    or ``failed`` (with the error)."""
+
+    job: SlideJob
+    status: Literal["done", "skipped", "failed"]
+    summary: PredictSummary | None = None
+    error: QpbridgeError | None = None
+
+
+@dataclass
+class BatchSummary:
+    """The outcomes of a batch, in slide order."""
+
+    outcomes: list[SlideOutcome]
+
+    def count(self, status: Literal["done", "skipped", "failed"]) -> int:
+        """How many slides ended ``status`` (done, skipped, failed)."""
+        return sum(1 for o in self.outcomes if o.status == status)
+
+
+def predict_slides(
+    slides: Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    config: PredictConfig | None = None,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[SlideJob], AbstractContextManager[Progress | None]] | None = None,
+    warn: Callable[[str], None] | None = None,
+    report: Callable[[SlideOutcome], None] | None = None,
+) -> BatchSummary:
+    """Run :func:`predict_slide` over slides and folders of slides (see :func:`plan_batch` for the outputs).
+
+    Finished outputs are skipped unless ``overwrite``; with several slides, a slide's :class:`QpbridgeError`
+    is reported and counted and the batch goes on (with one slide, both raise). ``progress`` opens, per slide,
+    the context of that slide's progress callback (the CLI's progress bar); ``report`` hears each outcome as
+    it happens.
+
+    >>> batch = predict_slides(["slides/"], "predictions/", report=print)            # doctest: +SKIP
+    >>> batch.count("failed")                                                         # doctest: +SKIP
+    0
+    """
+    config = config or PredictConfig()
+    plan = plan_batch(slides, output, overlay=config.overlay is not None)
+    config.check()
+    outcomes: list[SlideOutcome] = []
+    for job in plan.jobs:
+        if is_finished(job.output) and not overwrite:
+            if not plan.several:
+                raise OutputError(f"{job.output} exists and is finished: use --overwrite to replace it")
+            outcome = SlideOutcome(job, "skipped")
+        else:
+            try:
+                with progress(job) if progress is not None else nullcontext(None) as stage_progress:
+                    summary = predict_slide(job.slide, job.output, config, progress=stage_progress, warn=warn)
+                outcome = SlideOutcome(job, "done", summary=summary)
+            except QpbridgeError as exc:
+                if not plan.several:
+                    raise
+                outcome = SlideOutcome(job, "failed", error=exc)
+        outcomes.append(outcome)
+        if report is not None:
+            report(outcome)
+    return BatchSummary(outcomes)
