@@ -79,6 +79,7 @@ def test_region_types_holes_classes_and_colours(tmp_path: Path) -> None:
         (5, "arrow (a line, not an area)"), (6, "ruler (a line, not an area)"),
         (7, "polygon with 2 distinct vertices (an area needs 3)"),
     ]
+    assert f"{path}: 1 x negative region(s) (NegativeROA=1) cut out of the regions they overlap" in result.warnings
     assert f"{path}: 1 x arrow region(s) skipped (lines, not areas)" in result.warnings
     assert f"{path}: 1 x ruler region(s) skipped (lines, not areas)" in result.warnings
     assert (f"{path}: region 7 (annotation 0, Region Id 8): skipped: polygon with 2 distinct vertices (an area "

@@ -196,7 +196,7 @@ def read_annotations(
     format: str | None = None,
     slide_size_px: tuple[int, int] | None = None,
     **options: Any,
-) -> ReadResult:
+) -> FormatResult:
     """Read the annotations of any format in :data:`FORMATS` as QuPath features.
 
     Parameters
@@ -214,9 +214,9 @@ def read_annotations(
 
     Returns
     -------
-    ReadResult
-        A :class:`~qpbridge.formats.common.FormatResult` (``format_name``, ``mpp``) for every format; for
-        GeoJSON the result of :func:`qpbridge.qupath.read_geojson` wrapped likewise.
+    FormatResult
+        A :class:`qpbridge.qupath.ReadResult` that also says ``format_name`` and ``mpp``; for GeoJSON the
+        result of :func:`qpbridge.qupath.read_geojson`, wrapped.
     """
     name = format if format is not None else detect_format(path)
     info = format_info(name)

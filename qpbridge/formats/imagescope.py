@@ -242,8 +242,8 @@ def _region(elem: ET.Element, index: int, layer: _Layer, collector: FeatureColle
 
 
 def _finish_layer(layer: _Layer, collector: FeatureCollector, object_type: str) -> None:
-    geoms, n_cut, unused = subtract_exclusions([g for _, _, g, _ in layer.positive], [g for _, _, g in layer.negative])
-    if layer.negative:
+    geoms, _, unused = subtract_exclusions([g for _, _, g, _ in layer.positive], [g for _, _, g in layer.negative])
+    for _ in range(len(layer.negative) - len(unused)):
         collector.note("negative region(s) (NegativeROA=1) cut out of the regions they overlap")
     for k in unused:
         index, label, _ = layer.negative[k]

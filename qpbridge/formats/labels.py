@@ -47,7 +47,7 @@ from PIL import Image
 
 from qpbridge.atomic import atomic_path
 from qpbridge.errors import FormatError, InputError
-from qpbridge.formats.common import FeatureCollector, FormatResult, FormatWriteSummary, check_choice
+from qpbridge.formats.common import UNCLASSIFIED, FeatureCollector, FormatResult, FormatWriteSummary, check_choice
 from qpbridge.qupath import OBJECT_TYPES, Feature
 from qpbridge.rasterize import polygon_dicts, rasterize_shapes
 from qpbridge.vectorize import vectorize_mask
@@ -420,7 +420,7 @@ def rasterize_labels(
         values: list[int] = []
         unknown: dict[str, int] = {}
         for feature in areas:
-            name = "Unclassified" if feature.class_name is None else feature.class_name
+            name = UNCLASSIFIED if feature.class_name is None else feature.class_name
             if class_map is not None:
                 value = class_map.get(name)
             else:
