@@ -131,6 +131,8 @@ def test_read_annotations_dispatches_by_content(files: dict[str, Path]) -> None:
     assert mapped.features[0].class_name == "Tumor"
     as_class = read_annotations(files["png"], kind="class", class_map={1: "Tumor"})
     assert as_class.features[0].class_name == "Tumor" and as_class.format_name == "labels"
+    for name in ("asap", "imagescope", "dsa", "collection", "png"):  # what validate passes, whatever the format
+        assert read_annotations(files[name], on_nonfinite="skip").features
     forced = read_annotations(files["asap"], format="asap", exclusion_groups=())
     assert forced.features[0].class_name == "_0"
 

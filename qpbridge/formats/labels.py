@@ -320,12 +320,16 @@ def read_label_image(
     split_regions: bool = False,
     on_unknown: str = "raise",
     slide_size_px: tuple[int, int] | None = None,
+    on_nonfinite: str = "raise",
 ) -> FormatResult:
     """Read a label image into features (see :func:`labels_to_features` for ``kind`` and the class options).
 
     Where the label pixels lie at level 0: ``affine`` if given; else, when ``slide_mpp`` (the slide's level-0
     um/px) is given, the label image's um/px (``mpp``, else the file's resolution) scaled to it, shifted by
     ``offset_px``; else the label image is taken to be at level 0 (shifted by ``offset_px``).
+
+    ``on_nonfinite`` is accepted as by the other readers (``"raise"``/``"skip"``); a label image has no
+    coordinates that could be NaN.
 
     Raises
     ------
@@ -345,6 +349,7 @@ def read_label_image(
     >>> r.features[0].class_name, r.features[0].geometry.area, r.mpp
     ('Tumor', 48.0, 0.5)
     """
+    check_choice("on_nonfinite", on_nonfinite, ("raise", "skip"))
     arr, file_mpp = load_label_image(path, threshold=threshold)
     if affine is not None:
         if mpp is not None or slide_mpp is not None or tuple(offset_px) != (0.0, 0.0):
