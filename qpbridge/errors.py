@@ -33,3 +33,8 @@ class ModelError(QpbridgeError):
 
 class OutputError(QpbridgeError):
     """An output that cannot be written (missing or read-only folder, existing file without --overwrite)."""
+
+
+class FormatError(GeoJSONError):
+    """An annotation file of another format (ASAP XML, ImageScope XML, DSA JSON, a label image) that cannot be
+    read or written; a :class:`GeoJSONError` so that code reading "annotations" catches both alike."""
