@@ -27,11 +27,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from qpbridge.errors import OutputError
+
 __all__ = [
+    "OutputLocked",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
     "commit",
+    "output_lock",
+    "remove_stale_temporaries",
     "temporaries_of",
     "temporary_path",
 ]
@@ -102,3 +107,71 @@ def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> None:
 def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:
     """Write UTF-8 ``text`` to ``target`` atomically (newlines written as given)."""
     atomic_write_bytes(target, text.encode("utf-8"))
+
+
+class OutputLocked(OutputError):
+    """Another process holds the lock of an output (it is writing it now)."""
+
+
+def _lock_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.lock")
+
+
+@contextmanager
+def output_lock(target: str | os.PathLike[str], what: str = "qpbridge") -> Iterator[None]:
+    """Hold an exclusive lock on ``target`` (a hidden ``.<name>.lock`` beside it) while writing it.
+
+    A second writer of the same output fails at once with :class:`OutputLocked`, naming the process that holds
+    it; the lock goes with the process (``flock``), so a killed run never leaves it held. On systems without
+    ``fcntl`` the lock is a no-op.
+
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "slide.geojson"
+    >>> with output_lock(out):
+    ...     with output_lock(out):  # doctest: +ELLIPSIS
+    ...         pass
+    Traceback (most recent call last):
+    ...
+    qpbridge.atomic.OutputLocked: ...slide.geojson is being written by another qpbridge run (pid ...): wait for ...
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (not POSIX)
+        yield
+        return
+    target = Path(target)
+    lock = _lock_path(target)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise OutputLocked(f"{target} is being written by another {what} run (pid {holder}): wait for it to "
+                               "finish, or choose another output") from None
+        try:  # the holder before us may have removed the file after we opened it: lock the one that is there
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def remove_stale_temporaries(*targets: str | os.PathLike[str]) -> int:
+    """Remove the temporaries a killed run left beside ``targets``; call it while holding their
+    :func:`output_lock` (then no live writer owns them). Returns how many were removed."""
+    removed = 0
+    for target in targets:
+        for tmp in temporaries_of(target):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed

@@ -62,7 +62,7 @@ def _qupath_feature(geometry: object, class_name: str, color: list[int], object_
 def pathologist(predicted: Path, truth: Path, corrected: Path) -> dict[str, float]:
     """Relabel the largest Benign region to invasive, delete the largest in situ region, draw a missed region."""
     features = json.loads(predicted.read_text())["features"]
-    detections = [f for f in features if f["properties"]["objectType"] == "detection"]
+    detections = [f for f in features if f["properties"]["classification"]["name"] != "ROI"]  # the class regions
 
     def largest(name: str) -> dict:
         candidates = [f for f in detections if f["properties"]["classification"]["name"] == name]

@@ -59,7 +59,7 @@ def test_predict_shipped_models_on_held_out_slide(tmp_path: Path) -> None:
     report = validate_geojson(out)
     assert report.ok and not report.issues, report.lines(10)
     features = read_geojson(out).features
-    assert {f.object_type for f in features} == {"annotation", "detection"}
+    assert {f.object_type for f in features} == {"annotation"}  # class regions are annotations by default
     assert all("qpbridge prediction" in f.measurements for f in features)
     assert all(0 < f.measurements.get("Mean probability", 0.5) <= 1 for f in features)
     assert summary.windows_run > 0 and summary.high_mag_saved_frac is not None and summary.high_mag_saved_frac > 0.3
@@ -289,7 +289,7 @@ def test_blocks_read_with_a_halo_leave_fewer_seams(
     def class_map(block_px: int, name: str) -> np.ndarray:
         out = tmp_path / f"{name}_{block_px}.geojson"
         predict_slide(synth_slide, out, PredictConfig(model_roi=str(roi), model_cell=str(cell), block_px=block_px))
-        features = [f for f in read_geojson(out).features if f.object_type == "detection"]
+        features = [f for f in read_geojson(out).features if f.class_name != "ROI"]
         names = sorted({f.class_name or "" for f in features})
         image = np.zeros((1125, 1500), dtype=np.uint8)  # 4 level-0 px per pixel
         for label, class_name in enumerate(names, start=1):
@@ -385,7 +385,8 @@ def test_predict_slide_is_its_stages_composed(tmp_path: Path) -> None:
     marker = prediction_properties(run_id(slide_path, config, models))
     for feature in features:
         feature.measurements.update(marker["measurements"])
-        feature.metadata.update(marker["metadata"])
+        if feature.object_type == "annotation":  # never on detections and tiles (QuPath 0.5 logs each)
+            feature.metadata.update(marker["metadata"])
     colors = {c.name: c.color for model in models for c in model.card.classes}
     with GeoJSONWriter(tmp_path / "staged.geojson", default_color=colors) as writer:
         writer.write_many(features)

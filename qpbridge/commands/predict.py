@@ -36,8 +36,8 @@ def register(app: typer.Typer) -> None:
         "predict",
         help=(
             "Run the DeepBatch cascade (tissue -> ROI U-Net -> cell U-Net inside the ROI) over slides and write "
-            "QuPath GeoJSON: ROI regions as annotations, class regions as detections, with area and mean "
-            "probability; provenance and timings go to <out>.meta.json.\n\n"
+            "QuPath GeoJSON: ROI and class regions as annotations (the objects a pathologist reshapes), with area "
+            "and mean probability; provenance and timings go to <out>.meta.json.\n\n"
             "One slide writes the file given by -o; several slides (or a folder) write <image name>.geojson into "
             "the folder given by -o, skipping slides whose finished output exists (unless --overwrite).\n\n"
             "Examples:\n\n"
@@ -70,7 +70,10 @@ def register(app: typer.Typer) -> None:
             help="Forward pass precision: auto (fp16 on a GPU, fp32 on a CPU), fp32, or bf16 (bfloat16: forward "
                  "passes 1.2-1.5x faster on CPUs with AVX512-BF16 or AMX, slower on others; outputs differ "
                  "slightly from fp32)."),
-        object_type: str = typer.Option("detection", "--object-type", help="detection or annotation."),
+        object_type: str = typer.Option(
+            "annotation", "--object-type",
+            help="QuPath object type of the class regions: annotation (editable with the brush and wand tools) or "
+                 "detection (lighter for very many regions)."),
         min_area_um2: float = typer.Option(20.0, "--min-area-um2", help="Drop class regions smaller than this."),
         simplify_um: float = typer.Option(0.0, "--simplify-um", help="Simplify outlines (tolerance in um)."),
         heatmap: bool = typer.Option(False, "--heatmap", help="Also write tiles with class probabilities."),

@@ -156,7 +156,7 @@ class CellOptions:
     #: block side in pixels at the cell model's um/px, with its context on both sides (a block of tissue and
     #: its context then fills a whole number of the card's sliding windows)
     block_px: int = 1024
-    object_type: str = "detection"  #: QuPath object type of the class regions
+    object_type: str = "annotation"  #: QuPath object type of the class regions
     min_area_um2: float = 20.0  #: class regions smaller than this are dropped
     simplify_um: float = 0.0  #: outline simplification tolerance
     heatmap_um: float | None = None  #: side of the heat-map tiles (None: no heat map)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qpbridge.errors import InputError
-from qpbridge.slide import check_mpp
+from qpbridge.slide import check_slide_mpp
 from qpbridge.tissue import DEFAULT_TISSUE_MPP
 
 __all__ = [
@@ -74,7 +74,9 @@ class PredictConfig:
     layout: str = "auto"  #: network memory layout: auto (timed), nchw or channels_last
     precision: str = "auto"  #: forward pass precision: auto (fp16 on a GPU, fp32 on a CPU), fp32 or bf16
     overlap_frac: float | None = None  #: override the cards' sliding-window overlap
-    object_type: str = "detection"  #: QuPath object type of the cell-level class regions
+    #: QuPath object type of the class regions: annotations by default (tens to hundreds per slide, which the
+    #: brush and wand tools reshape: what a pathologist corrects), detections on request
+    object_type: str = "annotation"
     min_area_um2: float = 20.0
     simplify_um: float = 0.0
     heatmap: bool = False
@@ -85,7 +87,7 @@ class PredictConfig:
     def check(self) -> None:
         """Raise :class:`InputError` for out-of-range options."""
         if self.mpp is not None:
-            check_mpp(self.mpp)
+            check_slide_mpp(self.mpp)
         if self.roi_only and not self.use_roi:
             raise InputError("--roi-only and --no-roi exclude each other: choose one")
         if self.object_type not in ("detection", "annotation"):
@@ -94,6 +96,10 @@ class PredictConfig:
                             ("--roi-margin-um", self.roi_margin_um), ("--roi-min-area-um2", self.roi_min_area_um2)):
             if not math.isfinite(value) or value < 0:
                 raise InputError(f"{name} must be >= 0, got {value}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"--threads must be >= 1, got {self.threads}")
         if self.block_px < 256:
             raise InputError(f"--block-px must be >= 256, got {self.block_px}")
         if not math.isfinite(self.context_um) or self.context_um < 0:

@@ -36,7 +36,7 @@ import shapely.affinity
 import torch
 
 from qpbridge import __version__
-from qpbridge.atomic import atomic_write_text
+from qpbridge.atomic import atomic_write_text, output_lock, remove_stale_temporaries
 from qpbridge.device import configure_threads, resolve_device
 from qpbridge.errors import InputError, OutputError, QpbridgeError
 from qpbridge.memory import HeapTrimmer
@@ -67,21 +67,28 @@ __all__ = [
 
 
 def is_finished(output: str | os.PathLike[str]) -> bool:
-    """A finished prediction has its GeoJSON and its meta sidecar (written last) and the sidecar says so.
+    """A finished prediction is one fact: its meta sidecar (written last) says ``finished`` and records the size
+    of the GeoJSON beside it, which matches. A GeoJSON without its sidecar (a run killed between the two), or
+    beside the sidecar of another run, is not finished; ``import_predictions.groovy`` applies the same rule.
 
     >>> is_finished("/nonexistent/slide.geojson")
     False
     """
     meta = meta_path_for(output)
-    if not (Path(output).is_file() and meta.is_file()):
-        return False
     try:
-        return bool(json.loads(meta.read_text()).get("finished"))
+        record = json.loads(meta.read_text())
+        size = Path(output).stat().st_size
     except (OSError, ValueError):
         return False
+    if not isinstance(record, dict) or record.get("finished") is not True:
+        return False
+    return record.get("geojson_bytes") in (None, size)
 
 
-def _check_output(output: Path) -> None:
+def _check_output(output: Path, overlay: Path | None) -> None:
+    if overlay is not None and {overlay.resolve()} & {output.resolve(), meta_path_for(output).resolve()}:
+        raise InputError(f"--overlay {overlay} is the output itself: give the overlay its own name, e.g. "
+                         f"{output.name.split('.')[0]}.overlay.png")
     folder = output.parent if str(output.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"output folder {folder} does not exist: create it first or choose another -o")
@@ -139,7 +146,8 @@ class _Emitter:
             if (ox, oy) != (0, 0):
                 feature.geometry = shapely.affinity.translate(feature.geometry, -ox, -oy)
             feature.measurements.update(self.marker["measurements"])
-            feature.metadata.update(self.marker["metadata"])
+            if feature.object_type == "annotation":  # QuPath 0.5 logs a stack trace per detection with metadata
+                feature.metadata.update(self.marker["metadata"])
             key = "heatmap tiles" if feature.object_type == "tile" else (feature.class_name or "")
             self.by_class[key] = self.by_class.get(key, 0) + 1
         self.writer.write_many(features)
@@ -192,16 +200,28 @@ def predict_slide(
 ) -> PredictSummary:
     """Run the DeepBatch cascade over one slide and write QuPath GeoJSON (+ ``<output>.meta.json``).
 
-    The GeoJSON is written to a temporary file and renamed when complete; the meta sidecar is written last
-    and marks the run finished, so an interrupted run never looks finished. ``progress`` hears each stage's
-    blocks (:data:`qpbridge.predict.config.Progress`); ``warn`` each warning (also in the summary).
+    The GeoJSON is written to a temporary file and renamed when complete; the meta sidecar is written last,
+    records the GeoJSON's size and marks the run finished (:func:`is_finished`), so an interrupted run never
+    looks finished. The output is locked while the run writes it: a second run on the same output fails at
+    once (:class:`qpbridge.atomic.OutputLocked`); temporaries a killed run left are removed. ``progress`` hears
+    each stage's blocks (:data:`qpbridge.predict.config.Progress`); ``warn`` each warning (also in the summary).
     """
     config = config or PredictConfig()
     config.check()
     if config.overlay is not None:
         config = replace(config, overlay=Path(config.overlay))
     slide_path, output = Path(slide_path), Path(output)
-    _check_output(output)
+    _check_output(output, config.overlay)
+    with output_lock(output, "qpbridge predict"):
+        # Under the lock no live run writes these: what a killed run left is removed.
+        remove_stale_temporaries(output, meta_path_for(output), *([config.overlay] if config.overlay else []))
+        return _predict_locked(slide_path, output, config, progress, warn)
+
+
+def _predict_locked(
+    slide_path: Path, output: Path, config: PredictConfig, progress: Progress | None,
+    warn: Callable[[str], None] | None,
+) -> PredictSummary:
     warnings: list[str] = []
 
     def _warn(message: str) -> None:
@@ -247,6 +267,7 @@ def predict_slide(
             if tissue.tissue.any():
                 roi, cells = _run_stages(slide, tissue, models, config, settings, emit, overlay, progress, trimmer,
                                          timings)
+            meta_path_for(output).unlink(missing_ok=True)  # an earlier run's output stops being finished now
         if overlay is not None and config.overlay is not None:
             _save_overlay(overlay, config.overlay, models)
 
@@ -269,7 +290,7 @@ def _write_meta(
         "threads": threads, "device": str(device),
         "models": {m.card.role: {"name": m.card.name, "path": str(m.path), "sha256": m.card.weights_sha256,
                                  "mpp": m.card.mpp} for m in models.loaded},
-        "qupath_offset_xy_px": list(offset), "summary": asdict(summary),
+        "qupath_offset_xy_px": list(offset), "geojson_bytes": output.stat().st_size, "summary": asdict(summary),
     }
     atomic_write_text(meta_path_for(output), json.dumps(meta, indent=2, default=str) + "\n")
 
