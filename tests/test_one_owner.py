@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qpbridge import dataset, device, models, naming, slide, tissue, train
+from qpbridge import device, models, naming, slide, tiles, tissue, train
 from qpbridge.errors import InputError
+from qpbridge.tiles import config as tile_config
 
 
 def test_train_and_predict_parse_device_alike() -> None:
@@ -20,9 +21,9 @@ def test_train_and_predict_parse_device_alike() -> None:
 
 
 def test_one_default_tissue_mpp() -> None:
-    # 8.0 in tissue.py and 16.0 in dataset.py under one name.
-    assert dataset.DEFAULT_TISSUE_MPP is tissue.DEFAULT_TISSUE_MPP
-    assert dataset.MaskConfig().tissue_mpp == tissue.DEFAULT_TISSUE_MPP == 8.0
+    # 8.0 in tissue.py and 16.0 in dataset.py (now qpbridge.tiles) under one name.
+    assert tile_config.DEFAULT_TISSUE_MPP is tissue.DEFAULT_TISSUE_MPP
+    assert tiles.MaskConfig().tissue_mpp == tissue.DEFAULT_TISSUE_MPP == 8.0
 
 
 def test_image_names_strip_every_format_slides_open() -> None:
@@ -38,4 +39,4 @@ def test_image_names_strip_every_format_slides_open() -> None:
 def test_one_default_intended_use_and_dataset_format() -> None:
     assert train.DEFAULT_INTENDED_USE is models.DEFAULT_INTENDED_USE
     assert "not for diagnosis" in models.DEFAULT_INTENDED_USE
-    assert train.DATASET_FORMAT is dataset.DATASET_FORMAT
+    assert train.DATASET_FORMAT is tiles.DATASET_FORMAT
