@@ -502,30 +502,8 @@ def card_from_dict(raw: Any, source: str = "<card>") -> ModelCard:
     intended_use = f.text(
         f.get(raw, "intended_use", "intended_use", "what the model is for and not for"), "intended_use"
     )
-    weights = f.obj(
-        f.get(raw, "weights", "weights", '{"file": ..., "sha256": ...}'),
-        "weights",
-        '{"file": "weights.safetensors", "sha256": "<64 hex digits>"}',
-    )
-    weights_file = f.text(f.get(weights, "file", "weights.file", "the weights' file name"), "weights.file")
-    if weights_file.lower().endswith(PICKLE_SUFFIXES):
-        raise ModelError(
-            f"model card {source}: field 'weights.file' is {weights_file!r}: pickled checkpoints "
-            "are not loaded; convert to safetensors"
-        )
-    if Path(weights_file).name != weights_file or not weights_file.endswith(".safetensors"):
-        raise f.fail("weights.file", weights_file, "a .safetensors file name inside the model directory")
-    sha = f.get(weights, "sha256", "weights.sha256", "the weights' sha256")
-    if not isinstance(sha, str) or not _SHA256.match(sha):
-        raise f.fail("weights.sha256", sha, "64 lower-case hex digits")
-    threshold_raw = raw.get("threshold")
-    threshold: float | None = None
-    if role == "roi":
-        if threshold_raw is None:
-            raise f.missing("threshold", "a roi model's probability threshold, 0 < x < 1")
-        threshold = f.number(threshold_raw, "threshold", "a probability 0 < x < 1", low=0.0, high=1.0)
-    elif threshold_raw is not None:
-        threshold = f.number(threshold_raw, "threshold", "a probability 0 < x < 1, or null", low=0.0, high=1.0)
+    weights_file, sha = _parse_weights(f.get(raw, "weights", "weights", '{"file": ..., "sha256": ...}'), f)
+    threshold = _parse_threshold(raw.get("threshold"), role, f)
     description = f.text(raw.get("description", ""), "description", allow_empty=True)
     training = f.obj(raw.get("training", {}), "training", "an object")
     metrics = f.obj(raw.get("metrics", {}), "metrics", "an object")
@@ -553,6 +531,34 @@ def card_from_dict(raw: Any, source: str = "<card>") -> ModelCard:
     )
     _check_consistency(card, f)
     return card
+
+
+def _parse_weights(raw: Any, f: _Fields) -> tuple[str, str]:
+    """The weights' file name (a .safetensors file beside the card, never a pickle) and sha256."""
+    weights = f.obj(raw, "weights", '{"file": "weights.safetensors", "sha256": "<64 hex digits>"}')
+    weights_file = f.text(f.get(weights, "file", "weights.file", "the weights' file name"), "weights.file")
+    if weights_file.lower().endswith(PICKLE_SUFFIXES):
+        raise ModelError(
+            f"model card {f.source}: field 'weights.file' is {weights_file!r}: pickled checkpoints "
+            "are not loaded; convert to safetensors"
+        )
+    if Path(weights_file).name != weights_file or not weights_file.endswith(".safetensors"):
+        raise f.fail("weights.file", weights_file, "a .safetensors file name inside the model directory")
+    sha = f.get(weights, "sha256", "weights.sha256", "the weights' sha256")
+    if not isinstance(sha, str) or not _SHA256.match(sha):
+        raise f.fail("weights.sha256", sha, "64 lower-case hex digits")
+    return weights_file, sha
+
+
+def _parse_threshold(raw: Any, role: str, f: _Fields) -> float | None:
+    """A roi model's probability threshold (required); a cell model's is optional."""
+    if role == "roi":
+        if raw is None:
+            raise f.missing("threshold", "a roi model's probability threshold, 0 < x < 1")
+        return f.number(raw, "threshold", "a probability 0 < x < 1", low=0.0, high=1.0)
+    if raw is not None:
+        return f.number(raw, "threshold", "a probability 0 < x < 1, or null", low=0.0, high=1.0)
+    return None
 
 
 def _check_consistency(card: ModelCard, f: _Fields) -> None:
