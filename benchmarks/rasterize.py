@@ -4,7 +4,7 @@
    vertices) into an 8192 x 8192 mask: whole mask at once (``rasterize_shapes``), and block by block through
    :class:`qpbridge.rasterize.LabelRasterizer` (STRtree selection, 2048 px windows), checked identical;
    rasterio straight from shapely objects as the baseline. Figures: polygons/s and MP/s.
-2. ``masks``: :func:`qpbridge.dataset.build_tile_dataset` on a 20,000 x 15,000 synthetic slide (generated once
+2. ``masks``: :func:`qpbridge.tiles.build_tile_dataset` on a 20,000 x 15,000 synthetic slide (generated once
    into ``--workdir``), in a child process: seconds, tiles/s, blocks/s and peak RSS.
 3. ``--big``: the same (``--dry-run`` and ``--max-per-class``) on 20k x 15k and 40k x 30k slides, to show that
    peak RSS does not grow with the slide (memory is bounded by the block).
@@ -113,7 +113,7 @@ def _synth(workdir: Path, width: int, height: int) -> tuple[Path, Path]:
 
 def _child(args: argparse.Namespace) -> None:
     """Run one build in this (fresh) process and print its figures as JSON."""
-    from qpbridge.dataset import MaskConfig, build_tile_dataset
+    from qpbridge.tiles import MaskConfig, build_tile_dataset
 
     config = MaskConfig(
         mpp=args.mpp,

@@ -23,10 +23,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from qpbridge.cards import COLOR_SPACES  # the names a card may give; each is converted here
 from qpbridge.errors import InputError
-
-#: Colour spaces a model card may name.
-COLOR_SPACES: tuple[str, ...] = ("RGB", "HSV", "YCrCb", "LAB")
 
 # sRGB (linear) -> CIE XYZ, D65 (IEC 61966-2-1), and the D65 2-degree reference white.
 _XYZ_FROM_LINEAR_RGB = (

@@ -1,10 +1,13 @@
-"""Tests of qpbridge.dataset and ``qpbridge masks`` on a synthetic slide with known truth."""
+"""Tests of qpbridge.tiles (the writer) and ``qpbridge masks`` on a synthetic slide with known truth."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +18,16 @@ from shapely.geometry import shape
 from typer.testing import CliRunner
 
 from qpbridge.classes import IGNORE_LABEL
-from qpbridge.dataset import (
+from qpbridge.errors import OutputError
+from qpbridge.rasterize import ClassMap, LabelRasterizer
+from qpbridge.slide import open_slide
+from qpbridge.tiles import (
     DATASET_FORMAT,
     MaskConfig,
     build_tile_dataset,
     label_mask_for_window,
     tile_starts,
 )
-from qpbridge.errors import OutputError
-from qpbridge.rasterize import ClassMap, LabelRasterizer
-from qpbridge.slide import open_slide
 
 WIDTH_PX, HEIGHT_PX = 4096, 3072  # level 0 at 0.25 um/px -> 1024 x 768 px at 1 um/px
 LESIONS = {"Benign": 1, "In situ carcinoma": 2, "Invasive carcinoma": 3}
@@ -384,3 +387,49 @@ def test_cli_model_card_gives_classes_mpp_and_tile(
     assert len(rows) == 4 * 3
     assert sum(int(r["count_1"]) for r in rows) == pytest.approx(int(np.isin(oracle, (1, 2, 3)).sum()), rel=1e-3)
     assert sum(int(r["count_ignore"]) for r in rows) == pytest.approx(int((oracle == 255).sum()), rel=1e-3)
+
+
+
+NO_TORCH_CHECK = """
+import sys
+from typer.testing import CliRunner
+from qpbridge.cli import app
+result = CliRunner().invoke(app, sys.argv[1:])
+assert result.exit_code == 0, result.output
+loaded = sorted(m for m in ("torch", "monai") if m in sys.modules)
+assert not loaded, f"imported {loaded}"
+print(result.output)
+"""
+
+
+def _run_python(*args: str) -> str:
+    """``python ARGS...`` in a fresh interpreter that imports this checkout's qpbridge; its stdout."""
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_card_and_tile_modules_import_no_torch() -> None:
+    # Reading cards and tiles (masks --model, models list/show) must not pay torch's start-up.
+    _run_python(
+        "-c",
+        "import qpbridge.cards, qpbridge.tiles, qpbridge.tiles.read, qpbridge.tiles.write, qpbridge.commands.masks, "
+        "qpbridge.commands.models, qpbridge.cli; import sys; "
+        "assert 'torch' not in sys.modules and 'monai' not in sys.modules, 'torch imported'",
+    )
+
+
+def test_masks_with_a_model_card_imports_no_torch(synth_slide: tuple[Path, Path], tmp_path: Path) -> None:
+    from qpbridge.cards import example_card
+
+    card_dir = tmp_path / "roi-model"
+    card_dir.mkdir()
+    (card_dir / "card.json").write_text(example_card("roi").to_json())
+    slide, truth = synth_slide
+    output = _run_python("-c", NO_TORCH_CHECK, "masks", str(slide), str(truth), "--model", str(card_dir), "--dry-run",
+                         "--min-tissue-frac", "0")  # fmt: skip
+    assert "dry run: " in output and "1  ROI" in output
+    shown = _run_python("-c", NO_TORCH_CHECK, "models", "show", "deepbatch-synth-cell")
+    assert shown.startswith("name:          deepbatch-synth-cell\n")

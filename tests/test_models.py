@@ -32,6 +32,17 @@ from qpbridge.preprocess import channel_statistics, convert_color, to_network_in
 TINY = (4, 8)
 
 
+def test_card_checks_the_unet_arguments_monai_takes() -> None:
+    # cards.py lists UNet's keywords itself so that reading a card imports no torch; they must stay MONAI's.
+    import inspect
+
+    from monai.networks.nets import UNet
+
+    from qpbridge.cards import UNET_ARGUMENTS
+
+    assert list(UNET_ARGUMENTS) == [p for p in inspect.signature(UNet.__init__).parameters if p != "self"]
+
+
 @pytest.fixture(autouse=True)
 def isolated_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No model from the user's own directory leaks into these tests."""

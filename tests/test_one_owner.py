@@ -5,13 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qpbridge import dataset, device, models, naming, slide, tissue, train
+from qpbridge import cards, device, models, naming, slide, tiles, tissue
 from qpbridge.errors import InputError
+from qpbridge.tiles import config as tile_config
+from qpbridge.training import card as training_card
+from qpbridge.training import loop
 
 
 def test_train_and_predict_parse_device_alike() -> None:
     # ``train --device auto`` failed while predict accepted it: one parser now.
-    assert train.resolve_device is device.resolve_device
+    assert loop.resolve_device is device.resolve_device
     assert device.resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(InputError, match="unknown --device 'gpu0': use cpu, cuda, cuda:N or auto"):
         device.resolve_device("gpu0")
@@ -20,9 +23,9 @@ def test_train_and_predict_parse_device_alike() -> None:
 
 
 def test_one_default_tissue_mpp() -> None:
-    # 8.0 in tissue.py and 16.0 in dataset.py under one name.
-    assert dataset.DEFAULT_TISSUE_MPP is tissue.DEFAULT_TISSUE_MPP
-    assert dataset.MaskConfig().tissue_mpp == tissue.DEFAULT_TISSUE_MPP == 8.0
+    # 8.0 in tissue.py and 16.0 in dataset.py (now qpbridge.tiles) under one name.
+    assert tile_config.DEFAULT_TISSUE_MPP is tissue.DEFAULT_TISSUE_MPP
+    assert tiles.MaskConfig().tissue_mpp == tissue.DEFAULT_TISSUE_MPP == 8.0
 
 
 def test_image_names_strip_every_format_slides_open() -> None:
@@ -36,6 +39,6 @@ def test_image_names_strip_every_format_slides_open() -> None:
 
 
 def test_one_default_intended_use_and_dataset_format() -> None:
-    assert train.DEFAULT_INTENDED_USE is models.DEFAULT_INTENDED_USE
+    assert training_card.DEFAULT_INTENDED_USE is models.DEFAULT_INTENDED_USE is cards.DEFAULT_INTENDED_USE
     assert "not for diagnosis" in models.DEFAULT_INTENDED_USE
-    assert train.DATASET_FORMAT is dataset.DATASET_FORMAT
+    assert loop.DATASET_FORMAT is tiles.DATASET_FORMAT

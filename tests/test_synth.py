@@ -13,10 +13,11 @@ import shapely
 from shapely.geometry import shape
 from typer.testing import CliRunner
 
-from qpbridge import synth
 from qpbridge.cli import app
 from qpbridge.errors import InputError, OutputError
 from qpbridge.synth import SynthResult, level_dimensions_for, synth_paths, write_synthetic_slide
+from qpbridge.synth.layout import make_layout
+from qpbridge.synth.render import Renderer
 
 LESIONS = ("Benign", "In situ carcinoma", "Invasive carcinoma")
 CODES = {"Tissue": 1, "Benign": 2, "In situ carcinoma": 3, "Invasive carcinoma": 4, "Pen mark": 5}
@@ -98,8 +99,8 @@ def test_level_dimensions_rule() -> None:
 
 def test_colours_survive_jpeg(small: SynthResult) -> None:
     """What OpenSlide reads equals what was rendered (an RGB/YCbCr mix-up would swap hues)."""
-    layout = synth._make_layout(2048, 1536, 3, 0.10)
-    renderer = synth._Renderer.create(layout, 3, "standard")
+    layout = make_layout(2048, 1536, 3, 0.10)
+    renderer = Renderer.create(layout, 3, "standard")
     x, y, w, h = 512, 512, 768, 512
     expected = renderer.render(x, y, w, h).astype(np.float64)
     got = read_rgb(small.slide_path, 0, (x, y, w, h)).astype(np.float64)
@@ -133,8 +134,8 @@ def test_deterministic_per_seed(tmp_path: Path, small: SynthResult) -> None:
 
 def test_windows_join_without_seams() -> None:
     """Nuclei, fibres and noise depend on absolute position: two halves equal the whole window."""
-    layout = synth._make_layout(2048, 1536, 3, 0.10)
-    renderer = synth._Renderer.create(layout, 3, "standard")
+    layout = make_layout(2048, 1536, 3, 0.10)
+    renderer = Renderer.create(layout, 3, "standard")
     lesion = layout.lesions[0][1].centroid
     x, y = int(lesion.x) - 200, int(lesion.y) - 100
     whole = renderer.render(x, y, 400, 200).astype(int)
@@ -171,7 +172,7 @@ def test_truth_file_is_qupath_geojson(small: SynthResult) -> None:
 
 def test_truth_file_holds_the_rendered_geometry(small: SynthResult) -> None:
     """The renderer rasterizes exactly the geometries written (same 0.01 px grid, nothing repaired)."""
-    layout = synth._make_layout(2048, 1536, 3, 0.10)
+    layout = make_layout(2048, 1536, 3, 0.10)
     written = [shape(f["geometry"]) for f in truth_features(small)]
     drawn = [g for g in layout.tissue] + [g for _, g in layout.lesions] + [g for _, g in layout.pens]
     assert len(written) == len(drawn)

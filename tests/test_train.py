@@ -16,14 +16,14 @@ from typer.testing import CliRunner
 from qpbridge.cli import app
 from qpbridge.errors import InputError, ModelError, OutputError
 from qpbridge.models import load_card, load_model
-from qpbridge.train import (
+from qpbridge.tiles import TileRecord, read_tile_dataset, split_tiles
+from qpbridge.training import (
     MaskedBCELoss,
     MaskedDiceCELoss,
-    TileRecord,
     TileTorchDataset,
     TrainConfig,
-    read_tile_dataset,
-    split_tiles,
+    TrainResult,
+    build_augmentation,
     train_model,
 )
 
@@ -83,7 +83,7 @@ def cell_tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, cell_tiles: Path) -> tuple[Path, object]:
+def trained(tmp_path_factory: pytest.TempPathFactory, cell_tiles: Path) -> tuple[Path, TrainResult]:
     out = tmp_path_factory.mktemp("models") / "tiny-cell"
     config = TrainConfig(threads=1, role="cell", steps=16, batch_size=4, lr=0.02, channels=TINY, seed=3)
     return out, train_model([cell_tiles], out, config)
@@ -134,7 +134,7 @@ def test_split_by_slide_and_single_slide_fallback() -> None:
 
 def test_augmentation_moves_image_and_label_together(cell_tiles: Path) -> None:
     ds = read_tile_dataset(cell_tiles)
-    torch_ds = TileTorchDataset(ds.tiles, 32, augment=True, cache=False)
+    torch_ds = TileTorchDataset(ds.tiles, 32, augmentation=build_augmentation(), cache=False)
     palette = torch.tensor([PALETTE[v] for v in range(4)], dtype=torch.float32) / 255
     changed = 0
     for seed in range(8):
@@ -195,7 +195,7 @@ def test_bce_ignores_label_255_exactly() -> None:
 
 
 # --------------------------------------------------------------------------------------------- training
-def test_train_writes_a_loadable_model(trained: tuple[Path, object], cell_tiles: Path) -> None:
+def test_train_writes_a_loadable_model(trained: tuple[Path, TrainResult], cell_tiles: Path) -> None:
     out, result = trained
     assert result.steps == 16 and len(result.step_losses) == 16
     assert np.mean(result.step_losses[-3:]) < 0.8 * np.mean(result.step_losses[:3])  # it learned
@@ -236,7 +236,7 @@ def test_resume_continues_the_same_run(tmp_path: Path, cell_tiles: Path) -> None
     assert card.training["recipe"]["steps"] == 6
 
 
-def test_resume_and_overwrite_errors(tmp_path: Path, cell_tiles: Path, trained: tuple[Path, object]) -> None:
+def test_resume_and_overwrite_errors(tmp_path: Path, cell_tiles: Path, trained: tuple[Path, TrainResult]) -> None:
     with pytest.raises(InputError, match="nothing to resume in .*: it has no checkpoint/state.json"):
         train_model([cell_tiles], tmp_path / "new", TrainConfig(threads=1, role="cell", steps=1, resume=True))
     with pytest.raises(OutputError, match="already holds a model or a training checkpoint: pass --resume"):
@@ -246,7 +246,7 @@ def test_resume_and_overwrite_errors(tmp_path: Path, cell_tiles: Path, trained: 
 
 
 def test_init_from_fine_tunes_and_checks_the_data(tmp_path: Path, cell_tiles: Path,
-                                                  trained: tuple[Path, object]) -> None:
+                                                  trained: tuple[Path, TrainResult]) -> None:
     parent = trained[0]
     tuned = train_model([cell_tiles], tmp_path / "tuned",
                         TrainConfig(threads=1, role="cell", steps=2, batch_size=4, init_from=str(parent)))

@@ -21,7 +21,10 @@ from rich.text import Text
 
 from qpbridge.classes import IGNORE_LABEL
 from qpbridge.commands._common import err_console, reported_errors, warn
-from qpbridge.dataset import (
+from qpbridge.errors import InputError
+from qpbridge.naming import CORRECTIONS_SUFFIX, SIDECAR_SUFFIX, read_corrections_sidecar
+from qpbridge.rasterize import ClassMap, load_class_map_file, parse_class_option
+from qpbridge.tiles import (
     DEFAULT_MPP,
     DEFAULT_QA_MPP,
     DEFAULT_TILE_PX,
@@ -30,9 +33,6 @@ from qpbridge.dataset import (
     build_tile_dataset,
     load_card_config,
 )
-from qpbridge.errors import InputError
-from qpbridge.naming import CORRECTIONS_SUFFIX, SIDECAR_SUFFIX, read_corrections_sidecar
-from qpbridge.rasterize import ClassMap, load_class_map_file, parse_class_option
 
 _HELP = f"""Turn a slide and its (corrected) QuPath GeoJSON into training tiles: RGB and label-mask PNGs,
 manifest.csv and dataset.json (the tile dataset `qpbridge train` reads).

@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
     def list_cmd(
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
-        from qpbridge.models import list_models, model_search_dirs
+        from qpbridge.cards import list_models, model_search_dirs
 
         with reported_errors():
             entries = list_models()
@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
         name: str = typer.Argument(..., metavar="NAME", help="Model name or path."),
         as_json: bool = typer.Option(False, "--json", help="Print the card's JSON."),
     ) -> None:
-        from qpbridge.models import load_card, resolve_model_path
+        from qpbridge.cards import load_card, resolve_model_path
 
         with reported_errors():
             directory = resolve_model_path(name)

@@ -21,11 +21,11 @@ from qpbridge.commands._common import err_console, reported_errors, warn
 from qpbridge.errors import InputError
 
 if TYPE_CHECKING:  # the library (and torch) is imported when the command runs, not at CLI start-up
-    from qpbridge.train import EpochRecord
+    from qpbridge.training import EpochRecord
 
 
 class _RichProgress:
-    """Draws :func:`qpbridge.train.train_model`'s progress on stderr: a step bar, a line per epoch.
+    """Draws :func:`qpbridge.training.train_model`'s progress on stderr: a step bar, a line per epoch.
 
     The bar appears once training starts (not while datasets are checked), and is stopped by :meth:`close`.
     """
@@ -109,7 +109,7 @@ def register(app: typer.Typer) -> None:
         intended_use: str | None = typer.Option(None, "--intended-use", help="Intended use written into the card."),
     ) -> None:
         with reported_errors():
-            from qpbridge.train import TrainConfig, train_model
+            from qpbridge.training import TrainConfig, train_model
 
             config = TrainConfig(
                 role=role, name=name, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,

@@ -1,13 +1,8 @@
 """Training tiles from a slide and its (corrected) QuPath GeoJSON: ``qpbridge masks``.
 
 :func:`build_tile_dataset` cuts a slide into ``tile_px`` tiles at ``mpp`` um/px and writes, per kept tile, an
-RGB PNG and a label-mask PNG, plus ``manifest.csv`` and ``dataset.json`` in the *tile dataset format*
-(``qpbridge-tiles/1``) that ``qpbridge train`` reads::
-
-    DIR/dataset.json    format, mpp, tile_px, stride_px, ignore_label, role, classes, slides, qpbridge_version
-    DIR/manifest.csv    slide,image,mask,x0_px,y0_px,mpp,tile_px,count_<label>...,count_ignore
-    DIR/images/<slide>_<x0>_<y0>.png, DIR/masks/<slide>_<x0>_<y0>.png    (x0, y0: level-0 pixels)
-    DIR/qa/<slide>_label_mask.tiff      whole-slide label mask at a coarse um/px (QA; palette TIFF pyramid)
+RGB PNG and a label-mask PNG, plus ``manifest.csv`` and ``dataset.json``: the tile dataset format
+(``qpbridge-tiles/1``, :mod:`qpbridge.tiles.format`) that ``qpbridge train`` reads (:mod:`qpbridge.tiles.read`).
 
 How it works
 ------------
@@ -16,8 +11,8 @@ The slide's grid at ``mpp`` is covered by tiles every ``stride_px``; tiles are g
 :class:`qpbridge.rasterize.LabelRasterizer`), each block's image is read once (only over the tiles kept), and
 the tiles are cut from both: memory is bounded by the block, never the slide (blocks are 2048 px, smaller
 when the level read is finer than the target; PNG encoding runs on a few threads with a bounded queue). The
-only whole-slide arrays are coarse: the tissue mask (16 um/px) and the QA mask (written strip by strip). Tiles
-that reach past the slide's edge are white in the image and 255 (ignore) in the mask.
+only whole-slide arrays are coarse: the tissue mask (8 um/px) and the QA mask (:mod:`qpbridge.tiles.qa`,
+written strip by strip). Tiles that reach past the slide's edge are white in the image and 255 (ignore) in the mask.
 
 Which tiles are kept
 --------------------
@@ -39,7 +34,7 @@ the next run) and are overwritten when the run is repeated.
 
 Example
 -------
->>> from qpbridge.dataset import MaskConfig, build_tile_dataset
+>>> from qpbridge.tiles import MaskConfig, build_tile_dataset
 >>> summary = build_tile_dataset("slide.svs", "slide.geojson", "tiles/",       # doctest: +SKIP
 ...                              MaskConfig(mpp=0.5, tile_px=256, max_per_class=500))
 >>> summary.tiles_written                                                      # doctest: +SKIP
@@ -55,163 +50,38 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import shapely
-from affine import Affine
 from PIL import Image
 
 from qpbridge import __version__
-from qpbridge.atomic import atomic_path, atomic_write_text
+from qpbridge.atomic import atomic_write_text
 from qpbridge.classes import IGNORE_LABEL
 from qpbridge.errors import GeoJSONError, InputError, OutputError
-from qpbridge.rasterize import (
-    OVERLAP_MODES,
-    REVIEWED_MODES,
-    ClassMap,
-    LabelRasterizer,
-)
-from qpbridge.slide import Slide, check_mpp, open_slide
-from qpbridge.tiling import apply_affine, compose_affine
-from qpbridge.tissue import DEFAULT_TISSUE_MPP
+from qpbridge.rasterize import LabelRasterizer
+from qpbridge.slide import Slide, open_slide
+from qpbridge.tiles.config import MaskConfig
+from qpbridge.tiles.format import DATASET_FILE, DATASET_FORMAT, MANIFEST_FILE, manifest_header
+from qpbridge.tiles.grid import TileGrid, TissueFractions, label_mask_for_window
+from qpbridge.tiles.qa import legend, write_label_mask_tiff
 
-__all__ = [
-    "DATASET_FORMAT",
-    "DatasetSummary",
-    "MaskConfig",
-    "build_tile_dataset",
-    "label_mask_for_window",
-    "load_card_config",
-    "tile_starts",
-]
+if TYPE_CHECKING:
+    from qpbridge.qupath import Feature
 
-#: ``dataset.json``'s ``format``.
-DATASET_FORMAT = "qpbridge-tiles/1"
-#: Tile um/px when neither ``--model`` nor ``--mpp`` says (the resolution of qpbridge's cell model cards).
-DEFAULT_MPP = 0.5
-DEFAULT_TILE_PX = 256
-DEFAULT_BLOCK_PX = 2048
-DEFAULT_QA_MPP = 8.0
-#: Colour of ignore (255) pixels in the QA mask's palette.
-IGNORE_COLOR = (0, 0, 0)
-_QA_TILE_PX = 256
+__all__ = ["DatasetSummary", "Progress", "TileWriter", "build_tile_dataset"]
+
 #: Tiles queued for PNG encoding at most (each ~200 kB for 256 px RGB).
 _MAX_PENDING = 64
-_QA_MIN_LEVEL_PX = 512
 #: Entries an unfinished run may leave in DIR (no dataset.json yet); anything else means "not ours".
-_OWN_ENTRIES = {"images", "masks", "qa", "manifest.csv"}
+_OWN_ENTRIES = {"images", "masks", "qa", MANIFEST_FILE}
 
 Progress = Callable[[str, int, int], None]
-
-
-# --------------------------------------------------------------------------------------------- config
-@dataclass(frozen=True)
-class MaskConfig:
-    """Options of :func:`build_tile_dataset` (``qpbridge masks``); see the module docstring.
-
-    Attributes
-    ----------
-    class_map
-        QuPath class names -> labels, and the training classes (default: DeepBatch's four).
-    mpp, tile_px, stride_px
-        Tile resolution (um/px), side and step in tile pixels (stride default = tile: no overlap).
-    slide_mpp
-        Override of the slide's level-0 pixel size (um/px).
-    overlap, reviewed, ignore_unknown, priority
-        Rasterization rules (:class:`qpbridge.rasterize.LabelRasterizer`).
-    min_labelled_frac, min_tissue_frac
-        Tile filters (fractions of the tile's pixels).
-    max_per_class, seed
-        Seeded sampling: at most this many tiles per (majority) class.
-    qa_mpp
-        um/px of the QA label mask TIFF; ``None`` = no QA mask.
-    block_px
-        Side of the blocks worked on at once (target pixels); bounds memory.
-    tissue_mpp
-        um/px of the coarse tissue detection.
-    dry_run
-        Count pixels and tiles, write nothing.
-    overwrite
-        Replace this slide's tiles when DIR already holds them.
-
-    Example
-    -------
-    >>> MaskConfig(mpp=1.0, tile_px=128).checked().stride
-    128
-    """
-
-    class_map: ClassMap = field(default_factory=ClassMap.deepbatch)
-    mpp: float = DEFAULT_MPP
-    tile_px: int = DEFAULT_TILE_PX
-    stride_px: int | None = None
-    slide_mpp: float | None = None
-    overlap: str = "priority"
-    reviewed: str = "region"
-    ignore_unknown: bool = False
-    priority: tuple[int, ...] | None = None
-    min_labelled_frac: float = 0.05
-    min_tissue_frac: float = 0.05
-    max_per_class: int | None = None
-    seed: int = 0
-    qa_mpp: float | None = DEFAULT_QA_MPP
-    block_px: int = DEFAULT_BLOCK_PX
-    tissue_mpp: float = DEFAULT_TISSUE_MPP
-    dry_run: bool = False
-    overwrite: bool = False
-    png_compress_level: int = 1
-
-    @property
-    def stride(self) -> int:
-        """The stride in tile pixels."""
-        return self.tile_px if self.stride_px is None else self.stride_px
-
-    def checked(self) -> MaskConfig:
-        """This config, or :class:`InputError` naming the first bad value."""
-        check_mpp(self.mpp, "--mpp")
-        if self.slide_mpp is not None:
-            check_mpp(self.slide_mpp, "--slide-mpp")
-        if self.qa_mpp is not None:
-            check_mpp(self.qa_mpp, "--qa-mpp")
-        check_mpp(self.tissue_mpp, "tissue mpp")
-        if not isinstance(self.tile_px, int) or not 16 <= self.tile_px <= 8192:
-            raise InputError(f"--tile-px must be a whole number of pixels 16-8192, got {self.tile_px}")
-        if not isinstance(self.stride, int) or not 1 <= self.stride <= self.tile_px:
-            raise InputError(
-                f"--stride-px must be 1 to --tile-px ({self.tile_px}), got {self.stride}: a larger step leaves gaps"
-            )
-        if self.overlap not in OVERLAP_MODES:
-            raise InputError(f"--overlap must be one of {', '.join(OVERLAP_MODES)}, got {self.overlap!r}")
-        if self.reviewed not in REVIEWED_MODES:
-            raise InputError(f"--reviewed must be one of {', '.join(REVIEWED_MODES)}, got {self.reviewed!r}")
-        for name, value in (
-            ("--min-labelled-frac", self.min_labelled_frac),
-            ("--min-tissue-frac", self.min_tissue_frac),
-        ):
-            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
-                raise InputError(f"{name} must be a fraction 0-1, got {value}")
-        if self.max_per_class is not None and self.max_per_class < 1:
-            raise InputError(f"--max-per-class must be >= 1, got {self.max_per_class}: leave it out for no cap")
-        if self.block_px < self.tile_px:
-            raise InputError(f"block size ({self.block_px} px) must be at least the tile size ({self.tile_px} px)")
-        return self
-
-
-def load_card_config(model: str, **overrides: Any) -> MaskConfig:
-    """A :class:`MaskConfig` with a model card's classes, aliases, role, mpp and tile size.
-
-    ``model`` is a registry name or a model directory / ``card.json`` path (:mod:`qpbridge.models`);
-    ``overrides`` (``mpp=...``, ``tile_px=...``; ``None`` values ignored) replace the card's values.
-    """
-    from qpbridge.models import load_card, resolve_model_path
-
-    card = load_card(resolve_model_path(model))
-    config = MaskConfig(class_map=ClassMap.from_card(card), mpp=float(card.mpp), tile_px=int(card.tile_px))
-    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
 # --------------------------------------------------------------------------------------------- summary
@@ -255,115 +125,7 @@ class DatasetSummary:
         return out
 
 
-# --------------------------------------------------------------------------------------------- windows
-def tile_starts(extent_px: int, tile_px: int, stride_px: int) -> list[int]:
-    """Tile starts along one axis: 0, stride, 2*stride... until the tiles cover ``extent_px``.
-
-    The last tile may reach past the end (that part is padding: white image, 255 mask).
-
-    >>> tile_starts(1000, 256, 256), tile_starts(100, 256, 256), tile_starts(600, 256, 128)
-    ([0, 256, 512, 768], [0], [0, 128, 256, 384])
-    """
-    starts = list(range(0, max(extent_px - tile_px, 0) + 1, stride_px))
-    if starts[-1] + tile_px < extent_px:
-        starts.append(starts[-1] + stride_px)
-    return starts
-
-
-def _qupath_affine(slide: Slide, mpp: float, x_px: int, y_px: int) -> Affine:
-    """Target-grid window pixels -> QuPath's coordinates (level 0 minus the bounds offset QuPath applies)."""
-    ox, oy = slide.qupath_offset_xy_px
-    return compose_affine(Affine.translation(-ox, -oy), slide.affine_at(mpp, x_px, y_px))
-
-
-def label_mask_for_window(
-    rasterizer: LabelRasterizer, slide: Slide, x_px: int, y_px: int, width_px: int, height_px: int, mpp: float
-) -> np.ndarray:
-    """The label mask of a window of the slide's grid at ``mpp`` (what :meth:`Slide.read_region_at` reads).
-
-    Pixels past the slide's edge are 255. GeoJSON coordinates are taken as QuPath's (shifted by
-    :attr:`Slide.qupath_offset_xy_px` where QuPath crops to the slide's bounds).
-
-    Example
-    -------
-    >>> mask = label_mask_for_window(rasterizer, slide, 0, 0, 256, 256, mpp=1.0)     # doctest: +SKIP
-    """
-    mask = rasterizer.window((height_px, width_px), _qupath_affine(slide, mpp, x_px, y_px))
-    grid_w, grid_h = slide.size_at_mpp(mpp)
-    if x_px + width_px > grid_w:
-        mask[:, max(0, grid_w - x_px) :] = IGNORE_LABEL
-    if y_px + height_px > grid_h:
-        mask[max(0, grid_h - y_px) :, :] = IGNORE_LABEL
-    if x_px < 0:
-        mask[:, : min(width_px, -x_px)] = IGNORE_LABEL
-    if y_px < 0:
-        mask[: min(height_px, -y_px), :] = IGNORE_LABEL
-    return mask
-
-
-@dataclass(frozen=True)
-class _Block:
-    """A group of tiles: their start indices along x and y, and the window that covers them."""
-
-    ix: tuple[int, ...]
-    iy: tuple[int, ...]
-    x_px: int
-    y_px: int
-    width_px: int
-    height_px: int
-
-
-def _blocks(xs: Sequence[int], ys: Sequence[int], tile_px: int, stride_px: int, block_px: int) -> list[_Block]:
-    per = max(1, (block_px - tile_px) // stride_px + 1)
-    blocks = []
-    for r0 in range(0, len(ys), per):
-        iy = tuple(range(r0, min(r0 + per, len(ys))))
-        for c0 in range(0, len(xs), per):
-            ix = tuple(range(c0, min(c0 + per, len(xs))))
-            x0, y0 = xs[ix[0]], ys[iy[0]]
-            blocks.append(_Block(ix, iy, x0, y0, xs[ix[-1]] + tile_px - x0, ys[iy[-1]] + tile_px - y0))
-    return blocks
-
-
-class _TissueFractions:
-    """Tissue fraction of any target-grid rectangle from a coarse tissue mask (summed-area table)."""
-
-    def __init__(self, tissue: np.ndarray, tissue_affine: Affine, grid_affine: Affine) -> None:
-        self.height, self.width = tissue.shape
-        sat = np.zeros((self.height + 1, self.width + 1), dtype=np.int64)
-        sat[1:, 1:] = np.cumsum(np.cumsum(tissue, axis=0, dtype=np.int64), axis=1)
-        self.sat = sat
-        # grid pixels -> tissue-mask pixels
-        self.to_mask = compose_affine(~tissue_affine, grid_affine)
-
-    def fraction(self, x_px: int, y_px: int, width_px: int, height_px: int) -> float:
-        ax, ay = apply_affine(self.to_mask, x_px, y_px)
-        bx, by = apply_affine(self.to_mask, x_px + width_px, y_px + height_px)
-        c0, r0 = math.floor(ax + 1e-9), math.floor(ay + 1e-9)
-        c1, r1 = max(c0 + 1, math.ceil(bx - 1e-9)), max(r0 + 1, math.ceil(by - 1e-9))
-        area = (c1 - c0) * (r1 - r0)
-        c0, r0 = min(max(c0, 0), self.width), min(max(r0, 0), self.height)
-        c1, r1 = min(max(c1, 0), self.width), min(max(r1, 0), self.height)
-        s = self.sat
-        inside = int(s[r1, c1] - s[r0, c1] - s[r1, c0] + s[r0, c0])
-        return inside / area
-
-
 # --------------------------------------------------------------------------------------------- output dir
-def _manifest_header(labels: Sequence[int]) -> list[str]:
-    return [
-        "slide",
-        "image",
-        "mask",
-        "x0_px",
-        "y0_px",
-        "mpp",
-        "tile_px",
-        *[f"count_{lab}" for lab in labels],
-        "count_ignore",
-    ]
-
-
 @dataclass
 class _Existing:
     """A dataset already in DIR."""
@@ -384,7 +146,7 @@ def _open_existing(out_dir: Path, config: MaskConfig, slide_id: str, slide_path:
     """Check that DIR can take this slide's tiles; the dataset it holds (or ``None`` for a new one)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir} is a file, not a folder: give a folder for the tile dataset")
-    meta_path = out_dir / "dataset.json"
+    meta_path = out_dir / DATASET_FILE
     if not meta_path.exists():
         if out_dir.exists():
             foreign = sorted(
@@ -438,9 +200,9 @@ def _open_existing(out_dir: Path, config: MaskConfig, slide_id: str, slide_path:
             "are file names without extension and must be unique in a dataset; rename this slide, write "
             "to another folder, or give --overwrite to replace it"
         )
-    manifest = out_dir / "manifest.csv"
+    manifest = out_dir / MANIFEST_FILE
     rows: list[dict[str, str]] = []
-    header = _manifest_header(config.class_map.labels)
+    header = manifest_header(config.class_map.labels)
     if manifest.exists():
         with open(manifest, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
@@ -453,68 +215,8 @@ def _open_existing(out_dir: Path, config: MaskConfig, slide_id: str, slide_path:
     return _Existing(meta, rows)
 
 
-# --------------------------------------------------------------------------------------------- QA mask
-def _palette(class_map: ClassMap) -> np.ndarray:
-    cmap = np.zeros((3, 256), dtype=np.uint16)
-    for c in class_map.classes:
-        cmap[:, c.label] = [v * 257 for v in c.color]
-    cmap[:, IGNORE_LABEL] = [v * 257 for v in IGNORE_COLOR]
-    return cmap
-
-
-def legend(class_map: ClassMap) -> list[dict[str, Any]]:
-    """The QA mask's legend: every value with its name and palette colour (255 = ignore)."""
-    return [*class_map.to_json(), {"label": IGNORE_LABEL, "name": "Ignore", "color": list(IGNORE_COLOR)}]
-
-
-def write_label_mask_tiff(path: Path, rasterizer: LabelRasterizer, slide: Slide, qa_mpp: float) -> tuple[int, int]:
-    """Write the whole-slide label mask at ``qa_mpp`` as a tiled, pyramidal palette TIFF, strip by strip.
-
-    Levels halve the resolution until the largest side is at most 512 px; each level is rasterized at its own
-    um/px (no resampling of labels). Written to a temporary file renamed over ``path``. Returns the size of
-    level 0 ``(width, height)``.
-    """
-    import tifffile
-
-    qa_mpp = max(qa_mpp, slide.mpp)
-    levels: list[tuple[float, int, int]] = []
-    mpp = qa_mpp
-    while True:
-        width, height = slide.size_at_mpp(mpp)
-        levels.append((mpp, width, height))
-        if max(width, height) <= _QA_MIN_LEVEL_PX or len(levels) >= 12:
-            break
-        mpp *= 2
-    colormap = _palette(rasterizer.class_map)
-    tile = _QA_TILE_PX
-
-    def tiles(level_mpp: float, width: int, height: int) -> Iterator[np.ndarray]:
-        for y in range(0, height, tile):
-            strip = label_mask_for_window(rasterizer, slide, 0, y, width, min(tile, height - y), level_mpp)
-            for x in range(0, width, tile):
-                yield strip[:, x : x + tile]
-
-    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=levels[0][1] * levels[0][2] > 2**31) as tif:
-        for k, (level_mpp, width, height) in enumerate(levels):
-            resolution = 10_000.0 / level_mpp
-            tif.write(
-                tiles(level_mpp, width, height),
-                shape=(height, width),
-                dtype=np.uint8,
-                tile=(tile, tile),
-                photometric="palette",
-                colormap=colormap,
-                compression="zlib",
-                subfiletype=0 if k == 0 else 1,
-                resolution=(resolution, resolution),
-                resolutionunit="CENTIMETER",
-                description=json.dumps({"qpbridge": "label mask", "mpp": level_mpp}) if k == 0 else None,
-            )
-    return levels[0][1], levels[0][2]
-
-
 # --------------------------------------------------------------------------------------------- the build
-def _check_extent(features: Sequence[Any], slide: Slide, geojson_path: Path, warnings: list[str]) -> None:
+def _check_extent(features: Sequence[Feature], slide: Slide, geojson_path: Path, warnings: list[str]) -> None:
     """Fail clearly when no object lies on the slide (a GeoJSON of another slide); warn about strays."""
     geoms = np.empty(len(features), dtype=object)
     geoms[:] = [f.geometry for f in features]
@@ -548,7 +250,7 @@ def _save_png(path: Path, array: np.ndarray, compress_level: int) -> None:
     Image.fromarray(np.ascontiguousarray(array)).save(path, format="PNG", compress_level=compress_level)
 
 
-class _Writer:
+class TileWriter:
     """Writes tile PNGs on a small thread pool (PNG encoding dominates; zlib runs without the GIL) and collects
     manifest rows. At most ``_MAX_PENDING`` tiles wait, so memory stays bounded."""
 
@@ -693,51 +395,6 @@ def build_tile_dataset(
         return summary
 
 
-@dataclass(frozen=True)
-class _Grid:
-    """The tiles of a slide at the target um/px: starts along x and y, blocks, sizes."""
-
-    mpp: float
-    tile_px: int
-    width_px: int
-    height_px: int
-    xs: list[int]
-    ys: list[int]
-    blocks: list[_Block]
-
-    @classmethod
-    def of(cls, slide: Slide, config: MaskConfig) -> _Grid:
-        width, height = slide.size_at_mpp(config.mpp)
-        xs = tile_starts(width, config.tile_px, config.stride)
-        ys = tile_starts(height, config.tile_px, config.stride)
-        # A block is read from the level chosen for mpp: when that level is finer than the target, shrink the
-        # block so the pixels read (not only the pixels kept) stay within block_px x block_px.
-        level = slide.level_for_mpp(config.mpp)
-        finer = slide.scale_for_mpp(config.mpp) / slide.level_downsamples[level]
-        block_px = max(config.tile_px, int(config.block_px / finer)) if finer > 1 else config.block_px
-        blocks = _blocks(xs, ys, config.tile_px, config.stride, block_px)
-        return cls(config.mpp, config.tile_px, width, height, xs, ys, blocks)
-
-    @property
-    def n_tiles(self) -> int:
-        return len(self.xs) * len(self.ys)
-
-    def tiles(self, block: _Block) -> list[int]:
-        """Indices (row-major over the whole grid) of a block's tiles."""
-        return [iy * len(self.xs) + ix for iy in block.iy for ix in block.ix]
-
-    def origin(self, t: int) -> tuple[int, int]:
-        """Top-left target pixel of tile ``t``."""
-        return self.xs[t % len(self.xs)], self.ys[t // len(self.xs)]
-
-    def owned(self, block: _Block) -> tuple[int, int]:
-        """Width and height of the part of a block no later block covers, inside the grid (for pixel totals)."""
-        last_x, last_y = block.ix[-1] + 1, block.iy[-1] + 1
-        x1 = min(self.width_px, self.xs[last_x] if last_x < len(self.xs) else self.width_px)
-        y1 = min(self.height_px, self.ys[last_y] if last_y < len(self.ys) else self.height_px)
-        return x1 - block.x_px, y1 - block.y_px
-
-
 @dataclass
 class _Scan:
     """Per-tile label counts (columns: class labels, then 255), the keep decision and slide-wide totals."""
@@ -751,9 +408,9 @@ def _scan(
     slide: Slide,
     rasterizer: LabelRasterizer,
     config: MaskConfig,
-    grid: _Grid,
-    tissue: _TissueFractions | None,
-    writer: _Writer | None,
+    grid: TileGrid,
+    tissue: TissueFractions | None,
+    writer: TileWriter | None,
     progress: Progress | None,
 ) -> _Scan:
     """Rasterize every block once: count labels per tile, decide which tiles to keep, write them if ``writer``."""
@@ -822,7 +479,7 @@ def _run(
     warnings: list[str],
     progress: Progress | None,
 ) -> DatasetSummary:
-    grid = _Grid.of(slide, config)
+    grid = TileGrid.of(slide, config)
     labels = list(config.class_map.labels)
     summary = DatasetSummary(
         slide_id=slide_id,
@@ -842,14 +499,14 @@ def _run(
         blocks=len(grid.blocks),
         warnings=warnings,
     )
-    tissue: _TissueFractions | None = None
+    tissue: TissueFractions | None = None
     if config.min_tissue_frac > 0:
         from qpbridge.tissue import detect_tissue
 
         found = detect_tissue(slide, mpp=config.tissue_mpp)
-        tissue = _TissueFractions(found.tissue, found.affine, slide.affine_at(config.mpp))
+        tissue = TissueFractions(found.tissue, found.affine, slide.affine_at(config.mpp))
 
-    writer = None if config.dry_run else _Writer(out_dir, slide_id, config, labels, slide.scale_for_mpp(config.mpp))
+    writer = None if config.dry_run else TileWriter(out_dir, slide_id, config, labels, slide.scale_for_mpp(config.mpp))
     try:
         # Without sampling one pass writes as it goes; with sampling, pass 1 counts and pass 2 writes the chosen.
         single_pass = config.max_per_class is None
@@ -888,8 +545,8 @@ def _run(
 
 def _write_tiles(
     slide: Slide,
-    writer: _Writer,
-    grid: _Grid,
+    writer: TileWriter,
+    grid: TileGrid,
     tiles: Sequence[int],
     counts: np.ndarray,
     labels: np.ndarray | LabelRasterizer,
@@ -930,7 +587,7 @@ def _commit(
     qa_rel: str | None,
 ) -> None:
     """Write manifest.csv, then dataset.json (temp + rename each); then drop a replaced slide's old tiles."""
-    header = _manifest_header(config.class_map.labels)
+    header = manifest_header(config.class_map.labels)
     slides: list[dict[str, Any]] = []
     old_rows: list[dict[str, str]] = []
     stale: set[str] = set()
@@ -980,8 +637,8 @@ def _commit(
         "qpbridge_version": __version__,
         "label_mask_legend": legend(config.class_map),
     }
-    atomic_write_text(out_dir / "manifest.csv", buffer.getvalue())
-    atomic_write_text(out_dir / "dataset.json", json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(out_dir / MANIFEST_FILE, buffer.getvalue())
+    atomic_write_text(out_dir / DATASET_FILE, json.dumps(meta, indent=2) + "\n")
     written = {r["image"] for r in rows} | {r["mask"] for r in rows} | ({qa_rel} if qa_rel else set())
     for rel in stale - written:
         (out_dir / rel).unlink(missing_ok=True)
