@@ -22,6 +22,7 @@ Temporaries are named :func:`temporary_path` style (``.<name>.<pid>-<random>.tmp
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,11 +61,8 @@ def temporaries_of(target: str | os.PathLike[str]) -> list[Path]:
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         return []
-    return sorted(folder.glob(f".{_glob_escape(target.name)}.*.tmp"))
-
-
-def _glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
+    mine = re.compile(rf"\.{re.escape(target.name)}\.[0-9]+-[0-9a-f]{{8}}\.tmp")
+    return sorted(path for path in folder.iterdir() if mine.fullmatch(path.name))
 
 
 def commit(tmp: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
