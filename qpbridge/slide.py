@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -38,10 +39,15 @@ from qpbridge.errors import InputError, SlideError
 
 #: What :func:`open_slide` opens, by file name (any letter case; longest first where one ends another): the
 #: formats OpenSlide reads, then plain images (read with Pillow when OpenSlide does not open the file).
-#: A folder given as slides is searched for these.
+#: A folder given as slides is searched for these (``.dcm`` files make their folder one DICOM slide).
 SLIDE_SUFFIXES: tuple[str, ...] = (
     ".ome.tiff", ".ome.tif", ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide",
     ".dcm", ".png", ".jpg", ".jpeg", ".bmp",
+)
+
+#: Formats that only whole-slide scanners write: when OpenSlide cannot read one, no plain-image reader is tried.
+WHOLE_SLIDE_ONLY_SUFFIXES: tuple[str, ...] = (
+    ".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm",
 )
 
 #: Level-0 pixel sizes (um/px) a slide or image can have: scanners give 0.1-2, thumbnails and low-power images up to
@@ -165,7 +171,11 @@ class Slide:
         if not path.exists():
             raise InputError(f"slide not found: {path}: check the path")
         if path.is_dir():
-            raise InputError(f"{path} is a folder, not a slide: give a slide file")
+            member = dicom_member(path)
+            if member is None:
+                raise InputError(f"{path} is a folder, not a slide: give a slide file (a DICOM slide is a folder "
+                                 "of .dcm files)")
+            path = member  # OpenSlide opens a DICOM slide from any file of its series
         openslide_error: str | None = None
         try:
             self._osr = openslide.OpenSlide(str(path))
@@ -178,14 +188,21 @@ class Slide:
         if self._osr is not None:
             self._check_readable()
             return
+        if path.name.lower().endswith(WHOLE_SLIDE_ONLY_SUFFIXES):  # no plain image: Pillow would read a thumbnail
+            raise SlideError(
+                f"cannot open {path}: OpenSlide cannot read it ({openslide_error}): the file is damaged or "
+                "incomplete (a copy cut short?): copy or export the slide again"
+            )
         try:
-            image = Image.open(path)
-            image.load()
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            with warnings.catch_warnings():  # "Corrupt EXIF data" and the like: the pixels are what counts
+                warnings.simplefilter("ignore")
+                image = Image.open(path)
+                image.load()
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             hint = f" (OpenSlide: {openslide_error})" if openslide_error else ""
             raise SlideError(
-                f"cannot open {path}: not a slide or image that OpenSlide or Pillow can read{hint}: "
-                "convert it to a tiled pyramidal TIFF or SVS"
+                f"cannot open {path}: not a slide or image that OpenSlide or Pillow can read{hint}: the file is "
+                "damaged or incomplete, or in a format neither reads (convert it to a tiled pyramidal TIFF)"
             ) from exc
         self._image = image.convert("RGB")
         self._image_info = dict(image.info)
@@ -445,6 +462,12 @@ class Slide:
 
     def __repr__(self) -> str:
         return f"Slide({str(self.path)!r}, mpp={self._mpp})"
+
+
+def dicom_member(folder: str | os.PathLike[str]) -> Path | None:
+    """The first ``.dcm`` file of ``folder`` (a DICOM slide is a folder of them), or None when it holds none."""
+    found = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() == ".dcm" and p.is_file())
+    return found[0] if found else None
 
 
 def has_slide_suffix(path: str | os.PathLike[str]) -> bool:

@@ -49,7 +49,7 @@ from qpbridge.predict.roi import RoiGate, RoiResult, detect_roi
 from qpbridge.predict.segmenter import SegmenterSettings, native_bf16
 from qpbridge.qupath import Feature, GeoJSONWriter
 from qpbridge.qupath_write import meta_path as meta_path_for  # out.geojson -> out.geojson.meta.json
-from qpbridge.slide import SLIDE_SUFFIXES, Slide, has_slide_suffix, open_slide
+from qpbridge.slide import SLIDE_SUFFIXES, Slide, dicom_member, has_slide_suffix, open_slide
 from qpbridge.tissue import TissueMask, detect_tissue
 
 __all__ = [
@@ -345,15 +345,20 @@ class BatchPlan:
 
 def expand_slides(slides: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """Slide paths, each folder replaced by the slides in it (sorted; slide suffixes of
-    :data:`qpbridge.slide.SLIDE_SUFFIXES`).
+    :data:`qpbridge.slide.SLIDE_SUFFIXES`). A DICOM slide is a folder of ``.dcm`` files: one slide, whether it
+    is given itself or lies in the folder given.
 
     >>> expand_slides(["a.svs", "b.ndpi"])
     [PosixPath('a.svs'), PosixPath('b.ndpi')]
     """
     found: list[Path] = []
     for path in map(Path, slides):
-        if path.is_dir():
-            inside = sorted(p for p in path.iterdir() if has_slide_suffix(p) and p.is_file())
+        if path.is_dir() and dicom_member(path) is not None:
+            found.append(path)
+        elif path.is_dir():
+            inside = sorted(p for p in path.iterdir() if (
+                p.is_file() and has_slide_suffix(p) and p.suffix.lower() != ".dcm"
+                or p.is_dir() and dicom_member(p) is not None))
             if not inside:
                 raise InputError(f"no slides ({', '.join(SLIDE_SUFFIXES)}) in folder {path}")
             found.extend(inside)
