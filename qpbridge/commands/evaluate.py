@@ -46,7 +46,9 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
         with reported_errors():
-            from qpbridge.metrics import evaluate_geojson, evaluate_masks, is_geojson_path, parse_class_map
+            from qpbridge.metrics import evaluate_geojson, evaluate_masks
+            from qpbridge.qupath import is_geojson_path
+            from qpbridge.rasterize import parse_class_map
 
             mapping = parse_class_map(class_map) if class_map else None
             geo = [is_geojson_path(pred), is_geojson_path(truth)]
@@ -55,7 +57,7 @@ def register(app: typer.Typer) -> None:
             if all(geo):
                 if probs is not None:
                     raise InputError("--probs applies to label masks, not GeoJSON")
-                result = evaluate_geojson(pred, truth, class_map=mapping, slide=slide, mpp=mpp, role=role)
+                result = evaluate_geojson(pred, truth, class_map=mapping, slide=slide, grid_mpp=mpp, role=role)
             else:
                 if slide is not None or mpp is not None:
                     raise InputError("--slide and --mpp apply to GeoJSON inputs; masks are compared pixel by pixel")

@@ -31,8 +31,8 @@ from qpbridge.dataset import (
     load_card_config,
 )
 from qpbridge.errors import InputError
-from qpbridge.naming import CORRECTIONS_SUFFIX, SIDECAR_SUFFIX, read_corrections_sidecar
-from qpbridge.rasterize import ClassMap, load_class_map_file, parse_class_option
+from qpbridge.qupath import corrections_sidecar_path, read_corrections_sidecar
+from qpbridge.rasterize import ClassMap, parse_class_map, parse_class_option
 
 _HELP = f"""Turn a slide and its (corrected) QuPath GeoJSON into training tiles: RGB and label-mask PNGs,
 manifest.csv and dataset.json (the tile dataset `qpbridge train` reads).
@@ -177,12 +177,12 @@ def register(app: typer.Typer) -> None:
             if geojson_path is None:
                 # `qpbridge masks corrections/slide.geojson`: export_corrections.groovy recorded the slide beside it.
                 geojson_path = slide_path
-                base = geojson_path.name.removesuffix(".gz").removesuffix(CORRECTIONS_SUFFIX)
-                sidecar = geojson_path.with_name(base + SIDECAR_SUFFIX)
-                if not sidecar.is_file():
+                sidecar = corrections_sidecar_path(geojson_path)
+                if sidecar is None or not sidecar.is_file():
+                    missing = f"sidecar {sidecar}" if sidecar is not None else "<name>.json sidecar (not a .geojson)"
                     raise InputError(
                         f"give the slide and the GeoJSON (qpbridge masks SLIDE GEOJSON): {geojson_path} has no "
-                        f"sidecar {sidecar} recording its slide"
+                        f"{missing} recording its slide"
                     )
                 slide_path = read_corrections_sidecar(sidecar)
             if out_dir is None and not dry_run:
@@ -200,7 +200,7 @@ def register(app: typer.Typer) -> None:
             class_map: ClassMap = config.class_map
             overrides: dict[str, int | str] = {}
             if class_map_file is not None:
-                overrides.update(load_class_map_file(class_map_file))
+                overrides.update(parse_class_map(class_map_file))
             for text in class_opts or []:
                 name, value = parse_class_option(text)
                 overrides[name] = value

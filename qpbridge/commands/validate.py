@@ -9,7 +9,7 @@ import typer
 
 from qpbridge.commands._common import reported_errors
 from qpbridge.errors import InputError
-from qpbridge.validate import fix_geojson, validate_geojson
+from qpbridge.qupath import fix_geojson, validate_geojson
 
 
 def register(app: typer.Typer) -> None:
