@@ -249,6 +249,17 @@ def test_diff_uses_a_cards_aliases() -> None:
     assert diff_geojson(predicted, corrected, class_map=card).identical
 
 
+def test_diff_uses_a_cards_aliases_from_the_cli(tmp_path: Path) -> None:
+    p = write_qupath(tmp_path / "p.geojson", [qupath_feature(box(0, 0, 100, 100), IN_SITU, marked=True)])
+    c = write_qupath(tmp_path / "c.geojson", [qupath_feature(box(0, 0, 100, 100), "Carcinoma in situ")])
+    without = json.loads(runner.invoke(APP, ["diff", str(p), str(c), "--json"]).stdout)
+    assert without["relabelled_px2"] == {IN_SITU: {"Carcinoma in situ": 10000.0}}
+    result = runner.invoke(APP, ["diff", str(p), str(c), "--json", "--class-map", "Carcinoma in situ=2"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["relabelled_px2"] == {} and data["per_class"][IN_SITU]["unchanged_px2"] == 10000.0
+
+
 def _feature(obj: dict[str, Any]) -> Feature:
     geom = shapely.from_geojson(json.dumps(obj["geometry"]))
     return Feature(
