@@ -116,7 +116,7 @@ def _child(args: argparse.Namespace) -> None:
     from qpbridge.tiles import MaskConfig, build_tile_dataset
 
     config = MaskConfig(
-        mpp=args.mpp,
+        mpp=args.tile_mpp,
         tile_px=args.tile_px,
         dry_run=args.dry_run,
         max_per_class=args.max_per_class,
@@ -164,14 +164,15 @@ def _report(name: str, r: dict[str, float]) -> None:
 def bench_masks(workdir: Path, big: bool) -> None:
     slide, truth = _synth(workdir, 20_000, 15_000)
     out = workdir / "tiles"
-    _report("masks 20k x 15k at 0.25 um/px, 256 px tiles", _run_child(slide, truth, out, "--mpp", "0.25"))
-    _report("masks 20k x 15k at 0.5 um/px, 256 px tiles", _run_child(slide, truth, out, "--mpp", "0.5"))
+    _report("masks 20k x 15k at 0.25 um/px, 256 px tiles", _run_child(slide, truth, out, "--tile-mpp", "0.25"))
+    _report("masks 20k x 15k at 0.5 um/px, 256 px tiles", _run_child(slide, truth, out, "--tile-mpp", "0.5"))
     if not big:
         return
     slide40, truth40 = _synth(workdir, 40_000, 30_000)
     for name, (s, g) in (("20k x 15k", (slide, truth)), ("40k x 30k", (slide40, truth40))):
-        _report(f"masks {name} --dry-run", _run_child(s, g, out, "--mpp", "0.25", "--dry-run"))
-        _report(f"masks {name} --max-per-class 100", _run_child(s, g, out, "--mpp", "0.25", "--max-per-class", "100"))
+        _report(f"masks {name} --dry-run", _run_child(s, g, out, "--tile-mpp", "0.25", "--dry-run"))
+        capped = _run_child(s, g, out, "--tile-mpp", "0.25", "--max-per-class", "100")
+        _report(f"masks {name} --max-per-class 100", capped)
 
 
 def main() -> None:
@@ -182,7 +183,7 @@ def main() -> None:
         child.add_argument("slide")
         child.add_argument("geojson")
         child.add_argument("out")
-        child.add_argument("--mpp", type=float, default=0.25)
+        child.add_argument("--tile-mpp", type=float, default=0.25)
         child.add_argument("--tile-px", type=int, default=256)
         child.add_argument("--dry-run", action="store_true")
         child.add_argument("--max-per-class", type=int, default=None)

@@ -36,7 +36,7 @@ def score(workdir: Path, slide: Path, model: str, tag: str) -> dict:
     out = workdir / f"{slide.stem}_{tag}.geojson"
     qpbridge("predict", str(slide), "-o", str(out), "--model-cell", model, "--no-roi", "--overwrite")
     report = json.loads(qpbridge("evaluate", str(out), str(slide.with_suffix(".truth.geojson")), "--slide",
-                                 str(slide), "--mpp", "0.5", "--json"))
+                                 str(slide), "--grid-mpp", "0.5", "--json"))
     return {"mean_iou": report["mean_iou"], **{c["name"]: round(c["iou"], 4) for c in report["classes"]}}
 
 

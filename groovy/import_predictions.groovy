@@ -19,8 +19,8 @@
  *
  * "<image base name>" is QuPath's image name without its slide extension, with characters that cannot be
  * in a file name replaced by '_': "slide1.svs" -> "slide1". `qpbridge predict slide1.svs` gives the same
- * name (the rule lives in qpbridge/naming.py). If the image was renamed in the project, the name of its
- * file is tried too.
+ * name (the rule lives in qpbridge/qupath/project.py). If the image was renamed in the project, the name
+ * of its file is tried too.
  *
  * QuPath versions: 0.4, 0.5, 0.6 and 0.7.
  *
@@ -182,7 +182,7 @@ void qpbridgeMoveIntoPlace(File temporary, File target) {
 // <<< qpbridge shared block: util
 
 
-// >>> qpbridge shared block: naming (the same in every qpbridge script; same rule as qpbridge/naming.py)
+// >>> qpbridge shared block: naming (the same in every qpbridge script; same rule as qpbridge/qupath/project.py)
 @Field final String QPBRIDGE_PREDICTIONS_DIRNAME = 'qpbridge'
 @Field final String QPBRIDGE_CORRECTIONS_DIRNAME = 'corrections'
 @Field final List<String> QPBRIDGE_PREDICTION_SUFFIXES = ['.geojson', '.geojson.gz']

@@ -17,7 +17,7 @@
  *     is logged as an error naming what is missing and stops the script.
  *
  * "<image base name>" is QuPath's image name without its slide extension, with characters that cannot be
- * in a file name replaced by '_': "slide1.svs" -> "slide1" (the rule lives in qpbridge/naming.py).
+ * in a file name replaced by '_': "slide1.svs" -> "slide1" (the rule lives in qpbridge/qupath/project.py).
  *
  * QuPath versions: 0.4, 0.5, 0.6 and 0.7.
  *
@@ -205,7 +205,7 @@ void qpbridgeMoveIntoPlace(File temporary, File target) {
 // <<< qpbridge shared block: util
 
 
-// >>> qpbridge shared block: naming (the same in every qpbridge script; same rule as qpbridge/naming.py)
+// >>> qpbridge shared block: naming (the same in every qpbridge script; same rule as qpbridge/qupath/project.py)
 @Field final String QPBRIDGE_PREDICTIONS_DIRNAME = 'qpbridge'
 @Field final String QPBRIDGE_CORRECTIONS_DIRNAME = 'corrections'
 @Field final List<String> QPBRIDGE_PREDICTION_SUFFIXES = ['.geojson', '.geojson.gz']

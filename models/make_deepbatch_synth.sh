@@ -7,9 +7,9 @@
 set -euo pipefail
 for seed in 101 102 103 104 105 106 107 108; do
   qpbridge synth train/s$seed.svs --width 8000 --height 6000 --seed $seed --lesion-fraction 0.3
-  qpbridge masks train/s$seed.svs train/s$seed.truth.geojson -o roi-tiles --role roi --mpp 2.0 --tile-px 256 \
+  qpbridge masks train/s$seed.svs train/s$seed.truth.geojson -o roi-tiles --role roi --tile-mpp 2.0 --tile-px 256 \
     --stride-px 128 --qa-mpp 0
-  qpbridge masks train/s$seed.svs train/s$seed.truth.geojson -o cell-tiles --role cell --mpp 1.0 --tile-px 256 \
+  qpbridge masks train/s$seed.svs train/s$seed.truth.geojson -o cell-tiles --role cell --tile-mpp 1.0 --tile-px 256 \
     --stride-px 128 --qa-mpp 0
 done
 USE="Demonstration and testing only: trained on synthetic slides from qpbridge synth; not for diagnosis."
@@ -23,6 +23,6 @@ for seed in 201 202; do
   qpbridge synth heldout/s$seed.svs --width 8000 --height 6000 --seed $seed
   qpbridge predict heldout/s$seed.svs -o heldout/s$seed.geojson --model-roi deepbatch-synth-roi \
     --model-cell deepbatch-synth-cell
-  qpbridge evaluate heldout/s$seed.geojson heldout/s$seed.truth.geojson --slide heldout/s$seed.svs --mpp 1 --role roi
-  qpbridge evaluate heldout/s$seed.geojson heldout/s$seed.truth.geojson --slide heldout/s$seed.svs --mpp 0.5
+  qpbridge evaluate heldout/s$seed.geojson heldout/s$seed.truth.geojson --slide heldout/s$seed.svs --grid-mpp 1 --role roi
+  qpbridge evaluate heldout/s$seed.geojson heldout/s$seed.truth.geojson --slide heldout/s$seed.svs --grid-mpp 0.5
 done

@@ -8,9 +8,10 @@ How the two files are compared
 1. Objects of the chosen types (annotations and detections) with an area are kept. ``ROI`` objects (the ROI
    model's output) form a section of their own; ``Region*``, ``Ignore*``, ``Pen mark*`` and ``Pen`` objects
    (what ``qpbridge masks`` treats as the reviewed area or as "ignore") are left out and counted.
-2. Class names are matched as ``qpbridge masks`` matches them: exactly, then ignoring case, then the first
-   part of a derived class (``"Benign: Positive"`` -> ``"Benign"``). Unclassified objects are
-   ``"Unclassified"``.
+2. Class names are matched as ``qpbridge masks`` matches them, by the one rule of
+   :mod:`qpbridge.qupath.classes` over the same class map (a model card's classes and aliases; ``"Tissue"``
+   is ``Normal``): the full name exactly, then in any case, then the first part of a derived class
+   (``"Benign: Positive"`` -> ``"Benign"``). Unclassified objects are ``"Unclassified"``.
 3. Per file, the objects of a class are unioned. Where classes overlap **within one file**, the class of
    higher priority wins, as in ``qpbridge masks``' default: priority follows the class list, lowest first
    (default ``Normal < Benign < In situ carcinoma < Invasive carcinoma``: carcinoma over benign over normal).
@@ -43,7 +44,6 @@ Example
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import math
 import os
@@ -57,8 +57,20 @@ import shapely
 
 from qpbridge.classes import DEEPBATCH_CLASSES, ROI_CLASS
 from qpbridge.errors import InputError, OutputError
-from qpbridge.naming import PREDICTION_MEASUREMENT, image_basename
-from qpbridge.qupath import Feature, make_valid_polygonal, meta_path, read_geojson, write_geojson
+from qpbridge.qupath import (
+    PREDICTION_MEASUREMENT,
+    Feature,
+    corrections_sidecar_path,
+    geojson_file_base,
+    image_basename,
+    load_corrections_sidecar,
+    make_valid_polygonal,
+    meta_path,
+    read_geojson,
+    write_geojson,
+)
+from qpbridge.qupath.classes import RESERVED_PATTERNS, UNCLASSIFIED, ClassMatcher
+from qpbridge.rasterize import ClassMap
 
 __all__ = [
     "DEFAULT_CLASS_ORDER",
@@ -81,18 +93,16 @@ __all__ = [
 #: Tissue classes in priority order, lowest first (the DeepBatch labels 0..3: a higher label wins).
 DEFAULT_CLASS_ORDER: tuple[str, ...] = tuple(c.name for c in DEEPBATCH_CLASSES)
 #: Classes left out of the comparison: ``qpbridge masks``' reviewed-area and ignore classes.
-DEFAULT_EXCLUDE_PATTERNS: tuple[str, ...] = ("Region*", "Ignore*", "Pen mark*", "Pen")
+DEFAULT_EXCLUDE_PATTERNS: tuple[str, ...] = RESERVED_PATTERNS
 #: Class of the reviewed-area annotations written by :func:`write_changed_only` (QuPath's built-in "Region*").
 REGION_CLASS = "Region*"
 REGION_COLOR = (0, 0, 180)
-UNCLASSIFIED = "Unclassified"
 
 #: Objects may reach this share of the slide's larger side beyond it before the file is another slide's.
 _BOUNDS_TOLERANCE_FRAC = 0.01
 _BOUNDS_TOLERANCE_MIN_PX = 2.0
 #: Areas within this relative error of zero are zero (float noise of overlaying identical shapes).
 _REL_EPS = 1e-9
-_GEOJSON_SUFFIXES = (".geojson.gz", ".geojson")
 _MAX_READ_WARNINGS = 5
 
 
@@ -460,33 +470,31 @@ class _Sorted:
     bounds: tuple[float, float, float, float] | None = None
 
 
-def _canonical(name: str | None, known: Sequence[str]) -> str:
-    if name is None:
-        return UNCLASSIFIED
-    if name in known:
-        return name
-    folded = {k.casefold(): k for k in reversed(known)}
-    hit = folded.get(name.casefold())
-    if hit is not None:
-        return hit
-    if ":" in name:
-        first = name.split(":", 1)[0].strip()
-        if first in known:
-            return first
-        hit = folded.get(first.casefold())
-        if hit is not None:
-            return hit
-    return name
+def _class_matcher(
+    known: Sequence[str], roi_class: str | None, class_map: ClassMap, exclude: Sequence[str]
+) -> ClassMatcher[tuple[str, str | None]]:
+    """QuPath class name -> ``(kind, compared class)``, by the one matching rule of :mod:`qpbridge.qupath.classes`.
+
+    The ROI class first, then the compared classes by name, then the class map's names and aliases (each goes
+    to its label's class; ignore, region and skip entries are left out), then the ``exclude`` patterns.
+    """
+    names: dict[str, tuple[str, str | None]] = {}
+    if roi_class is not None:
+        names[roi_class] = ("roi", roi_class)
+    for name in known:
+        names.setdefault(name, ("class", name))
+    label_names = {c.label: c.name for c in class_map.classes}
+    for name, value in class_map.names.items():
+        names.setdefault(name, ("class", label_names[value]) if value in label_names else ("exclude", None))
+    return ClassMatcher(names, [(pattern, ("exclude", None)) for pattern in exclude])
 
 
 def _sort_features(
     features: Iterable[Feature],
     label: str,
     *,
-    known: Sequence[str],
+    matcher: ClassMatcher[tuple[str, str | None]],
     object_types: Sequence[str],
-    roi_class: str | None,
-    exclude: Sequence[str],
 ) -> _Sorted:
     out = _Sorted(label)
     feats = [f for f in features if f.object_type in object_types]
@@ -504,20 +512,15 @@ def _sort_features(
     usable = area_like & (shapely.area(geoms) > 0)
     if not usable.all():
         out.excluded["no area"] = out.excluded.get("no area", 0) + int((~usable).sum())
-    roi_key = roi_class.casefold() if roi_class is not None else None
-    category: dict[str | None, tuple[str, str]] = {}  # class name -> (kind, canonical name)
+    category: dict[str | None, tuple[str, str]] = {}  # class name -> (kind, compared name)
     kept: list[int] = []
     for i in np.flatnonzero(usable).tolist():
         feat = feats[i]
         hit = category.get(feat.class_name)
         if hit is None:
-            name = _canonical(feat.class_name, known)
-            if roi_key is not None and name.casefold() == roi_key:
-                hit = ("roi", name)
-            elif any(fnmatch.fnmatchcase(name.casefold(), p.casefold()) for p in exclude):
-                hit = ("exclude", name)
-            else:
-                hit = ("class", name)
+            shown = UNCLASSIFIED if feat.class_name is None else feat.class_name
+            kind, name = matcher.match(feat.class_name) or ("class", None)
+            hit = (kind, shown if name is None else name)
             category[feat.class_name] = hit
         kind, name = hit
         if kind == "exclude":
@@ -540,12 +543,11 @@ def _sort_features(
 
 
 def _class_order(
-    predicted: _Sorted, corrected: _Sorted, classes: Sequence[str] | None
+    predicted: _Sorted, corrected: _Sorted, known: Sequence[str], strict: bool
 ) -> tuple[tuple[str, ...], dict[str, int], list[str]]:
     """Priority order (lowest first), the unknown corrected classes, and warnings."""
     warnings: list[str] = []
-    known = list(classes) if classes is not None else list(DEFAULT_CLASS_ORDER)
-    if classes is not None:
+    if strict:
         bad: list[str] = []
         for sorted_ in (predicted, corrected):
             extra = {n: c for n, c in sorted_.counts.items() if n not in known}
@@ -565,7 +567,7 @@ def _class_order(
             f"lack: {listing}; they are compared as classes of their own, below every known class"
         )
     present = set(predicted.counts) | set(corrected.counts)
-    if classes is not None:  # strict: every listed class, present or not
+    if strict:  # every listed class, present or not
         return tuple(known), unknown, warnings
     others = sorted(present - set(known))
     return tuple(others) + tuple(k for k in known if k in present), unknown, warnings
@@ -624,10 +626,11 @@ def diff_geojson(
     classes: Sequence[str] | None = None,
     object_types: Sequence[str] = ("annotation", "detection"),
     roi_class: str | None = ROI_CLASS.name,
-    exclude_classes: Sequence[str] = DEFAULT_EXCLUDE_PATTERNS,
+    exclude_classes: Sequence[str] | None = None,
     slide_size_px: tuple[int, int] | None = None,
     mpp_source: str | None = None,
     name: str | None = None,
+    class_map: ClassMap | None = None,
 ) -> DiffResult:
     """Compare a prediction with the pathologist's corrected objects, by area per class.
 
@@ -640,15 +643,21 @@ def diff_geojson(
         Level-0 pixel size in um/px: areas in um^2; ``None``: areas in px^2.
     classes
         Tissue classes in priority order, lowest first (overlaps within a file go to the later one). Given,
-        it is strict: a class outside it in either file is an :class:`InputError`. ``None``: the DeepBatch
-        classes (:data:`DEFAULT_CLASS_ORDER`), and other classes are compared below them (a warning lists
-        those found only in the corrected file).
+        it is strict: a class outside it in either file is an :class:`InputError`. ``None``: the class map's
+        classes by label (default the DeepBatch classes, :data:`DEFAULT_CLASS_ORDER`), and other classes are
+        compared below them (a warning lists those found only in the corrected file).
     object_types
         Object types compared; others (cells, tiles, TMA cores) are counted in ``excluded``.
     roi_class
         Class of the ROI model's output, compared in its own section (``None``: an ordinary class).
     exclude_classes
-        ``fnmatch`` patterns (any case) of classes left out (reviewed-area and ignore markers).
+        ``fnmatch`` patterns (any case) of classes left out; default the class map's reviewed-area and ignore
+        patterns (:data:`DEFAULT_EXCLUDE_PATTERNS`).
+    class_map
+        How QuPath class names are matched to classes, as ``qpbridge masks`` matches them (its
+        :class:`~qpbridge.rasterize.ClassMap`: a model card's classes and aliases, ``"Tissue"`` = label 0,
+        ``--class`` overrides; entries mapped to ignore, region or skip are left out). Default
+        :meth:`ClassMap.deepbatch() <qpbridge.rasterize.ClassMap.deepbatch>`.
     slide_size_px
         QuPath's image size ``(width, height)``: objects of either file reaching well beyond it are an
         :class:`InputError` (another slide's file).
@@ -682,15 +691,13 @@ def diff_geojson(
             f"{corr_label} holds no objects: nothing to compare; export the corrected objects from QuPath "
             "(groovy/export_corrections.groovy) and give that file"
         )
-    known = list(classes) if classes is not None else list(DEFAULT_CLASS_ORDER)
-    kw: dict[str, Any] = {
-        "known": known,
-        "object_types": tuple(object_types),
-        "roi_class": roi_class,
-        "exclude": tuple(exclude_classes),
-    }
-    pred = _sort_features(pred_features, pred_label, **kw)
-    corr = _sort_features(corr_features, corr_label, **kw)
+    cmap = class_map if class_map is not None else ClassMap.deepbatch()
+    known = list(classes) if classes is not None else [c.name for c in cmap.classes]
+    if exclude_classes is None:
+        exclude_classes = (*cmap.region_patterns, *cmap.ignore_patterns)
+    matcher = _class_matcher(known, roi_class, cmap, tuple(exclude_classes))
+    pred = _sort_features(pred_features, pred_label, matcher=matcher, object_types=tuple(object_types))
+    corr = _sort_features(corr_features, corr_label, matcher=matcher, object_types=tuple(object_types))
     if not pred_features:
         warnings.append(f"{pred_label} holds no objects: everything corrected counts as added")
     if slide_size_px is not None:
@@ -707,7 +714,7 @@ def diff_geojson(
             f"{pred_label} carries no qpbridge prediction marker but {corr_label} does: "
             "are the two files swapped?"
         )
-    order, unknown, class_warnings = _class_order(pred, corr, classes)
+    order, unknown, class_warnings = _class_order(pred, corr, known, strict=classes is not None)
     warnings.extend(class_warnings)
 
     index = {c: k for k, c in enumerate(order)}
@@ -796,23 +803,10 @@ def diff_geojson(
 
 
 # -------------------------------------------------------------------------------- files and sidecars
-def _geojson_base(path: Path) -> str | None:
-    lower = path.name.lower()
-    for suffix in _GEOJSON_SUFFIXES:
-        if lower.endswith(suffix) and len(lower) > len(suffix):
-            return path.name[: -len(suffix)]
-    return None
-
-
 def _sidecar_info(corrected: Path) -> tuple[float | None, tuple[int, int] | None, str | None]:
     """Pixel size and image size from ``export_corrections.groovy``'s sidecar beside ``corrected``, if any."""
-    from qpbridge.naming import load_corrections_sidecar
-
-    base = _geojson_base(corrected)
-    if base is None:
-        return None, None, None
-    sidecar = corrected.with_name(base + ".json")
-    if not sidecar.is_file():
+    sidecar = corrections_sidecar_path(corrected)
+    if sidecar is None or not sidecar.is_file():
         return None, None, None
     try:
         info = load_corrections_sidecar(sidecar)
@@ -835,15 +829,6 @@ def _prediction_meta_mpp(predicted: Path) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
         return float(value)
     return None
-
-
-def _qupath_image_size(slide: Any) -> tuple[int, int]:
-    """The image size QuPath shows for a slide (cropped to ``openslide.bounds-*`` when QuPath crops)."""
-    if tuple(slide.qupath_offset_xy_px) != (0, 0):
-        props = slide.properties
-        return int(props["openslide.bounds-width"]), int(props["openslide.bounds-height"])
-    width, height = slide.dimensions
-    return int(width), int(height)
 
 
 def diff_files(
@@ -889,7 +874,7 @@ def diff_files(
         from qpbridge.slide import open_slide
 
         with open_slide(Path(slide), mpp=mpp) as opened:
-            size = _qupath_image_size(opened)
+            size = opened.qupath_size_px
             if mpp is None and opened.has_mpp:
                 mpp, source = opened.mpp, f"slide {Path(slide).name}"
         if name is None:
@@ -905,7 +890,7 @@ def diff_files(
         if meta_mpp is not None:
             mpp, source = meta_mpp, "prediction meta"
     if name is None:
-        name = image_basename(_geojson_base(corrected) or corrected.name)
+        name = image_basename(geojson_file_base(corrected) or corrected.name)
     result = diff_geojson(
         predicted, corrected, mpp=mpp, slide_size_px=size, mpp_source=source, name=name, **kw
     )
@@ -933,14 +918,14 @@ def _index_folder(folder: Path, what: str, warnings: list[str]) -> dict[str, Pat
         raise InputError(f"{what} folder {folder} not found: give a folder of .geojson files")
     found: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):
-        base = _geojson_base(path) if path.is_file() else None
+        base = geojson_file_base(path) if path.is_file() else None
         if base is None:
             continue
         found.setdefault(image_basename(base), []).append(path)
     out: dict[str, Path] = {}
     for key, paths in found.items():
         # .geojson before .geojson.gz (the import script's order), an exact base before a normalised one
-        paths.sort(key=lambda p: (_geojson_base(p) != key, p.name.lower().endswith(".gz"), p.name))
+        paths.sort(key=lambda p: (geojson_file_base(p) != key, p.name.lower().endswith(".gz"), p.name))
         out[key] = paths[0]
         if len(paths) > 1:
             warnings.append(
@@ -951,9 +936,9 @@ def _index_folder(folder: Path, what: str, warnings: list[str]) -> dict[str, Pat
 
 
 def match_pairs(predicted_dir: str | os.PathLike[str], corrected_dir: str | os.PathLike[str]) -> PairMatch:
-    """Pair the ``<base>.geojson[.gz]`` files of two folders by slide name (``naming.image_basename``).
+    """Pair the ``<base>.geojson[.gz]`` files of two folders by slide name (:func:`qpbridge.qupath.image_basename`).
 
-    A prediction ``slide1.geojson`` (``qpbridge.naming.prediction_filename("slide1.svs")``) pairs with the
+    A prediction ``slide1.geojson`` (``qpbridge.qupath.prediction_filename("slide1.svs")``) pairs with the
     corrections ``slide1.geojson`` that ``export_corrections.groovy`` wrote; ``slide1.svs.geojson`` pairs too.
 
     Examples
@@ -1050,7 +1035,7 @@ def diff_pairs(
             batch.corrected_only.extend(match.corrected_only)
             batch.warnings.extend(match.warnings)
         else:
-            jobs.append((image_basename(_geojson_base(b) or b.name), a, b))
+            jobs.append((image_basename(geojson_file_base(b) or b.name), a, b))
     if not jobs:
         raise InputError(
             "no prediction and corrections share a slide name: the folders must hold <slide>.geojson files "

@@ -29,10 +29,21 @@ import numpy as np
 import torch
 
 from qpbridge.classes import DEEPBATCH_CLASSES, IGNORE_LABEL
-from qpbridge.errors import InputError, QpbridgeError
+from qpbridge.errors import InputError
 
 if TYPE_CHECKING:
     from rich.table import Table
+
+__all__ = [
+    "DEFAULT_BLOCK_PX",
+    "ClassMetrics",
+    "ConfusionAccumulator",
+    "SegmentationMetrics",
+    "evaluate_geojson",
+    "evaluate_masks",
+    "read_label_image",
+    "read_probabilities",
+]
 
 #: Pixels per block handed to MONAI (bounded one-hot memory: classes x block x 4 bytes, twice).
 DEFAULT_BLOCK_PX = 1 << 20
@@ -469,66 +480,12 @@ def read_probabilities(path: str | os.PathLike[str]) -> np.ndarray:
     return array.astype(np.float32, copy=False)
 
 
-def parse_class_map(spec: str) -> dict[str, int]:
-    """QuPath class name (and alias) -> label, from ``Name=label,...``, a JSON file, or a registered model name.
-
-    The JSON file may be a dataset's ``dataset.json`` or a model's ``card.json`` (their ``classes`` list;
-    a card's aliases are included) or a plain ``{"Name": label}`` object.
-
-    Examples
-    --------
-    >>> parse_class_map("Normal=0, Benign=1,Invasive carcinoma=3")
-    {'Normal': 0, 'Benign': 1, 'Invasive carcinoma': 3}
-    """
-    import json
-
-    text = spec.strip()
-    if "=" in text:
-        mapping: dict[str, int] = {}
-        for part in text.split(","):
-            name, sep, label = part.partition("=")
-            if not sep or not name.strip() or not label.strip().isdigit():
-                raise InputError(f"--class-map entry {part.strip()!r} is not NAME=LABEL (e.g. 'Benign=1')")
-            mapping[name.strip()] = int(label)
-        return mapping
-    path = Path(text).expanduser()
-    if path.is_file():
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"--class-map {path}: not readable JSON ({exc})") from None
-        if isinstance(raw, dict) and isinstance(raw.get("classes"), list):
-            mapping = {}
-            for cls in raw["classes"]:
-                if (
-                    not isinstance(cls, dict)
-                    or not isinstance(cls.get("name"), str)
-                    or not isinstance(cls.get("label"), int)
-                ):
-                    raise InputError(f"--class-map {path}: a class entry {cls!r} lacks a name and an integer label")
-                mapping[cls["name"]] = cls["label"]
-                for alias in cls.get("aliases", []) or []:
-                    mapping.setdefault(str(alias), cls["label"])
-            return mapping
-        if isinstance(raw, dict) and all(isinstance(v, int) and not isinstance(v, bool) for v in raw.values()):
-            return {str(k): int(v) for k, v in raw.items()}
-        raise InputError(f"--class-map {path}: expected a 'classes' list or a {{name: label}} object")
-    from qpbridge.models import load_card, resolve_model_path
-
-    try:
-        return load_card(resolve_model_path(text)).class_map()
-    except QpbridgeError:
-        raise InputError(
-            f"--class-map {spec!r} is neither NAME=LABEL pairs, a JSON file, nor a known model name "
-            "(see `qpbridge models list`)"
-        ) from None
-
-
-def _names_by_label(class_map: Mapping[str, int]) -> dict[int, str]:
-    """Display name per label: the first name the map gives it."""
+def _names_by_label(class_map: Mapping[str, int | str]) -> dict[int, str]:
+    """Display name per label: the first name the map gives it (``ignore``/``region``/``skip`` entries name none)."""
     names: dict[int, str] = {}
     for name, label in class_map.items():
-        names.setdefault(int(label), name)
+        if isinstance(label, int):
+            names.setdefault(label, name)
     return names
 
 
@@ -536,13 +493,15 @@ def evaluate_masks(
     pred_path: str | os.PathLike[str],
     truth_path: str | os.PathLike[str],
     *,
-    class_map: Mapping[str, int] | None = None,
+    class_map: Mapping[str, int | str] | None = None,
     probs_path: str | os.PathLike[str] | None = None,
     ignore_label: int = IGNORE_LABEL,
 ) -> SegmentationMetrics:
     """Compare a predicted label mask with a true one (PNG or TIFF, same size).
 
-    The classes are the class map's labels, plus any other label found in either mask (named ``class <n>``).
+    The classes are the class map's labels, plus any other label found in either mask (named ``class <n>``);
+    a map's ``ignore``/``region``/``skip`` entries (see :func:`qpbridge.rasterize.parse_class_map`) name no
+    label and do not matter here.
 
     Examples
     --------
@@ -585,13 +544,7 @@ def evaluate_masks(
     return result
 
 
-def is_geojson_path(path: str | os.PathLike[str]) -> bool:
-    """True for ``.geojson``/``.json`` files (optionally gzipped), which :func:`evaluate_geojson` reads."""
-    name = Path(path).name.lower()
-    return name.endswith((".geojson", ".json", ".geojson.gz", ".json.gz"))
-
-
-def _labels_from_geojson(path: str | os.PathLike[str], class_map: Mapping[str, int] | None, *,
+def _labels_from_geojson(path: str | os.PathLike[str], class_map: Mapping[str, int | str] | None, *,
                          truth: bool, role: str = "cell"
                          ) -> tuple[Any, tuple[int, ...], dict[int, str], tuple[float, ...] | None]:
     """Prepare a GeoJSON file for rasterizing windows: ``(window(shape_hw, affine) -> labels, labels, names, bounds)``.
@@ -601,8 +554,9 @@ def _labels_from_geojson(path: str | os.PathLike[str], class_map: Mapping[str, i
     the rest is ignored (255); the prediction counts everywhere, uncovered pixels being label 0.
     """
     try:
-        from qpbridge.classes import ClassInfo
+        from qpbridge.classes import ROI_CLASS, ClassInfo
         from qpbridge.qupath import read_geojson
+        from qpbridge.qupath.classes import ClassMatcher
         from qpbridge.rasterize import ClassMap, LabelRasterizer
     except ImportError as exc:
         raise InputError(f"evaluating GeoJSON needs {exc.name}, which this installation lacks: "
@@ -613,56 +567,92 @@ def _labels_from_geojson(path: str | os.PathLike[str], class_map: Mapping[str, i
         names = _names_by_label(class_map)
         known = {c.label: c.color for c in DEEPBATCH_CLASSES}
         infos = [ClassInfo(label, name, known.get(label, (128, 128, 128))) for label, name in sorted(names.items())]
-        cmap = ClassMap.from_classes(infos, {k: v for k, v in class_map.items() if names.get(v) != k})
+        aliases = {k: v for k, v in class_map.items() if isinstance(v, int) and names.get(v) != k}
+        cmap = ClassMap.from_classes(infos, aliases)
+        others = {k: v for k, v in class_map.items() if not isinstance(v, int)}
+        if others:  # ignore / region / skip, or another class's name
+            cmap = cmap.with_overrides(others)
     else:
         cmap = ClassMap.deepbatch()
     features = list(read_geojson(path).features)
     if not truth:
         # A prediction holds the ROI model's regions and the cell model's classes: keep the role's own.
-        roi_names = {c.name for c in ClassMap.roi().classes if c.label != 0}
-        features = [f for f in features if (f.class_name in roi_names) == (role == "roi")]
+        is_roi = ClassMatcher({ROI_CLASS.name: True})
+        features = [f for f in features if (is_roi.match(f.class_name) is True) == (role == "roi")]
     rasterizer = LabelRasterizer(features, cmap, reviewed="region" if truth else "all", source=str(path),
                                  ignore_unknown=not truth)
     return (rasterizer.window, cmap.labels, {c.label: c.name for c in cmap.classes}, rasterizer.bounds())
 
 
 def evaluate_geojson(pred_path: str | os.PathLike[str], truth_path: str | os.PathLike[str], *,
-                     class_map: Mapping[str, int] | None = None, slide: str | os.PathLike[str] | None = None,
-                     mpp: float | None = None, block_px: int = 4096, role: str = "cell") -> SegmentationMetrics:
-    """Compare two QuPath GeoJSON files over a slide, rasterized block by block at ``mpp`` um/px.
+                     class_map: Mapping[str, int | str] | None = None, slide: str | os.PathLike[str] | None = None,
+                     slide_mpp: float | None = None, grid_mpp: float | None = None, block_px: int = 4096,
+                     role: str = "cell", mpp: float | None = None) -> SegmentationMetrics:
+    """Compare two QuPath GeoJSON files, rasterized block by block on a grid of ``grid_mpp`` um/px.
 
-    With ``slide`` the whole slide is compared (at ``mpp``, default the slide's own um/px); without it, the union
-    of both files' feature bounds at level-0 pixels. ``class_map`` maps QuPath class names to labels (default:
-    the DeepBatch classes). ``role="roi"`` compares the prediction's "ROI" regions with the truth's lesions
-    (every DeepBatch lesion class counts as ROI). Memory is bounded by one block of ``block_px`` x ``block_px``
-    pixels.
+    Parameters
+    ----------
+    pred_path, truth_path
+        The prediction and the truth (level-0 pixel coordinates, QuPath's).
+    class_map
+        QuPath class name -> label (or ``ignore``/``region``/``skip``), as :func:`qpbridge.rasterize.parse_class_map`
+        reads it; default the DeepBatch classes. Class names are matched by the rule of
+        :mod:`qpbridge.qupath.classes`.
+    slide
+        The slide: the whole image QuPath shows of it is compared (its ``openslide.bounds-*`` crop, see
+        :mod:`qpbridge.qupath.bounds`). Without it, the union of both files' feature bounds.
+    slide_mpp
+        The slide's level-0 pixel size in um/px (overrides its metadata; what ``--mpp`` gives).
+    grid_mpp
+        um/px of the comparison grid (``--grid-mpp``); default level 0. Needs the level-0 pixel size (from
+        ``slide`` or ``slide_mpp``).
+    role
+        ``"roi"`` compares the prediction's "ROI" regions with the truth's lesions (every DeepBatch lesion class
+        counts as ROI); ``"cell"`` the tissue classes.
+    mpp
+        Deprecated name of ``grid_mpp`` (a DeprecationWarning; it goes in the next release).
+
+    Memory is bounded by one block of ``block_px`` x ``block_px`` pixels.
     """
+    if mpp is not None:
+        import warnings
+
+        warnings.warn("evaluate_geojson(mpp=...) is the comparison grid: call it grid_mpp= (mpp= goes in the next "
+                      "release)", DeprecationWarning, stacklevel=2)
+        if grid_mpp is not None and grid_mpp != mpp:
+            raise InputError(f"mpp={mpp} and grid_mpp={grid_mpp} are the same parameter: give only grid_mpp")
+        grid_mpp = mpp
     if role not in ("cell", "roi"):
         raise InputError(f"--role must be cell or roi, got {role!r}")
     from affine import Affine
 
+    from qpbridge.slide import check_mpp
+
+    if grid_mpp is not None:
+        check_mpp(grid_mpp, "--grid-mpp")
     pred_window, labels, names, pred_bounds = _labels_from_geojson(pred_path, class_map, truth=False, role=role)
     truth_window, _, _, truth_bounds = _labels_from_geojson(truth_path, class_map, truth=True, role=role)
     if slide is not None:
         from qpbridge.slide import open_slide
 
-        with open_slide(Path(slide)) as opened:
-            eval_mpp = mpp if mpp is not None else opened.mpp
-            width, height = opened.size_at_mpp(eval_mpp)
-            scale = opened.scale_for_mpp(eval_mpp)
+        with open_slide(Path(slide), mpp=slide_mpp) as opened:
+            scale = 1.0 if grid_mpp is None else opened.scale_for_mpp(grid_mpp)
+            qupath_width, qupath_height = opened.qupath_size_px
+        width, height = math.ceil(qupath_width / scale - 1e-9), math.ceil(qupath_height / scale - 1e-9)
         x0 = y0 = 0.0
     else:
-        if mpp is not None:
-            raise InputError("--mpp needs --slide (the slide's own um/px sets the scale of GeoJSON coordinates)")
+        if grid_mpp is not None and slide_mpp is None:
+            raise InputError("--grid-mpp needs the slide's pixel size (the scale of GeoJSON coordinates): give --slide "
+                             "or --mpp")
+        scale = 1.0 if grid_mpp is None else grid_mpp / check_mpp(float(slide_mpp or 0.0))
         boxes = [b for b in (pred_bounds, truth_bounds) if b is not None]
         if not boxes:
             raise InputError(f"no area features in {pred_path} or {truth_path}: nothing to compare (give --slide "
                              "to compare over a whole slide)")
         x0 = float(math.floor(min(b[0] for b in boxes)))
         y0 = float(math.floor(min(b[1] for b in boxes)))
-        width = math.ceil(max(b[2] for b in boxes)) - int(x0)
-        height = math.ceil(max(b[3] for b in boxes)) - int(y0)
-        scale = 1.0
+        width = math.ceil((math.ceil(max(b[2] for b in boxes)) - x0) / scale - 1e-9)
+        height = math.ceil((math.ceil(max(b[3] for b in boxes)) - y0) / scale - 1e-9)
     accumulator = ConfusionAccumulator(list(labels), [names[v] for v in labels])
     for top in range(0, height, block_px):
         for left in range(0, width, block_px):

@@ -13,19 +13,21 @@ Geometries are in level-0 pixels (QuPath's GeoJSON). A mask window is described 
 
 Class names -> labels (:class:`ClassMap`)
 -----------------------------------------
-A QuPath class name is looked up, in this order:
+A QuPath class name is looked up by the one matching rule of :class:`qpbridge.qupath.classes.ClassMatcher`
+(``qpbridge diff`` and ``evaluate`` use the same), in this order:
 
-1. the name itself, then (for a derived class ``"Tumor: Positive"``) its first part ``"Tumor"``, in the
-   map of names (a model card's classes and aliases, or the DeepBatch classes; ``"Tissue"`` and ``"Normal"``
-   mean label 0 unless the card says otherwise; ``--class``/``--class-map`` overrides on top), first
-   exactly, then ignoring case;
+1. the map of names (a model card's classes and aliases, or the DeepBatch classes; ``"Tissue"`` and
+   ``"Normal"`` mean label 0 unless the card says otherwise; ``--class``/``--class-map`` overrides on top):
+   the full name exactly, then ignoring case, then (for a derived class ``"Tumor: Positive"``) its first
+   part ``"Tumor"`` exactly, then ignoring case;
 2. the *region* patterns (default ``"Region*"``): such objects mark the reviewed area, they carry no label;
 3. the *ignore* patterns (default ``"Ignore*"``, ``"Pen mark*"``, ``"Pen"``): label 255;
 4. otherwise the class is unknown: one :class:`~qpbridge.errors.InputError` lists every unknown class with
    its object count and how to map it, unless ``ignore_unknown=True`` (then those objects are skipped and
    counted). Unclassified objects go by the name ``"Unclassified"``.
 
-A map value is a label, ``255``/``"ignore"``, ``"region"`` (reviewed-area marker) or ``"skip"`` (drop).
+A map value is a label, ``255``/``"ignore"``, ``"region"`` (reviewed-area marker) or ``"skip"`` (drop);
+:func:`parse_class_map` reads the ``--class-map`` grammar that ``masks`` and ``evaluate`` share.
 
 Overlaps
 --------
@@ -53,8 +55,8 @@ Example
 
 from __future__ import annotations
 
-import fnmatch
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,18 +68,19 @@ from affine import Affine
 from rasterio.features import rasterize as _rio_rasterize
 
 from qpbridge.classes import DEEPBATCH_CLASSES, IGNORE_LABEL, ROI_CLASS, ClassInfo
-from qpbridge.errors import InputError
+from qpbridge.errors import InputError, QpbridgeError
+from qpbridge.qupath.classes import DEFAULT_IGNORE_PATTERNS, DEFAULT_REGION_PATTERNS, UNCLASSIFIED, ClassMatcher
 from qpbridge.tiling import apply_affine
 
 __all__ = [
-    "DEFAULT_IGNORE_PATTERNS",
-    "DEFAULT_REGION_PATTERNS",
+    "OVERLAP_MODES",
     "REGION",
+    "REVIEWED_MODES",
     "SKIP",
-    "UNCLASSIFIED",
     "ClassMap",
     "LabelRasterizer",
-    "load_class_map_file",
+    "RasterizeReport",
+    "parse_class_map",
     "parse_class_option",
     "polygon_dicts",
     "rasterize_features",
@@ -88,12 +91,6 @@ __all__ = [
 REGION = -1
 #: Map value of a class whose objects are dropped.
 SKIP = -2
-#: The name unclassified objects are looked up by.
-UNCLASSIFIED = "Unclassified"
-#: QuPath's convention for "the area I reviewed": classes named "Region*" (e.g. "Region*", "Region 1").
-DEFAULT_REGION_PATTERNS: tuple[str, ...] = ("Region*",)
-#: Classes whose pixels are never trained on.
-DEFAULT_IGNORE_PATTERNS: tuple[str, ...] = ("Ignore*", "Pen mark*", "Pen")
 
 Overlap = Literal["priority", "later-wins"]
 Reviewed = Literal["region", "all", "annotated"]
@@ -139,7 +136,7 @@ class ClassMap:
     region_patterns: tuple[str, ...] = DEFAULT_REGION_PATTERNS
     ignore_patterns: tuple[str, ...] = DEFAULT_IGNORE_PATTERNS
     role: str = "cell"
-    _folded: dict[str, int] = field(init=False, repr=False, compare=False)
+    _matcher: ClassMatcher[int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         labels = [c.label for c in self.classes]
@@ -154,10 +151,8 @@ class ClassMap:
                     f"class {name!r} is mapped to {value}, which is not a class here "
                     f"({self.describe_labels()}): map it to one of those labels, 'ignore', 'region' or 'skip'"
                 )
-        folded: dict[str, int] = {}
-        for name, value in self.names.items():
-            folded.setdefault(name.casefold(), value)
-        object.__setattr__(self, "_folded", folded)
+        patterns = [(p, REGION) for p in self.region_patterns] + [(p, IGNORE_LABEL) for p in self.ignore_patterns]
+        object.__setattr__(self, "_matcher", ClassMatcher(self.names, patterns))
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
@@ -270,22 +265,12 @@ class ClassMap:
         return int(raw)
 
     def lookup(self, class_name: str | None) -> int | None:
-        """The map value of a QuPath class name (``None`` = unclassified), or ``None`` when it is unknown."""
-        name = UNCLASSIFIED if class_name is None else class_name.strip()
-        first = name.split(":", 1)[0].strip()
-        candidates = (name, first) if first != name else (name,)
-        for candidate in candidates:
-            if candidate in self.names:
-                return self.names[candidate]
-        for candidate in candidates:
-            folded = self._folded.get(candidate.casefold())
-            if folded is not None:
-                return folded
-        for patterns, value in ((self.region_patterns, REGION), (self.ignore_patterns, IGNORE_LABEL)):
-            for candidate in candidates:
-                if any(fnmatch.fnmatchcase(candidate.casefold(), p.casefold()) for p in patterns):
-                    return value
-        return None
+        """The map value of a QuPath class name (``None`` = unclassified), or ``None`` when it is unknown.
+
+        The rule is :meth:`qpbridge.qupath.classes.ClassMatcher.match` over :attr:`names`, then the region
+        patterns, then the ignore patterns.
+        """
+        return self._matcher.match(class_name)
 
     def to_json(self) -> list[dict[str, Any]]:
         """The classes as ``dataset.json`` lists them."""
@@ -304,14 +289,70 @@ def parse_class_option(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
-def load_class_map_file(path: str | Path) -> dict[str, int | str]:
-    """Read a ``--class-map`` file: a JSON object ``{"QuPath name": label or "ignore"/"region"/"skip"}``.
+#: Endings of a ``--class-map`` file (YAML needs PyYAML).
+_CLASS_MAP_FILE_SUFFIXES = (".json", ".yaml", ".yml")
+_CLASS_MAP_EXAMPLE = '{"Tumor": 3, "Stroma": "ignore"}'
 
-    YAML (``.yaml``/``.yml``) is read when PyYAML is installed.
+
+def parse_class_map(spec: str | os.PathLike[str]) -> dict[str, int | str]:
+    """QuPath class name -> value, from one ``--class-map`` (the grammar ``masks``, ``evaluate`` and ``diff`` share).
+
+    A value is a label number, ``"ignore"``, ``"region"``, ``"skip"`` or a class name (what
+    :meth:`ClassMap.with_overrides` takes); digits become numbers. ``spec`` is, tried in this order:
+
+    1. an existing file, JSON (YAML with PyYAML): an object ``{"QuPath name": value}``, or a ``dataset.json``
+       or model ``card.json`` (its ``classes`` list: each class's name and aliases -> its label);
+    2. ``NAME=VALUE`` pairs separated by commas (``"Normal=0,Benign=1,Stroma=ignore"``; the last ``=`` of a
+       pair splits it, so names may hold ``:``);
+    3. a registered model name or model folder: its card's classes and aliases.
+
+    Raises
+    ------
+    InputError
+        A ``.json``/``.yaml`` file that does not exist, a file that is not such an object or list, a pair
+        without ``=``, or a name that is none of the above.
+
+    Examples
+    --------
+    >>> parse_class_map("Normal=0, Benign=1,Tumor: Positive=3,Stroma=ignore")
+    {'Normal': 0, 'Benign': 1, 'Tumor: Positive': 3, 'Stroma': 'ignore'}
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f'class map not found: {path}: give a JSON file like {{"Tumor": 3, "Stroma": 0}}')
+    text = os.fspath(spec).strip()
+    path = Path(text).expanduser()
+    if path.is_file():
+        return _class_map_from_data(_load_class_map_data(path), f"class map {path}")
+    if path.suffix.lower() in _CLASS_MAP_FILE_SUFFIXES:
+        raise InputError(f"class map not found: {path}: give a JSON file like {_CLASS_MAP_EXAMPLE}")
+    if "=" in text:
+        mapping: dict[str, int | str] = {}
+        for part in text.split(","):
+            name, sep, value = part.rpartition("=")
+            if not sep or not name.strip() or not value.strip():
+                raise InputError(
+                    f"--class-map entry {part.strip()!r} is not NAME=LABEL (e.g. 'Benign=1' or 'Stroma=ignore')"
+                )
+            mapping[name.strip()] = _class_value(value)
+        return mapping
+    from qpbridge.models import load_card, resolve_model_path
+
+    try:
+        card_map = load_card(resolve_model_path(text)).class_map()
+    except QpbridgeError:
+        raise InputError(
+            f"--class-map {text!r} is neither NAME=LABEL pairs, a JSON file, nor a known model name "
+            "(see `qpbridge models list`)"
+        ) from None
+    return dict(card_map)
+
+
+def _class_value(raw: int | str) -> int | str:
+    if isinstance(raw, int):
+        return raw
+    text = raw.strip()
+    return int(text) if text.isdigit() else text
+
+
+def _load_class_map_data(path: Path) -> Any:
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
@@ -322,25 +363,37 @@ def load_class_map_file(path: str | Path) -> dict[str, int | str]:
                 '({"Tumor": 3}) or install pyyaml'
             ) from None
         try:
-            data = yaml.safe_load(text)
+            return yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise InputError(f"class map {path} is not valid YAML: {exc}") from None
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(
-                f"class map {path} is not valid JSON ({exc.msg} at line {exc.lineno}): "
-                'write an object like {"Tumor": 3, "Stroma": "ignore"}'
-            ) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"class map {path} is not valid JSON ({exc.msg} at line {exc.lineno}): "
+            f"write an object like {_CLASS_MAP_EXAMPLE}"
+        ) from None
+
+
+def _class_map_from_data(data: Any, what: str) -> dict[str, int | str]:
+    if isinstance(data, dict) and isinstance(data.get("classes"), list):  # dataset.json or card.json
+        mapping: dict[str, int | str] = {}
+        for entry in data["classes"]:
+            label = entry.get("label") if isinstance(entry, dict) else None
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or type(label) is not int:
+                raise InputError(f"{what}: a class entry {entry!r} lacks a name and an integer label")
+            mapping[entry["name"]] = label
+            for alias in entry.get("aliases") or []:
+                mapping.setdefault(str(alias), label)
+        return mapping
     if not isinstance(data, dict) or not all(
         isinstance(k, str) and isinstance(v, (int, str)) and not isinstance(v, bool) for k, v in data.items()
     ):
         raise InputError(
-            f"class map {path} must be an object of QuPath class name -> label number or "
-            "'ignore'/'region'/'skip', e.g. {\"Tumor\": 3, \"Stroma\": \"ignore\"}"
+            f"{what} must be an object of QuPath class name -> label number or "
+            f"'ignore'/'region'/'skip' (e.g. {_CLASS_MAP_EXAMPLE}), or a dataset.json/card.json 'classes' list"
         )
-    return dict(data)
+    return {k: _class_value(v) for k, v in data.items()}
 
 
 # --------------------------------------------------------------------------------------------- geometry

@@ -292,22 +292,24 @@ class Slide:
 
     @property
     def qupath_offset_xy_px(self) -> tuple[int, int]:
-        """Level-0 pixel that QuPath shows as (0, 0).
+        """Level-0 pixel that QuPath shows as (0, 0): GeoJSON for QuPath is shifted by this offset.
 
-        QuPath's OpenSlide server crops to the bounds when all four ``openslide.bounds-*`` properties exist and
-        both the bounds' width and height differ from the slide's (``OpenslideImageServer``); GeoJSON for QuPath
-        is shifted by this offset.
+        QuPath's OpenSlide server crops to ``openslide.bounds-*``; the rule is
+        :func:`qpbridge.qupath.bounds.qupath_image_rect`.
         """
-        props = self.properties
-        keys = ("openslide.bounds-x", "openslide.bounds-y", "openslide.bounds-width", "openslide.bounds-height")
-        if not all(k in props for k in keys):
-            return 0, 0
-        try:
-            bx, by, bw, bh = (int(props[k]) for k in keys)
-        except ValueError:
-            return 0, 0
-        width, height = self.dimensions
-        return (bx, by) if (bw != width and bh != height) else (0, 0)
+        x, y, _, _ = self._qupath_rect()
+        return x, y
+
+    @property
+    def qupath_size_px(self) -> tuple[int, int]:
+        """``(width, height)`` of the image QuPath shows (the ``openslide.bounds-*`` crop, see above)."""
+        _, _, width, height = self._qupath_rect()
+        return width, height
+
+    def _qupath_rect(self) -> tuple[int, int, int, int]:
+        from qpbridge.qupath.bounds import qupath_image_rect  # here: qpbridge.qupath imports this module
+
+        return qupath_image_rect(self.properties, self.dimensions)
 
     def info(self) -> SlideInfo:
         """A summary of the slide for ``qpbridge info``."""

@@ -298,7 +298,7 @@ def test_cli_writes_and_dry_runs(synth_slide: tuple[Path, Path], tmp_path: Path,
         [(_square(0, 0, 4096), "Region*"), (_square(800, 800, 800), "Tumor: Positive"), (_square(0, 0, 400), "Benign")],
     )
     code, text = _invoke(
-        runner, str(slide), str(gj), "--dry-run", "--mpp", "4", "--tile-px", "64", "--class", "Tumor=3"
+        runner, str(slide), str(gj), "--dry-run", "--tile-mpp", "4", "--tile-px", "64", "--class", "Tumor=3"
     )
     assert code == 0, text
     assert "dry run:" in text and "nothing written" in text
@@ -307,7 +307,7 @@ def test_cli_writes_and_dry_runs(synth_slide: tuple[Path, Path], tmp_path: Path,
     class_map = tmp_path / "map.json"
     class_map.write_text('{"Tumor": "In situ carcinoma"}')
     code, text = _invoke(
-        runner, str(slide), str(gj), "--dry-run", "--mpp", "4", "--tile-px", "64", "--class-map", str(class_map),
+        runner, str(slide), str(gj), "--dry-run", "--tile-mpp", "4", "--tile-px", "64", "--class-map", str(class_map),
         "--reviewed", "annotated", "--json",
     )  # fmt: skip
     assert code == 0, text
@@ -315,7 +315,7 @@ def test_cli_writes_and_dry_runs(synth_slide: tuple[Path, Path], tmp_path: Path,
     assert report["pixels_by_label"] == {"0": 0, "1": 625, "2": 2500, "3": 0, "255": 256 * 192 - 625 - 2500}
     out = tmp_path / "ds"
     code, text = _invoke(
-        runner, str(slide), str(gj), "-o", str(out), "--mpp", "4", "--tile-px", "64", "--class", "Tumor=3",
+        runner, str(slide), str(gj), "-o", str(out), "--tile-mpp", "4", "--tile-px", "64", "--class", "Tumor=3",
         "--min-tissue-frac", "0",
     )  # fmt: skip
     assert code == 0, text

@@ -28,8 +28,7 @@ from qpbridge.diff import (
     match_pairs,
 )
 from qpbridge.errors import InputError
-from qpbridge.naming import PREDICTION_MEASUREMENT
-from qpbridge.qupath import Feature, read_geojson, write_geojson
+from qpbridge.qupath import PREDICTION_MEASUREMENT, Feature, read_geojson, write_geojson
 from qpbridge.rasterize import ClassMap, LabelRasterizer
 
 BENIGN, IN_SITU, INVASIVE = "Benign", "In situ carcinoma", "Invasive carcinoma"
@@ -210,6 +209,55 @@ def test_class_names_match_as_masks_does() -> None:
     assert d.relabelled_px2 == {BENIGN: {INVASIVE: 10000.0}}
     assert d.per_class[BENIGN].unchanged_px2 == 10000.0
     assert d.unknown_classes == {}
+
+
+def _diff_class(name: str | None, class_map: ClassMap) -> str | None:
+    """What diff makes of one corrected object of class ``name``: its compared class, or "excluded"."""
+    d = diff_geojson([], [Feature(box(0, 0, 10, 10), name)], mpp=None, class_map=class_map)
+    if d.excluded:
+        return "excluded"
+    return next(c for c, cd in d.per_class.items() if cd.corrected_px2 > 0)
+
+
+def test_diff_and_masks_match_class_names_with_one_rule() -> None:
+    # masks (ClassMap.lookup) tried "Tumor" exactly before "tumor: positive" in any case; diff the other way
+    # round, and diff knew no aliases ("Tissue", a card's) at all. Both now go through one ClassMatcher.
+    cmap = ClassMap.deepbatch().with_overrides({"Tumor": 3, "tumor: positive": 1, "Carcinoma in situ": 2})
+    label_of = {c.name: c.label for c in cmap.classes}
+    names = ["Tumor: Positive", "TUMOR: Negative", "benign", "Tissue", "Carcinoma in situ", "In Situ Carcinoma: x",
+             "Region 1", "pen", "Ignore*: Tumor", "Necrosis", None]
+    expected = {"Tumor: Positive": 1, "TUMOR: Negative": 3, "benign": 1, "Tissue": 0, "Carcinoma in situ": 2,
+                "In Situ Carcinoma: x": 2, "Region 1": -1, "pen": 255, "Ignore*: Tumor": 255, "Necrosis": None,
+                None: None}
+    for name in names:
+        value = cmap.lookup(name)
+        assert value == expected[name], name
+        compared = _diff_class(name, cmap)
+        if value is None:  # unknown to masks: a class of its own in diff
+            assert compared == (name or "Unclassified"), name
+        elif value in (-1, 255):  # reviewed area / ignore: left out of diff
+            assert compared == "excluded", name
+        else:
+            assert compared is not None and label_of[compared] == value, name
+
+
+def test_diff_uses_a_cards_aliases() -> None:
+    predicted = [pred(box(0, 0, 100, 100), IN_SITU)]
+    corrected = [Feature(box(0, 0, 100, 100), "Carcinoma in situ")]
+    assert diff_geojson(predicted, corrected).relabelled_px2 == {IN_SITU: {"Carcinoma in situ": 10000.0}}
+    card = ClassMap.from_classes(ClassMap.deepbatch().classes, {"Carcinoma in situ": 2})
+    assert diff_geojson(predicted, corrected, class_map=card).identical
+
+
+def test_diff_uses_a_cards_aliases_from_the_cli(tmp_path: Path) -> None:
+    p = write_qupath(tmp_path / "p.geojson", [qupath_feature(box(0, 0, 100, 100), IN_SITU, marked=True)])
+    c = write_qupath(tmp_path / "c.geojson", [qupath_feature(box(0, 0, 100, 100), "Carcinoma in situ")])
+    without = json.loads(runner.invoke(APP, ["diff", str(p), str(c), "--json"]).stdout)
+    assert without["relabelled_px2"] == {IN_SITU: {"Carcinoma in situ": 10000.0}}
+    result = runner.invoke(APP, ["diff", str(p), str(c), "--json", "--class-map", "Carcinoma in situ=2"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["relabelled_px2"] == {} and data["per_class"][IN_SITU]["unchanged_px2"] == 10000.0
 
 
 def _feature(obj: dict[str, Any]) -> Feature:

@@ -6,7 +6,7 @@ Always run (pure Python):
   references, try-with-resources, records, switch expressions), checked on the code with comments and
   strings blanked out;
 * the blocks shared between scripts are identical, and the names, folders, marker measurement and
-  sidecar keys are the literals of :mod:`qpbridge.naming`.
+  sidecar keys are the literals of :mod:`qpbridge.qupath.project`.
 
 Run when the Groovy 4 jar of ``npm-groovy-lint`` is installed (``bash .ci/install_groovy_lint.sh``) and
 ``java`` is on the PATH, otherwise skipped with the reason:
@@ -17,7 +17,7 @@ Run when the Groovy 4 jar of ``npm-groovy-lint`` is installed (``bash .ci/instal
 * every script **type-checks** (``@TypeChecked``) against stubs of exactly the QuPath, Gson and SLF4J
   API it uses, each taken from QuPath 0.4's source (and present up to 0.7), so a misspelt method or a
   wrong argument type fails; a script with a misspelt QuPath method fails that check;
-* the Groovy copy of the naming rule gives the same base names as :func:`qpbridge.naming.image_basename`
+* the Groovy copy of the naming rule gives the same base names as :func:`qpbridge.qupath.project.image_basename`
   on a table of names and on 300 random ones.
 """
 
@@ -32,8 +32,9 @@ from pathlib import Path
 
 import pytest
 
-from qpbridge import naming
+from qpbridge.classes import ROI_CLASS
 from qpbridge.errors import InputError
+from qpbridge.qupath import project
 
 REPO = Path(__file__).resolve().parents[1]
 GROOVY_DIR = REPO / "groovy"
@@ -250,33 +251,39 @@ def _groovy_list(source: str, field: str) -> list[str]:
 
 def test_groovy_names_match_python() -> None:
     source = _source("import_predictions.groovy")
-    assert _groovy_string(source, "QPBRIDGE_PREDICTIONS_DIRNAME") == naming.PREDICTIONS_DIRNAME == "qpbridge"
-    assert _groovy_string(source, "QPBRIDGE_CORRECTIONS_DIRNAME") == naming.CORRECTIONS_DIRNAME
-    assert _groovy_string(source, "QPBRIDGE_PREDICTION_MEASUREMENT") == naming.PREDICTION_MEASUREMENT
-    assert _groovy_list(source, "QPBRIDGE_PREDICTION_SUFFIXES") == list(naming.PREDICTION_SUFFIXES)
-    assert _groovy_list(source, "QPBRIDGE_SLIDE_EXTENSIONS") == list(naming.SLIDE_EXTENSIONS)
-    assert len(naming.SLIDE_EXTENSIONS) == 21
+    assert _groovy_string(source, "QPBRIDGE_PREDICTIONS_DIRNAME") == project.PREDICTIONS_DIRNAME == "qpbridge"
+    assert _groovy_string(source, "QPBRIDGE_CORRECTIONS_DIRNAME") == project.CORRECTIONS_DIRNAME
+    assert _groovy_string(source, "QPBRIDGE_PREDICTION_MEASUREMENT") == project.PREDICTION_MEASUREMENT
+    assert _groovy_list(source, "QPBRIDGE_PREDICTION_SUFFIXES") == list(project.PREDICTION_SUFFIXES)
+    assert _groovy_list(source, "QPBRIDGE_SLIDE_EXTENSIONS") == list(project.SLIDE_EXTENSIONS)
+    assert len(project.SLIDE_EXTENSIONS) == 21
     # The forbidden characters: the same class in both languages.
     groovy_class = re.search(r"name\.replaceAll\('(\[[^']*\])', '_'\)", source)
     assert groovy_class is not None
-    assert groovy_class.group(1).replace("\\\\", "\\") == naming._FORBIDDEN_CHARS.pattern
+    assert groovy_class.group(1).replace("\\\\", "\\") == project.FORBIDDEN_FILENAME_CHARS.pattern
+
+
+def test_locked_annotation_class_is_the_roi_class() -> None:
+    for name in ("import_predictions.groovy", "predict_current_image.groovy"):
+        match = re.search(r"^List<String> LOCK_ANNOTATION_CLASSES = \['([^']*)'\]$", _source(name), re.M)
+        assert match is not None and match.group(1) == ROI_CLASS.name, name
 
 
 def test_export_writes_the_files_and_sidecar_keys_python_reads() -> None:
     source = _source("export_corrections.groovy")
     assert "[QPBRIDGE_PREDICTIONS_DIRNAME, QPBRIDGE_CORRECTIONS_DIRNAME]" in source
-    assert f"new File(folder, baseName + '{naming.CORRECTIONS_SUFFIX}')" in source
-    assert f"new File(folder, baseName + '{naming.SIDECAR_SUFFIX}')" in source
-    assert f"sidecar.put('{naming.SIDECAR_FORMAT_KEY}', '{naming.SIDECAR_FORMAT}')" in source
+    assert f"new File(folder, baseName + '{project.CORRECTIONS_SUFFIX}')" in source
+    assert f"new File(folder, baseName + '{project.SIDECAR_SUFFIX}')" in source
+    assert f"sidecar.put('{project.SIDECAR_FORMAT_KEY}', '{project.SIDECAR_FORMAT}')" in source
     for key in (
-        naming.SIDECAR_VERSION_KEY,
-        naming.SIDECAR_IMAGE_NAME_KEY,
-        naming.SIDECAR_IMAGE_PATHS_KEY,
-        naming.SIDECAR_IMAGE_URIS_KEY,
-        naming.SIDECAR_WIDTH_KEY,
-        naming.SIDECAR_HEIGHT_KEY,
-        naming.SIDECAR_PIXEL_SIZE_KEY,
-        naming.SIDECAR_GEOJSON_KEY,
+        project.SIDECAR_VERSION_KEY,
+        project.SIDECAR_IMAGE_NAME_KEY,
+        project.SIDECAR_IMAGE_PATHS_KEY,
+        project.SIDECAR_IMAGE_URIS_KEY,
+        project.SIDECAR_WIDTH_KEY,
+        project.SIDECAR_HEIGHT_KEY,
+        project.SIDECAR_PIXEL_SIZE_KEY,
+        project.SIDECAR_GEOJSON_KEY,
     ):
         assert f"sidecar.put('{key}', " in source, key
     assert "GsonTools.getInstance(true).toJson(sidecar)" in source
@@ -589,7 +596,7 @@ def _find_groovy_jar() -> Path | None:
 def _random_names(count: int, seed: int = 20240611) -> list[str]:
     rng = random.Random(seed)
     alphabet = "abcXYZ09 ._-/\\:*?\"<>|#%&()[]{}'éßÆ中🙂\t\x01\x1f\x7f\u212a\u0130"
-    extensions = [*naming.SLIDE_EXTENSIONS, ".SVS", ".Tif", ".gz", ".geojson", ""]
+    extensions = [*project.SLIDE_EXTENSIONS, ".SVS", ".Tif", ".gz", ".geojson", ""]
     names: list[str] = []
     while len(names) < count:
         body = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
@@ -601,7 +608,7 @@ def _random_names(count: int, seed: int = 20240611) -> list[str]:
 
 def _python_basename(name: str) -> str:
     try:
-        return naming.image_basename(name)
+        return project.image_basename(name)
     except InputError:
         return "ERROR"
 

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from qpbridge.cli import app
 from qpbridge.diff import diff_files
 from qpbridge.models import load_model
-from qpbridge.naming import PREDICTION_MEASUREMENT
+from qpbridge.qupath import PREDICTION_MEASUREMENT
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "loop.md"
 MODELS = Path(__file__).resolve().parents[1] / "models"

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from qpbridge.cli import app
 from qpbridge.errors import InputError
-from qpbridge.metrics import ConfusionAccumulator, evaluate_masks, parse_class_map, read_label_image
+from qpbridge.metrics import ConfusionAccumulator, evaluate_masks, read_label_image
+from qpbridge.rasterize import parse_class_map
 
 # Truth: left half background, right half ROI; prediction: one more column of ROI.
 TRUTH = np.array([[0, 0, 1, 1]] * 4)

@@ -1,4 +1,4 @@
-"""Tests of :mod:`qpbridge.naming`: base names, folders, the prediction marker, corrections sidecars.
+"""Tests of :mod:`qpbridge.qupath.project`: base names, folders, the prediction marker, corrections sidecars.
 
 That the Groovy scripts follow the same rules is checked in ``tests/test_groovy.py``.
 """
@@ -12,8 +12,9 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from qpbridge import __version__, naming
+from qpbridge import __version__
 from qpbridge.errors import InputError
+from qpbridge.qupath import project
 
 
 @pytest.mark.parametrize(
@@ -40,57 +41,57 @@ from qpbridge.errors import InputError
     ],
 )
 def test_image_basename(name: str, base: str) -> None:
-    assert naming.image_basename(name) == base
+    assert project.image_basename(name) == base
 
 
 def test_image_basename_takes_paths() -> None:
-    assert naming.image_basename(Path("/data/slides/slide 7.svs")) == "slide 7"
+    assert project.image_basename(Path("/data/slides/slide 7.svs")) == "slide 7"
 
 
 @pytest.mark.parametrize("name", ["", "folder/", "C:\\slides\\"])
 def test_image_basename_rejects_names_with_nothing_left(name: str) -> None:
     with pytest.raises(InputError, match="cannot make a file name from the image name"):
-        naming.image_basename(name)
+        project.image_basename(name)
 
 
-@given(st.text(min_size=1, max_size=30), st.sampled_from(naming.SLIDE_EXTENSIONS))
+@given(st.text(min_size=1, max_size=30), st.sampled_from(project.SLIDE_EXTENSIONS))
 def test_basename_is_a_safe_file_name_and_drops_exactly_one_extension(text: str, extension: str) -> None:
     try:
-        base = naming.image_basename(text)
+        base = project.image_basename(text)
     except InputError:
         assert text.endswith(("/", "\\"))
         return
     assert base
-    longer = [e for e in naming.SLIDE_EXTENSIONS if len(e) > len(extension)]
+    longer = [e for e in project.SLIDE_EXTENSIONS if len(e) > len(extension)]
     assume(not (base + extension).lower().endswith(tuple(longer)))  # e.g. "x.ome" + ".tif"
     assert not any(c in base for c in '\\/:*?"<>|') and all(ord(c) >= 0x20 and ord(c) != 0x7F for c in base)
-    assert naming.image_basename(base + extension) == base
-    assert naming.image_basename(base + extension.upper()) == base
+    assert project.image_basename(base + extension) == base
+    assert project.image_basename(base + extension.upper()) == base
 
 
 def test_prediction_file_names_and_folders() -> None:
-    assert naming.prediction_filename("/slides/slide1.svs") == "slide1.geojson"
-    assert naming.prediction_filename("slide1.svs", gzip=True) == "slide1.geojson.gz"
-    assert naming.predictions_dir("/data/study/project.qpproj") == Path("/data/study/qpbridge")
-    assert naming.predictions_dir("/data/study") == Path("/data/study/qpbridge")
-    assert naming.prediction_path("/data/study", "slide1.svs") == Path("/data/study/qpbridge/slide1.geojson")
-    assert naming.corrections_dir("/data/study/project.qpproj") == Path("/data/study/qpbridge/corrections")
+    assert project.prediction_filename("/slides/slide1.svs") == "slide1.geojson"
+    assert project.prediction_filename("slide1.svs", gzip=True) == "slide1.geojson.gz"
+    assert project.predictions_dir("/data/study/project.qpproj") == Path("/data/study/qpbridge")
+    assert project.predictions_dir("/data/study") == Path("/data/study/qpbridge")
+    assert project.prediction_path("/data/study", "slide1.svs") == Path("/data/study/qpbridge/slide1.geojson")
+    assert project.corrections_dir("/data/study/project.qpproj") == Path("/data/study/qpbridge/corrections")
 
 
 def test_corrections_paths() -> None:
-    geojson, sidecar = naming.corrections_paths("/data/study/project.qpproj", "/slides/Case 3.ndpi")
+    geojson, sidecar = project.corrections_paths("/data/study/project.qpproj", "/slides/Case 3.ndpi")
     assert geojson == Path("/data/study/qpbridge/corrections/Case 3.geojson")
     assert sidecar == Path("/data/study/qpbridge/corrections/Case 3.json")
 
 
 def test_prediction_properties_mark_a_feature() -> None:
-    properties = naming.prediction_properties("run-7", version="1.2.3")
+    properties = project.prediction_properties("run-7", version="1.2.3")
     assert properties == {
         "measurements": {"qpbridge prediction": 1.0},
         "metadata": {"qpbridge": "1.2.3", "qpbridge_run": "run-7"},
     }
-    assert naming.is_prediction_feature({"type": "Feature", "properties": properties})
-    default = naming.prediction_properties("run-8")
+    assert project.is_prediction_feature({"type": "Feature", "properties": properties})
+    default = project.prediction_properties("run-8")
     assert default["metadata"]["qpbridge"] == __version__
     assert default["metadata"]["qpbridge_run"] == "run-8"
 
@@ -108,7 +109,7 @@ def test_prediction_properties_mark_a_feature() -> None:
     ],
 )
 def test_is_prediction_feature(feature: dict[str, object], expected: bool) -> None:
-    assert naming.is_prediction_feature(feature) is expected
+    assert project.is_prediction_feature(feature) is expected
 
 
 def _write_sidecar(path: Path, **fields: object) -> Path:
@@ -136,9 +137,9 @@ def test_read_corrections_sidecar_returns_the_slide(tmp_path: Path) -> None:
     slide = tmp_path / "slide1.svs"
     slide.write_bytes(b"")
     sidecar = _write_sidecar(tmp_path / "slide1.json", image_paths=[str(slide)], image_uris=[slide.as_uri()])
-    assert naming.read_corrections_sidecar(sidecar) == slide
-    info = naming.load_corrections_sidecar(sidecar)
-    assert info == naming.CorrectionsSidecar(
+    assert project.read_corrections_sidecar(sidecar) == slide
+    info = project.load_corrections_sidecar(sidecar)
+    assert info == project.CorrectionsSidecar(
         image_name="slide1.svs",
         image_paths=(str(slide),),
         image_uris=(slide.as_uri(),),
@@ -153,50 +154,50 @@ def test_read_corrections_sidecar_skips_paths_that_do_not_exist(tmp_path: Path) 
     slide.parent.mkdir()
     slide.write_bytes(b"")
     sidecar = _write_sidecar(tmp_path / "s.json", image_paths=["/nowhere/slide1.svs", str(slide)])
-    assert naming.read_corrections_sidecar(sidecar) == slide
+    assert project.read_corrections_sidecar(sidecar) == slide
 
 
 def test_read_corrections_sidecar_when_no_file_exists(tmp_path: Path) -> None:
     sidecar = _write_sidecar(tmp_path / "s.json", image_paths=["D:\\scans\\slide1.svs"])
     with pytest.raises(InputError) as error:
-        naming.read_corrections_sidecar(sidecar)
+        project.read_corrections_sidecar(sidecar)
     assert str(error.value) == (
         f"slide of image 'slide1.svs' not found: the corrections sidecar {sidecar} lists D:\\scans\\slide1.svs, "
         "none of which exists on this machine; give the slide path with --slide"
     )
-    assert naming.read_corrections_sidecar(sidecar, must_exist=False) == Path("D:\\scans\\slide1.svs")
+    assert project.read_corrections_sidecar(sidecar, must_exist=False) == Path("D:\\scans\\slide1.svs")
 
 
 def test_read_corrections_sidecar_without_a_local_file(tmp_path: Path) -> None:
     sidecar = _write_sidecar(tmp_path / "s.json", image_uris=["https://omero.example/image/7"])
     with pytest.raises(InputError, match=r"records no local file .*https://omero.example/image/7.*--slide"):
-        naming.read_corrections_sidecar(sidecar)
+        project.read_corrections_sidecar(sidecar)
 
 
 def test_load_corrections_sidecar_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"s\.json not found: run groovy/export_corrections\.groovy"):
-        naming.load_corrections_sidecar(tmp_path / "s.json")
+        project.load_corrections_sidecar(tmp_path / "s.json")
     broken = tmp_path / "broken.json"
     broken.write_text('{"image_name": ', encoding="utf-8")
     with pytest.raises(InputError, match="is not valid JSON"):
-        naming.load_corrections_sidecar(broken)
+        project.load_corrections_sidecar(broken)
     listed = tmp_path / "list.json"
     listed.write_text("[]", encoding="utf-8")
     with pytest.raises(InputError, match="must hold a JSON object, got list"):
-        naming.load_corrections_sidecar(listed)
+        project.load_corrections_sidecar(listed)
     no_name = _write_sidecar(tmp_path / "no_name.json", image_name=None)
     with pytest.raises(InputError, match="has no 'image_name' string"):
-        naming.load_corrections_sidecar(no_name)
+        project.load_corrections_sidecar(no_name)
     bad_paths = _write_sidecar(tmp_path / "bad_paths.json", image_paths="/x/slide1.svs")
     with pytest.raises(InputError, match="has no 'image_paths' list of strings"):
-        naming.load_corrections_sidecar(bad_paths)
+        project.load_corrections_sidecar(bad_paths)
 
 
 def test_load_corrections_sidecar_optional_fields(tmp_path: Path) -> None:
     sparse = tmp_path / "sparse.json"
     sparse.write_text(json.dumps({"image_name": "a.svs", "image_paths": ["/x/a.svs"]}), encoding="utf-8")
-    info = naming.load_corrections_sidecar(sparse)
+    info = project.load_corrections_sidecar(sparse)
     assert (info.width_px, info.height_px, info.pixel_size_um, info.image_uris) == (None, None, None, ())
     odd = _write_sidecar(tmp_path / "odd.json", width_px=True, pixel_size_um=-1.0, image_uris="x")
-    info = naming.load_corrections_sidecar(odd)
+    info = project.load_corrections_sidecar(odd)
     assert (info.width_px, info.pixel_size_um, info.image_uris) == (None, None, ())

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qpbridge import cards, device, models, naming, slide, tiles, tissue
+from qpbridge import cards, device, models, slide, tiles, tissue
 from qpbridge.errors import InputError
+from qpbridge.qupath import project as naming
 from qpbridge.tiles import config as tile_config
 from qpbridge.training import card as training_card
 from qpbridge.training import loop

@@ -16,9 +16,8 @@ from qpbridge.errors import ModelError, OutputError
 from qpbridge.models import build_network, example_card, save_model
 from qpbridge.predict import PredictConfig, is_finished, predict_slide
 from qpbridge.predict.segmenter import BlockSegmenter
-from qpbridge.qupath import read_geojson
-from qpbridge.qupath_write import meta_path as meta_path_for
-from qpbridge.validate import validate_geojson
+from qpbridge.qupath import meta_path as meta_path_for
+from qpbridge.qupath import read_geojson, validate_geojson
 from tests.conftest import shared_file
 
 runner = CliRunner()
@@ -68,7 +67,7 @@ def test_predict_shipped_models_on_held_out_slide(tmp_path: Path) -> None:
     assert {"tissue_s", "roi_s", "cells_s"} <= set(meta["summary"]["timings_s"])
 
     truth = slide.with_suffix(".truth.geojson")
-    scores = evaluate_geojson(out, truth, slide=slide, mpp=1.0).to_dict()
+    scores = evaluate_geojson(out, truth, slide=slide, grid_mpp=1.0).to_dict()
     per_class = {c["name"]: c for c in scores["classes"]}
     assert per_class["Invasive carcinoma"]["iou"] > 0.6
     assert per_class["In situ carcinoma"]["iou"] > 0.6
@@ -346,13 +345,12 @@ def test_predict_slide_is_its_stages_composed(tmp_path: Path) -> None:
     marked with the run id): the same GeoJSON bytes, overlay PNG and counters. Both sides run the same code on
     the same CPU, so this holds on any CPU (a pinned hash of the bytes would not: kernels round differently)."""
     from qpbridge.models import inference_network, load_model
-    from qpbridge.naming import prediction_properties
     from qpbridge.predict.cells import CellOptions, segment_cells
     from qpbridge.predict.overlay import Overlay
     from qpbridge.predict.pipeline import run_id
     from qpbridge.predict.roi import RoiGate, detect_roi
     from qpbridge.predict.segmenter import SegmenterSettings
-    from qpbridge.qupath import GeoJSONWriter
+    from qpbridge.qupath import GeoJSONWriter, prediction_properties
     from qpbridge.slide import open_slide
     from qpbridge.synth import write_synthetic_slide
     from qpbridge.tissue import detect_tissue

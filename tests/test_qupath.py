@@ -20,19 +20,31 @@ from shapely import MultiPolygon, Point, Polygon, box
 
 from qpbridge.errors import GeoJSONError, OutputError
 from qpbridge.qupath import (
+    GEOJSON_SUFFIXES,
+    OBJECT_TYPES,
+    PREDICTION_SUFFIXES,
+    QUPATH_IMPORT_SUFFIXES,
+    QUPATH_OBJECT_TYPE_VALUES,
     Feature,
     GeoJSONWriter,
     class_color,
     clean_geometry,
+    corrections_sidecar_path,
+    geojson_file_base,
+    is_geojson_path,
+    legacy_type,
     meta_path,
+    normalize_object_type,
     parse_classification,
-    parse_color,
+    parse_qupath_color,
+    qupath_object_type,
     read_geojson,
     require_features,
+    validate_geojson,
     write_geojson,
 )
 
-# The example of qupath-geojson.md "What QuPath writes", with the elided parts filled in.
+# A file as QuPath exports it (docs/qupath-geojson.md, "What QuPath writes"), every part filled in.
 QUPATH_EXAMPLE = {
     "type": "FeatureCollection",
     "features": [
@@ -124,6 +136,48 @@ def test_unknown_object_type_is_annotation_with_warning(tmp_path: Path) -> None:
     assert any("unknown object type 'blob'" in w for w in result.warnings)
 
 
+def test_one_table_of_object_types_for_writer_reader_and_validator(tmp_path: Path) -> None:
+    # Three lists said this: the writer's OBJECT_TYPES, validate's QUPATH_OBJECT_TYPES, the reader's aliases.
+    assert set(OBJECT_TYPES) <= set(QUPATH_OBJECT_TYPE_VALUES.values())
+    assert all(QUPATH_OBJECT_TYPE_VALUES[t] == t for t in OBJECT_TYPES)  # what QuPath writes, it reads back
+    for value, kind in QUPATH_OBJECT_TYPE_VALUES.items():
+        assert qupath_object_type(value) == normalize_object_type(value.upper()) == kind
+    assert legacy_type("PathTileObject") == qupath_object_type("PathTileObject") == "tile"
+    # QuPath compares case-sensitively; the tolerant reader (and --fix) keeps what was meant.
+    objs = [feature(objectType=v) for v in ("Detection", "root", "tma_core")]
+    result = read_geojson(dump(tmp_path / "a.geojson", objs))
+    assert [f.object_type for f in result.features] == ["detection", "annotation", "tmaCore"]
+    report = validate_geojson(tmp_path / "a.geojson")
+    assert [(i.index, i.code) for i in report.issues if i.index is not None] == [(0, "unknown-object-type")]
+    assert report.by_object_type == {"annotation": 2, "tmaCore": 1}
+
+
+def test_one_owner_of_geojson_file_names(tmp_path: Path) -> None:
+    # Five lists of endings: writer, validate, naming, diff and metrics each had their own.
+    assert set(PREDICTION_SUFFIXES) <= set(GEOJSON_SUFFIXES) <= set(QUPATH_IMPORT_SUFFIXES)
+    for suffix in GEOJSON_SUFFIXES:
+        assert is_geojson_path(f"a{suffix.upper()}")
+        with GeoJSONWriter(tmp_path / f"a{suffix}") as writer:
+            writer.write(Feature(box(0, 0, 1, 1)))
+        assert validate_geojson(tmp_path / f"a{suffix}").ok
+    assert [geojson_file_base(f"s1{x}") for x in (".geojson", ".GeoJSON.gz", ".json", ".json.gz")] == [
+        "s1", "s1", None, None,
+    ]
+    # masks found the sidecar of "s1.geojson.gz" but not of "S1.GEOJSON" (case); diff found both.
+    assert corrections_sidecar_path("c/S1.GEOJSON") == Path("c/S1.json")
+    assert corrections_sidecar_path("c/s1.geojson.gz") == Path("c/s1.json")
+    assert corrections_sidecar_path("c/s1.json") is None
+
+
+def test_qupath_colour_and_card_colour_have_distinct_names() -> None:
+    import qpbridge.qupath
+    from qpbridge.models import parse_color
+
+    assert not hasattr(qpbridge.qupath, "parse_color")
+    assert parse_qupath_color(-3670016) == (200, 0, 0) and parse_qupath_color("#c80000") is None  # lenient
+    assert parse_color("#c80000") == (200, 0, 0)  # a card's colour: strict, hex allowed
+
+
 @pytest.mark.parametrize(
     ("value", "name", "color"),
     [
@@ -148,7 +202,7 @@ def test_classification_forms(value: Any, name: str | None, color: tuple[int, in
 def test_object_color_when_unclassified(tmp_path: Path) -> None:
     result = read_geojson(dump(tmp_path / "a.geojson", [feature(color=[9, 8, 7]), feature(color=-16711936)]))
     assert [f.color for f in result.features] == [(9, 8, 7), (0, 255, 0)]
-    assert parse_color("red") is None
+    assert parse_qupath_color("red") is None
 
 
 def test_measurements_list_and_nonfinite_strings(tmp_path: Path) -> None:

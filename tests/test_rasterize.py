@@ -14,14 +14,15 @@ from scipy import ndimage
 from shapely import box
 from shapely.geometry import shape
 
-from qpbridge.classes import IGNORE_LABEL
+from qpbridge.classes import IGNORE_LABEL, PEN_CLASS
 from qpbridge.errors import InputError
+from qpbridge.qupath import DEFAULT_IGNORE_PATTERNS, ClassMatcher, matches_pattern
 from qpbridge.rasterize import (
     REGION,
     SKIP,
     ClassMap,
     LabelRasterizer,
-    load_class_map_file,
+    parse_class_map,
     parse_class_option,
     polygon_dicts,
     rasterize_features,
@@ -222,6 +223,18 @@ def test_class_map_lookup_rules() -> None:
     assert cmap.with_overrides({"Ca": "Invasive carcinoma"}).lookup("Ca") == 3
 
 
+def test_one_matching_rule_most_specific_name_first() -> None:
+    # The full name in any case beats the first part of a derived class; names beat patterns.
+    cmap = ClassMap.deepbatch().with_overrides({"Tumor": 3, "tumor: positive": 1, "Pen": 2})
+    assert cmap.lookup("Tumor: Positive") == 1  # was 3: the first part "Tumor" was tried exactly before
+    assert cmap.lookup("TUMOR: negative") == 3
+    assert cmap.lookup("Pen") == 2 and cmap.lookup("pen mark 3") == IGNORE_LABEL
+    assert cmap.lookup("Region*: Positive") == REGION
+    assert matches_pattern(PEN_CLASS.name, DEFAULT_IGNORE_PATTERNS)  # the synthetic slides' pen strokes
+    matcher = ClassMatcher({"A": 1, "a": 2}, [("b*", 3), ("B", 4)])
+    assert [matcher.match(n) for n in ("A", "a", "A: x", "b", "x: b")] == [1, 2, 1, 3, None]
+
+
 def test_class_map_from_card_uses_aliases() -> None:
     class _C:
         def __init__(self, label: int, name: str, aliases: tuple[str, ...] = ()) -> None:
@@ -279,18 +292,18 @@ def test_ignore_unknown_skips_and_reports() -> None:
 def test_class_map_file(tmp_path: Path) -> None:
     good = tmp_path / "map.json"
     good.write_text(json.dumps({"Tumor": 3, "Stroma": "ignore"}))
-    cmap = ClassMap.deepbatch().with_overrides(load_class_map_file(good))
+    cmap = ClassMap.deepbatch().with_overrides(parse_class_map(good))
     assert cmap.lookup("Tumor") == 3 and cmap.lookup("Stroma") == IGNORE_LABEL
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
     with pytest.raises(InputError, match="must be an object of QuPath class name"):
-        load_class_map_file(bad)
+        parse_class_map(bad)
     broken = tmp_path / "broken.json"
     broken.write_text("{")
     with pytest.raises(InputError, match="is not valid JSON"):
-        load_class_map_file(broken)
+        parse_class_map(broken)
     with pytest.raises(InputError, match="class map not found"):
-        load_class_map_file(tmp_path / "missing.json")
+        parse_class_map(tmp_path / "missing.json")
 
 
 def test_features_objects_are_accepted() -> None:

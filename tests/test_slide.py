@@ -148,9 +148,18 @@ def test_bounds_and_qupath_offset(pyramid_tiff: Path, monkeypatch: pytest.Monkey
                  "openslide.bounds-width": "800", "openslide.bounds-height": "600"}
         monkeypatch.setattr(type(slide), "properties", property(lambda self: props))
         assert slide.bounds_xy_px == (100, 50)
-        assert slide.qupath_offset_xy_px == (100, 50)
-        props["openslide.bounds-width"] = "1024"  # QuPath crops only when both sides differ
-        assert slide.qupath_offset_xy_px == (0, 0)
+        assert slide.qupath_offset_xy_px == (100, 50) and slide.qupath_size_px == (800, 600)
+        # QuPath's OpenSlide server reads every tile at (x + bounds-x, y + bounds-y) and shows bounds-width x
+        # bounds-height whenever the four are integers; its isCropped flag (both sides differ) only changes the
+        # resolution levels. It used to be read as "no crop unless both sides differ".
+        props.update({"openslide.bounds-x": "0", "openslide.bounds-width": "1024"})
+        assert slide.qupath_offset_xy_px == (0, 50) and slide.qupath_size_px == (1024, 600)
+        props.update({"openslide.bounds-y": "0", "openslide.bounds-width": "800"})  # a crop at the origin
+        assert slide.qupath_offset_xy_px == (0, 0) and slide.qupath_size_px == (800, 600)  # diff took 1024 x 768
+        props["openslide.bounds-height"] = "600.0"  # not an integer: QuPath does not crop
+        assert slide.qupath_offset_xy_px == (0, 0) and slide.qupath_size_px == (1024, 768)
+        del props["openslide.bounds-height"]
+        assert slide.qupath_offset_xy_px == (0, 0) and slide.qupath_size_px == (1024, 768)
 
 
 # -- CLI ----------------------------------------------------------------------------------------------

@@ -17,8 +17,7 @@ from typer.testing import CliRunner
 
 from qpbridge.commands import validate as validate_command
 from qpbridge.errors import GeoJSONError, InputError
-from qpbridge.qupath import Feature, read_geojson, write_geojson
-from qpbridge.validate import fix_geojson, validate_geojson
+from qpbridge.qupath import Feature, fix_geojson, read_geojson, validate_geojson, write_geojson
 
 UUID = "6f1c7a52-0a4e-4c39-a1f0-3b0d4a5e8c11"
 

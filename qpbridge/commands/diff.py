@@ -9,15 +9,19 @@ from typing import Any
 import typer
 
 from qpbridge.commands._common import reported_errors, warn
+from qpbridge.commands._options import CLASS_MAP_HELP, class_map_option, mpp_option, output_option
 from qpbridge.diff import BatchResult, DiffResult, diff_files, diff_pairs, write_changed_only
 from qpbridge.errors import InputError, OutputError
+from qpbridge.rasterize import ClassMap, parse_class_map
 
 HELP = """Compare a prediction with the pathologist's corrections: per tissue class, the area added (drawn
 where nothing was predicted), removed (predicted, then deleted), relabelled from one class to another (a
 matrix) and unchanged, in um^2 (px^2 when no pixel size is known) and as a share of the predicted class area;
 ROI annotations in a section of their own. Within one file, overlapping classes resolve as in qpbridge masks:
 the higher class wins (Normal < Benign < In situ carcinoma < Invasive carcinoma, or the --classes order).
-Region*, Ignore*, Pen mark* objects are left out.
+Region*, Ignore*, Pen mark* objects are left out. Class names are matched as qpbridge masks matches them
+(exactly, then in any case, then the first part of a derived class; "Tissue" is Normal); --model and
+--class-map match them with a model's classes and aliases, as they do for masks.
 
 The pixel size comes from --mpp, else --slide, else the corrections sidecar <base>.json that
 export_corrections.groovy writes, else the prediction's <file>.meta.json.
@@ -167,9 +171,7 @@ def register(app: typer.Typer) -> None:
             help="The arguments are pairs PRED CORR (folders paired by slide name, or files).",
         ),
         slide: Path | None = typer.Option(None, "--slide", help="The slide: pixel size and bounds check."),
-        mpp: float | None = typer.Option(
-            None, "--mpp", help="Level-0 pixel size in um/px (overrides the slide)."
-        ),
+        mpp: float | None = mpp_option(),
         classes: list[str] | None = typer.Option(
             None,
             "--classes",
@@ -181,15 +183,16 @@ def register(app: typer.Typer) -> None:
             "--object-type",
             help="Object types compared (repeatable; default annotation and detection).",
         ),
+        model: str | None = typer.Option(
+            None, "--model", help="Match class names with this model's classes and aliases (as qpbridge masks)."
+        ),
+        class_map: str | None = class_map_option(
+            CLASS_MAP_HELP + " Matched as in qpbridge masks; ignore, region and skip classes are left out."
+        ),
         changed_only: bool = typer.Option(
             False, "--changed-only", help="Write the changed area for qpbridge masks to -o (see above)."
         ),
-        output: Path | None = typer.Option(
-            None,
-            "-o",
-            "--output",
-            help="Output of --changed-only: a .geojson (a folder with several slides).",
-        ),
+        output: Path | None = output_option("Output of --changed-only: a .geojson (a folder with several slides)."),
         margin_um: float = typer.Option(
             0.0, "--margin-um", min=0.0, help="Widen the Region* area by this much."
         ),
@@ -209,7 +212,11 @@ def register(app: typer.Typer) -> None:
                 raise InputError(
                     f"-o {output} is only used with --changed-only: add --changed-only or drop -o"
                 )
-            kw: dict[str, Any] = {"classes": class_list, "object_types": types}
+            kw: dict[str, Any] = {
+                "classes": class_list,
+                "object_types": types,
+                "class_map": _class_map(model, class_map),
+            }
             batch_mode = pairs or (len(paths) == 2 and all(p.is_dir() for p in paths))
             if not batch_mode:
                 if len(paths) != 2:
@@ -268,6 +275,18 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"error: {name}: {message}", err=True)
             if batch.failures:
                 raise typer.Exit(max(code for _, _, code in batch.failures))
+
+
+def _class_map(model: str | None, spec: str | None) -> ClassMap | None:
+    """The class map of ``--model`` (a card's classes and aliases), with ``--class-map`` on top."""
+    if model is None and spec is None:
+        return None
+    cmap = ClassMap.deepbatch()
+    if model is not None:
+        from qpbridge.models import load_card, resolve_model_path
+
+        cmap = ClassMap.from_card(load_card(resolve_model_path(model)))
+    return cmap.with_overrides(parse_class_map(spec)) if spec is not None else cmap
 
 
 def _parse_classes(values: list[str] | None) -> list[str] | None:

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from qpbridge.commands._common import reported_errors
+from qpbridge.commands._options import class_map_option, grid_mpp_option, mpp_option, warn_mpp_meaning
 from qpbridge.errors import InputError
 
 
@@ -20,24 +21,24 @@ def register(app: typer.Typer) -> None:
         help=(
             "Compare a prediction with the truth, per class and overall: IoU, Dice (F1), pixel accuracy, "
             "sensitivity, specificity, precision, and AUC when --probs is given. Label masks (PNG/TIFF of the "
-            "same size) or QuPath GeoJSON files (rasterized over --slide at --mpp). Truth pixels labelled 255 "
-            "are ignored.\n\n"
+            "same size) or QuPath GeoJSON files (rasterized over --slide on a grid of --grid-mpp um/px). Truth "
+            "pixels labelled 255 are ignored.\n\n"
             "Examples:\n\n"
             "  qpbridge evaluate pred.png truth.png --class-map 'Normal=0,Benign=1,In situ carcinoma=2,"
             "Invasive carcinoma=3'\n\n"
-            "  qpbridge evaluate pred.geojson truth.geojson --slide slide.svs --mpp 2 --json\n\n"
-            "  qpbridge evaluate pred.geojson truth.geojson --slide slide.svs --mpp 2 --role roi"
+            "  qpbridge evaluate pred.geojson truth.geojson --slide slide.svs --grid-mpp 2 --json\n\n"
+            "  qpbridge evaluate pred.geojson truth.geojson --slide slide.svs --grid-mpp 2 --role roi"
         ),
     )
     def evaluate_cmd(
         pred: Path = typer.Argument(..., metavar="PRED", help="Predicted label mask or GeoJSON."),
         truth: Path = typer.Argument(..., metavar="TRUTH", help="True label mask or GeoJSON."),
         slide: Path | None = typer.Option(None, "--slide", help="The slide (GeoJSON inputs: extent and um/px)."),
-        mpp: float | None = typer.Option(None, "--mpp", help="GeoJSON inputs: compare at this um/px."),
-        class_map: str | None = typer.Option(
-            None, "--class-map",
-            help="Class names: 'Name=label,...', a dataset.json/card.json/JSON {name: label} file, or a model name.",
+        mpp: float | None = mpp_option(),
+        grid_mpp: float | None = grid_mpp_option(
+            "GeoJSON inputs: compare on a grid of this um/px (default: full resolution); needs --slide or --mpp."
         ),
+        class_map: str | None = class_map_option(),
         probs: Path | None = typer.Option(None, "--probs", help="Masks: class probabilities (C x H x W .npy/TIFF)."),
         role: str = typer.Option(
             "cell", "--role",
@@ -46,8 +47,11 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
         with reported_errors():
-            from qpbridge.metrics import evaluate_geojson, evaluate_masks, is_geojson_path, parse_class_map
+            from qpbridge.metrics import evaluate_geojson, evaluate_masks
+            from qpbridge.qupath import is_geojson_path
+            from qpbridge.rasterize import parse_class_map
 
+            warn_mpp_meaning("evaluate", mpp, "comparison grid's um/px", "--grid-mpp")
             mapping = parse_class_map(class_map) if class_map else None
             geo = [is_geojson_path(pred), is_geojson_path(truth)]
             if any(geo) and not all(geo):
@@ -55,10 +59,14 @@ def register(app: typer.Typer) -> None:
             if all(geo):
                 if probs is not None:
                     raise InputError("--probs applies to label masks, not GeoJSON")
-                result = evaluate_geojson(pred, truth, class_map=mapping, slide=slide, mpp=mpp, role=role)
+                result = evaluate_geojson(
+                    pred, truth, class_map=mapping, slide=slide, slide_mpp=mpp, grid_mpp=grid_mpp, role=role
+                )
             else:
-                if slide is not None or mpp is not None:
-                    raise InputError("--slide and --mpp apply to GeoJSON inputs; masks are compared pixel by pixel")
+                if slide is not None or mpp is not None or grid_mpp is not None:
+                    raise InputError(
+                        "--slide, --mpp and --grid-mpp apply to GeoJSON inputs; masks are compared pixel by pixel"
+                    )
                 result = evaluate_masks(pred, truth, class_map=mapping, probs_path=probs)
         if as_json:
             typer.echo(json.dumps(result.to_dict(), indent=2))

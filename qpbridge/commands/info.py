@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from qpbridge.commands._common import reported_errors
+from qpbridge.commands._options import mpp_option
 from qpbridge.slide import open_slide
 
 
@@ -23,7 +24,7 @@ def register(app: typer.Typer) -> None:
     )
     def info_cmd(
         slide_path: Path = typer.Argument(..., metavar="SLIDE", help="Slide or image file."),
-        mpp: float | None = typer.Option(None, "--mpp", help="Override the pixel size (um/px at level 0)."),
+        mpp: float | None = mpp_option(),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
         with reported_errors(), open_slide(slide_path, mpp=mpp) as slide:

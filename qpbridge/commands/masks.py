@@ -21,9 +21,18 @@ from rich.text import Text
 
 from qpbridge.classes import IGNORE_LABEL
 from qpbridge.commands._common import err_console, reported_errors, warn
+from qpbridge.commands._options import (
+    class_map_option,
+    deprecated_option,
+    merge_deprecated,
+    mpp_option,
+    output_option,
+    tile_mpp_option,
+    warn_mpp_meaning,
+)
 from qpbridge.errors import InputError
-from qpbridge.naming import CORRECTIONS_SUFFIX, SIDECAR_SUFFIX, read_corrections_sidecar
-from qpbridge.rasterize import ClassMap, load_class_map_file, parse_class_option
+from qpbridge.qupath import corrections_sidecar_path, read_corrections_sidecar
+from qpbridge.rasterize import ClassMap, parse_class_map, parse_class_option
 from qpbridge.tiles import (
     DEFAULT_MPP,
     DEFAULT_QA_MPP,
@@ -39,12 +48,13 @@ manifest.csv and dataset.json (the tile dataset `qpbridge train` reads).
 
 Classes: a model card's classes and aliases (--model), else the DeepBatch classes (0 Normal, 1 Benign,
 2 In situ carcinoma, 3 Invasive carcinoma; "Tissue" = 0). Map other QuPath classes with --class "NAME=LABEL"
-(or =ignore, =region, =skip) or --class-map FILE.json. "Pen mark*"/"Ignore*" objects are 255 (ignored);
-"Region*" objects mark the reviewed area (outside it: 255). Overlaps: the higher label wins
-(--overlap later-wins: the later object in the file).
+(or =ignore, =region, =skip) or --class-map ('NAME=LABEL,...', a JSON file, a dataset.json/card.json or a
+model name). "Pen mark*"/"Ignore*" objects are 255 (ignored); "Region*" objects mark the reviewed area
+(outside it: 255). Overlaps: the higher label wins (--overlap later-wins: the later object in the file).
 
 Resolution: --model gives its um/px and tile size; otherwise {DEFAULT_MPP} um/px and {DEFAULT_TILE_PX} px
-tiles. Tiles are kept when labelled and on tissue; --max-per-class N samples at most N tiles per majority
+tiles (--tile-mpp, --tile-px). --mpp is the slide's own pixel size (level 0), when its metadata lacks it or
+is wrong. Tiles are kept when labelled and on tissue; --max-per-class N samples at most N tiles per majority
 class (seeded). Runs into the same DIR append slides to one dataset.
 
 Examples:
@@ -54,6 +64,8 @@ Examples:
   qpbridge masks slide.svs corrected.geojson -o tiles/ --model my-cell-model --max-per-class 500
 
   qpbridge masks slide.svs slide.geojson --dry-run --class "Tumor=3" --class "Stroma=0"
+
+  qpbridge masks slide.svs slide.geojson -o tiles/ --tile-mpp 1 --class-map "Tumor=3,Stroma=ignore"
 """
 
 
@@ -115,20 +127,19 @@ def register(app: typer.Typer) -> None:
         geojson_path: Path | None = typer.Argument(
             None, metavar="GEOJSON", help="QuPath objects (level-0 pixels)."
         ),
-        out_dir: Path | None = typer.Option(
-            None,
-            "-o",
-            "--out",
-            help="Dataset folder (created; one that holds a dataset gets this slide added).",
+        out_dir: Path | None = output_option(
+            "Dataset folder (created; one that holds a dataset gets this slide added)."
         ),
+        old_out_dir: Path | None = deprecated_option("--out", "-o/--output"),
         role: str = typer.Option(
             "cell", "--role", help="Without --model: cell (the four DeepBatch classes) or roi (Background/ROI)."
         ),
         model: str | None = typer.Option(
             None, "--model", help="Model name or directory: its classes, um/px and tile size."
         ),
-        mpp: float | None = typer.Option(None, "--mpp", help=f"Tile um/px (default: the model's, else {DEFAULT_MPP})."),
-        slide_mpp: float | None = typer.Option(None, "--slide-mpp", help="Override the slide's level-0 um/px."),
+        tile_mpp: float | None = tile_mpp_option(f"Tile um/px (default: the model's, else {DEFAULT_MPP})."),
+        mpp: float | None = mpp_option(),
+        old_slide_mpp: float | None = deprecated_option("--slide-mpp", "--mpp"),
         tile_px: int | None = typer.Option(
             None, "--tile-px", help=f"Tile side in px (default: the model's, else {DEFAULT_TILE_PX})."
         ),
@@ -136,9 +147,7 @@ def register(app: typer.Typer) -> None:
         class_opts: list[str] | None = typer.Option(
             None, "--class", help='Map a QuPath class: "NAME=LABEL", =ignore, =region or =skip (repeatable).'
         ),
-        class_map_file: Path | None = typer.Option(
-            None, "--class-map", help='JSON file {"QuPath name": label or "ignore"/"region"/"skip"}.'
-        ),
+        class_map_spec: str | None = class_map_option(),
         ignore_unknown: bool = typer.Option(
             False, "--ignore-unknown", help="Skip objects of unmapped classes instead of failing."
         ),
@@ -174,33 +183,36 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         with reported_errors():
+            out_dir = merge_deprecated(out_dir, old_out_dir, "--out", "-o/--output")
+            warn_mpp_meaning("masks", mpp, "tile um/px", "--tile-mpp")
+            mpp = merge_deprecated(mpp, old_slide_mpp, "--slide-mpp", "--mpp")
             if geojson_path is None:
                 # `qpbridge masks corrections/slide.geojson`: export_corrections.groovy recorded the slide beside it.
                 geojson_path = slide_path
-                base = geojson_path.name.removesuffix(".gz").removesuffix(CORRECTIONS_SUFFIX)
-                sidecar = geojson_path.with_name(base + SIDECAR_SUFFIX)
-                if not sidecar.is_file():
+                sidecar = corrections_sidecar_path(geojson_path)
+                if sidecar is None or not sidecar.is_file():
+                    missing = f"sidecar {sidecar}" if sidecar is not None else "<name>.json sidecar (not a .geojson)"
                     raise InputError(
                         f"give the slide and the GeoJSON (qpbridge masks SLIDE GEOJSON): {geojson_path} has no "
-                        f"sidecar {sidecar} recording its slide"
+                        f"{missing} recording its slide"
                     )
                 slide_path = read_corrections_sidecar(sidecar)
             if out_dir is None and not dry_run:
                 raise InputError("give the dataset folder with -o DIR (or --dry-run to only count)")
             if model is not None:
-                config = load_card_config(model, mpp=mpp, tile_px=tile_px)
+                config = load_card_config(model, mpp=tile_mpp, tile_px=tile_px)
             else:
                 if role not in ("cell", "roi"):
                     raise InputError(f"--role must be cell or roi, got {role!r}")
                 config = MaskConfig(
                     class_map=ClassMap.roi() if role == "roi" else ClassMap.deepbatch(),
-                    mpp=DEFAULT_MPP if mpp is None else mpp,
+                    mpp=DEFAULT_MPP if tile_mpp is None else tile_mpp,
                     tile_px=DEFAULT_TILE_PX if tile_px is None else tile_px,
                 )
             class_map: ClassMap = config.class_map
             overrides: dict[str, int | str] = {}
-            if class_map_file is not None:
-                overrides.update(load_class_map_file(class_map_file))
+            if class_map_spec is not None:
+                overrides.update(parse_class_map(class_map_spec))
             for text in class_opts or []:
                 name, value = parse_class_option(text)
                 overrides[name] = value
@@ -212,7 +224,7 @@ def register(app: typer.Typer) -> None:
                 config,
                 class_map=class_map,
                 stride_px=stride_px,
-                slide_mpp=slide_mpp,
+                slide_mpp=mpp,
                 overlap=overlap,
                 reviewed=reviewed,
                 ignore_unknown=ignore_unknown,

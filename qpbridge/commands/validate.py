@@ -8,8 +8,9 @@ from pathlib import Path
 import typer
 
 from qpbridge.commands._common import reported_errors
+from qpbridge.commands._options import output_option
 from qpbridge.errors import InputError
-from qpbridge.validate import fix_geojson, validate_geojson
+from qpbridge.qupath import fix_geojson, validate_geojson
 
 
 def register(app: typer.Typer) -> None:
@@ -31,7 +32,7 @@ def register(app: typer.Typer) -> None:
     def validate_cmd(
         file: Path = typer.Argument(..., metavar="FILE", help="GeoJSON file (.geojson, .json, .gz, .zip)."),
         fix: bool = typer.Option(False, "--fix", help="Write a repaired copy to -o (never over FILE)."),
-        output: Path | None = typer.Option(None, "-o", "--output", help="Output of --fix (.geojson[.gz])."),
+        output: Path | None = output_option("Output of --fix (.geojson[.gz])."),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
         max_lines: int = typer.Option(50, "--max-lines", min=0, help="Issues listed before '... and N more'."),
     ) -> None:

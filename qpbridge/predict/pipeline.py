@@ -41,14 +41,13 @@ from qpbridge.device import configure_threads, resolve_device
 from qpbridge.errors import InputError, OutputError, QpbridgeError
 from qpbridge.memory import HeapTrimmer
 from qpbridge.models import LoadedModel, inference_network, load_model
-from qpbridge.naming import prediction_filename, prediction_properties
 from qpbridge.predict.cells import CellOptions, CellResult, segment_cells
 from qpbridge.predict.config import PredictConfig, PredictSummary, Progress
 from qpbridge.predict.overlay import Overlay
 from qpbridge.predict.roi import RoiGate, RoiResult, detect_roi
 from qpbridge.predict.segmenter import SegmenterSettings, native_bf16
-from qpbridge.qupath import Feature, GeoJSONWriter
-from qpbridge.qupath_write import meta_path as meta_path_for  # out.geojson -> out.geojson.meta.json
+from qpbridge.qupath import Feature, GeoJSONWriter, prediction_filename, prediction_properties
+from qpbridge.qupath import meta_path as meta_path_for  # out.geojson -> out.geojson.meta.json
 from qpbridge.slide import SLIDE_SUFFIXES, Slide, dicom_member, has_slide_suffix, open_slide
 from qpbridge.tissue import TissueMask, detect_tissue
 

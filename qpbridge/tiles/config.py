@@ -7,12 +7,12 @@ from typing import Any
 
 from qpbridge.errors import InputError
 from qpbridge.rasterize import OVERLAP_MODES, REVIEWED_MODES, ClassMap
-from qpbridge.slide import check_mpp
+from qpbridge.slide import check_mpp, check_slide_mpp
 from qpbridge.tissue import DEFAULT_TISSUE_MPP
 
 __all__ = ["DEFAULT_BLOCK_PX", "DEFAULT_MPP", "DEFAULT_QA_MPP", "DEFAULT_TILE_PX", "MaskConfig", "load_card_config"]
 
-#: Tile um/px when neither ``--model`` nor ``--mpp`` says (the resolution of qpbridge's cell model cards).
+#: Tile um/px when neither ``--model`` nor ``--tile-mpp`` says (the resolution of qpbridge's cell model cards).
 DEFAULT_MPP = 0.5
 DEFAULT_TILE_PX = 256
 DEFAULT_BLOCK_PX = 2048
@@ -81,9 +81,9 @@ class MaskConfig:
 
     def checked(self) -> MaskConfig:
         """This config, or :class:`InputError` naming the first bad value."""
-        check_mpp(self.mpp, "--mpp")
+        check_mpp(self.mpp, "--tile-mpp")
         if self.slide_mpp is not None:
-            check_mpp(self.slide_mpp, "--slide-mpp")
+            check_slide_mpp(self.slide_mpp, "--mpp")
         if self.qa_mpp is not None:
             check_mpp(self.qa_mpp, "--qa-mpp")
         check_mpp(self.tissue_mpp, "tissue mpp")

@@ -186,7 +186,7 @@ def _open_existing(out_dir: Path, config: MaskConfig, slide_id: str, slide_path:
     ):
         raise OutputError(
             f"{out_dir} holds a dataset of {_describe(meta)}; this run makes {_describe(ours)}: "
-            "tiles of one dataset must match, so write to another folder (or give matching --mpp/--tile-px/"
+            "tiles of one dataset must match, so write to another folder (or give matching --tile-mpp/--tile-px/"
             "--stride-px/--model)"
         )
     slides = {s.get("slide"): s for s in meta.get("slides", []) if isinstance(s, dict)}
@@ -358,8 +358,8 @@ def build_tile_dataset(
     with open_slide(slide_path, mpp=config.slide_mpp) as slide:
         if not slide.has_mpp:
             raise InputError(
-                f"{slide_path} has no pixel size in its metadata: give it with --slide-mpp (um/px at full "
-                "resolution, e.g. --slide-mpp 0.25 for a 40x scan)"
+                f"{slide_path} has no pixel size in its metadata: give it with --mpp (um/px at full "
+                "resolution, e.g. --mpp 0.25 for a 40x scan)"
             )
         warnings: list[str] = []
         if config.mpp < slide.mpp * 0.99:

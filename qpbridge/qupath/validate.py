@@ -1,7 +1,7 @@
 """Check a GeoJSON file against what QuPath 0.4-0.7 imports, feature by feature, and repair it.
 
 :func:`validate_geojson` reads the raw JSON (not the tolerant reader, which repairs silently) and lists
-every feature that QuPath would reject or mangle, with the reason (see ``qupath-geojson.md``):
+every feature that QuPath would reject or mangle, with the reason (see ``docs/qupath-geojson.md``):
 
 errors (QuPath 0.4-0.7 rejects the whole file, or the object arrives as something else)
     classification object without ``color``; null or missing geometry; unclosed ring or a ring with fewer
@@ -30,32 +30,26 @@ import numpy as np
 import shapely
 
 from qpbridge.errors import InputError
-from qpbridge.qupath_read import (
+from qpbridge.qupath.objects import legacy_type, normalize_object_type, qupath_object_type
+from qpbridge.qupath.project import QUPATH_IMPORT_SUFFIXES
+from qpbridge.qupath.read import (
     GEOMETRY_TYPES,
-    LEGACY_TYPE_IDS,
     ReadSummary,
     feature_label,
     flatten_features,
     gc_paused,
-    legacy_type,
     load_json_documents,
     make_valid_polygonal,
-    normalize_object_type,
     parse_classification,
     read_geojson,
+    simple_ring,
 )
-from qpbridge.qupath_read import _simple_ring as _reader_simple_ring
-from qpbridge.qupath_write import WriteSummary, is_uuid, write_geojson
+from qpbridge.qupath.write import WriteSummary, is_uuid, write_geojson
 
 __all__ = ["FixResult", "Issue", "ValidationReport", "fix_geojson", "validate_geojson"]
 
 Severity = Literal["error", "warning"]
 
-#: Object type values QuPath 0.4-0.7 recognises (case-sensitive).
-QUPATH_OBJECT_TYPES = frozenset(
-    {"annotation", "detection", "cell", "tile", "tmaCore", "tma_core", "root", "unknown", *LEGACY_TYPE_IDS}
-)
-_IMPORT_SUFFIXES = (".geojson", ".json", ".geojson.gz", ".json.gz", ".zip", ".qpdata")
 _NONFINITE_STRINGS = {"nan", "infinity", "-infinity", "+infinity", "inf", "-inf"}
 _FIX_HINT = "repair it with: qpbridge validate FILE --fix -o FIXED.geojson"
 
@@ -362,7 +356,8 @@ def _check_object_type(
                     "'object_type' is the old key: QuPath reads it but warns; use 'objectType'",
                     label,
                 )
-            if not isinstance(raw, str) or raw not in QUPATH_OBJECT_TYPES:
+            kind = qupath_object_type(raw)
+            if kind is None:
                 report.add(
                     index,
                     "warning",
@@ -371,7 +366,7 @@ def _check_object_type(
                     label,
                 )
                 return "annotation"
-            return normalize_object_type(raw) or legacy_type(raw) or "annotation"
+            return kind
     if legacy is not None:
         return legacy
     for key in ("objectType", "object_type"):
@@ -457,7 +452,7 @@ def _check_feature(obj: Any, index: int, report: ValidationReport, seen_ids: set
 
 def _check_geometry(gj: Any, where: str, report: ValidationReport, index: int, label: str) -> None:
     if where == "geometry":
-        ring = _simple_ring(gj)
+        ring = _closed_simple_ring(gj)
         if ring is not None:  # the common case: checked in bulk by _check_pending
             report._pending.append((index, label, np.round(ring, 2)))
             return
@@ -472,9 +467,9 @@ def _check_geometry(gj: Any, where: str, report: ValidationReport, index: int, l
         report.add(index, severity, code, message if where == "geometry" else f"{where}: {message}", label)
 
 
-def _simple_ring(gj: Any) -> np.ndarray | None:
+def _closed_simple_ring(gj: Any) -> np.ndarray | None:
     """The closed, finite ring (>= 4 positions) of a Polygon without holes, else ``None`` (full checks)."""
-    ring = _reader_simple_ring(gj)
+    ring = simple_ring(gj)
     if ring is None or len(ring) < 4 or not np.isfinite(ring).all():
         return None
     if not (ring[0, 0] == ring[-1, 0] and ring[0, 1] == ring[-1, 1]):
@@ -523,12 +518,13 @@ def _validate(path: Path) -> ValidationReport:
     report = ValidationReport(str(path))
     docs = load_json_documents(path)
     name = path.name.lower()
-    if not name.endswith(_IMPORT_SUFFIXES):
+    if not name.endswith(QUPATH_IMPORT_SUFFIXES):
         report.add(
             None,
             "error",
             "bad-extension",
-            f"QuPath imports only {', '.join(_IMPORT_SUFFIXES)} files: it reads 0 objects from {path.name}; rename it",
+            f"QuPath imports only {', '.join(QUPATH_IMPORT_SUFFIXES)} files: it reads 0 objects from {path.name}; "
+            "rename it",
         )
     seen_ids: set[str] = set()
     index = 0

@@ -1,8 +1,16 @@
-"""Names and folders shared by qpbridge and its QuPath scripts (``groovy/*.groovy``).
+"""QuPath project layout and file names: what qpbridge and its QuPath scripts (``groovy/*.groovy``) share.
 
 This module is the single Python owner of every rule that the Groovy scripts must follow too;
 ``tests/test_groovy.py`` checks that the scripts use the same literals and that the Groovy copy of
-:func:`image_basename` gives the same answer as this one on a table of names.
+:func:`image_basename` gives the same answer as this one on a table of names. It also owns the file name
+endings of QuPath's GeoJSON (see ``docs/qupath-geojson.md``):
+
+* :data:`GEOJSON_SUFFIXES` (``.geojson``, ``.json``, and both gzipped): GeoJSON text, what qpbridge writes
+  and what ``qpbridge evaluate`` takes for GeoJSON (:func:`is_geojson_path`);
+* :data:`QUPATH_IMPORT_SUFFIXES`: those and ``.zip``, ``.qpdata``, every name QuPath's *Import objects*
+  reads (any letter case; from any other file it imports 0 objects, without an error);
+* :data:`PREDICTION_SUFFIXES` (``.geojson``, ``.geojson.gz``): the prediction and corrections files of a
+  project, which :func:`geojson_file_base` turns back into the image's base name.
 
 **File names.** A prediction for an image lives in ``<project>/qpbridge/<base>.geojson`` (or
 ``.geojson.gz``), a pathologist's corrections in ``<project>/qpbridge/corrections/<base>.geojson`` with a
@@ -47,11 +55,60 @@ from typing import Any
 from qpbridge.errors import InputError
 from qpbridge.slide import SLIDE_SUFFIXES
 
+__all__ = [
+    "CORRECTIONS_DIRNAME",
+    "CORRECTIONS_SUFFIX",
+    "FORBIDDEN_FILENAME_CHARS",
+    "GEOJSON_SUFFIXES",
+    "PREDICTIONS_DIRNAME",
+    "PREDICTION_MEASUREMENT",
+    "PREDICTION_MEASUREMENT_VALUE",
+    "PREDICTION_METADATA_KEY",
+    "PREDICTION_RUN_METADATA_KEY",
+    "PREDICTION_SUFFIXES",
+    "QUPATH_IMPORT_SUFFIXES",
+    "QUPATH_ONLY_EXTENSIONS",
+    "SIDECAR_FORMAT",
+    "SIDECAR_FORMAT_KEY",
+    "SIDECAR_GEOJSON_KEY",
+    "SIDECAR_HEIGHT_KEY",
+    "SIDECAR_IMAGE_NAME_KEY",
+    "SIDECAR_IMAGE_PATHS_KEY",
+    "SIDECAR_IMAGE_URIS_KEY",
+    "SIDECAR_PIXEL_SIZE_KEY",
+    "SIDECAR_SUFFIX",
+    "SIDECAR_VERSION_KEY",
+    "SIDECAR_WIDTH_KEY",
+    "SLIDE_EXTENSIONS",
+    "CorrectionsSidecar",
+    "corrections_dir",
+    "corrections_paths",
+    "corrections_sidecar_path",
+    "describe_suffixes",
+    "geojson_file_base",
+    "image_basename",
+    "is_geojson_path",
+    "is_prediction_feature",
+    "load_corrections_sidecar",
+    "prediction_filename",
+    "prediction_path",
+    "prediction_properties",
+    "predictions_dir",
+    "project_folder",
+    "read_corrections_sidecar",
+]
+
 #: Folder, inside the QuPath project folder, that holds qpbridge's predictions.
 PREDICTIONS_DIRNAME = "qpbridge"
 
 #: Folder, inside :data:`PREDICTIONS_DIRNAME`, that ``export_corrections.groovy`` writes to.
 CORRECTIONS_DIRNAME = "corrections"
+
+#: GeoJSON text files, plain or gzip-compressed (QuPath 0.4+ reads ``.gz``): what qpbridge writes.
+GEOJSON_SUFFIXES: tuple[str, ...] = (".geojson", ".json", ".geojson.gz", ".json.gz")
+
+#: Every file name QuPath 0.4-0.7's *Import objects* reads objects from (any letter case).
+QUPATH_IMPORT_SUFFIXES: tuple[str, ...] = (*GEOJSON_SUFFIXES, ".zip", ".qpdata")
 
 #: Endings of a prediction file, in the order the import script looks for them.
 PREDICTION_SUFFIXES: tuple[str, ...] = (".geojson", ".geojson.gz")
@@ -77,7 +134,7 @@ QUPATH_ONLY_EXTENSIONS: tuple[str, ...] = (".czi", ".vsi", ".qptiff", ".isyntax"
 SLIDE_EXTENSIONS: tuple[str, ...] = (*SLIDE_SUFFIXES, *QUPATH_ONLY_EXTENSIONS)
 
 #: Characters replaced by ``_`` in a base name.
-_FORBIDDEN_CHARS = re.compile(r'[\\/:*?"<>|\x00-\x1F\x7F]')
+FORBIDDEN_FILENAME_CHARS = re.compile(r'[\\/:*?"<>|\x00-\x1F\x7F]')
 
 #: Sidecar written by ``export_corrections.groovy`` next to each corrections GeoJSON.
 SIDECAR_FORMAT = "qpbridge-corrections-sidecar"
@@ -131,7 +188,7 @@ def image_basename(image_name_or_slide_path: str | os.PathLike[str]) -> str:
         if len(name) > len(extension) and name[-len(extension) :].lower() == extension:
             name = name[: -len(extension)]
             break
-    name = _FORBIDDEN_CHARS.sub("_", name)
+    name = FORBIDDEN_FILENAME_CHARS.sub("_", name)
     if not name:
         raise InputError(
             f"cannot make a file name from the image name {os.fspath(image_name_or_slide_path)!r}: "
@@ -159,6 +216,62 @@ def prediction_filename(image_name_or_slide_path: str | os.PathLike[str], *, gzi
     """
     suffix = PREDICTION_SUFFIXES[1] if gzip else PREDICTION_SUFFIXES[0]
     return image_basename(image_name_or_slide_path) + suffix
+
+
+def describe_suffixes(suffixes: tuple[str, ...]) -> str:
+    """``".geojson, .json or .zip"`` for messages.
+
+    Examples
+    --------
+    >>> describe_suffixes(GEOJSON_SUFFIXES)
+    '.geojson, .json, .geojson.gz or .json.gz'
+    """
+    return ", ".join(suffixes[:-1]) + f" or {suffixes[-1]}" if len(suffixes) > 1 else "".join(suffixes)
+
+
+def is_geojson_path(path: str | os.PathLike[str]) -> bool:
+    """True for a GeoJSON text file name (:data:`GEOJSON_SUFFIXES`, any letter case).
+
+    Examples
+    --------
+    >>> is_geojson_path("cells.GeoJSON.gz"), is_geojson_path("mask.png"), is_geojson_path("objects.zip")
+    (True, False, False)
+    """
+    return Path(path).name.lower().endswith(GEOJSON_SUFFIXES)
+
+
+def geojson_file_base(path: str | os.PathLike[str]) -> str | None:
+    """The ``<base>`` of a ``<base>.geojson`` or ``<base>.geojson.gz`` file (any letter case), else ``None``.
+
+    That is how predictions and corrections are named (:data:`PREDICTION_SUFFIXES`); a ``.json`` file in a
+    corrections folder is a sidecar, not GeoJSON.
+
+    Examples
+    --------
+    >>> geojson_file_base("corrections/slide1.GEOJSON"), geojson_file_base("a.geojson.gz"), geojson_file_base("a.json")
+    ('slide1', 'a', None)
+    """
+    name = Path(path).name
+    lower = name.lower()
+    for suffix in sorted(PREDICTION_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix) and len(lower) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def corrections_sidecar_path(geojson_path: str | os.PathLike[str]) -> Path | None:
+    """The sidecar ``<base>.json`` that ``export_corrections.groovy`` writes beside ``<base>.geojson``.
+
+    ``None`` when the file is not named ``<base>.geojson`` (or ``.geojson.gz``); the sidecar may not exist.
+
+    Examples
+    --------
+    >>> corrections_sidecar_path("/p/qpbridge/corrections/slide1.geojson").as_posix()
+    '/p/qpbridge/corrections/slide1.json'
+    """
+    path = Path(geojson_path)
+    base = geojson_file_base(path)
+    return None if base is None else path.with_name(base + SIDECAR_SUFFIX)
 
 
 def project_folder(project: str | os.PathLike[str]) -> Path:

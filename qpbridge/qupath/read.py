@@ -2,8 +2,9 @@
 
 Top level: FeatureCollection, Feature, JSON array (also nested) or a bare geometry; files ``.geojson``,
 ``.json``, any ``*.gz`` and ``.zip`` (every entry that parses). Object types, classifications,
-measurements and colours are accepted in all the spellings QuPath accepts (see ``qupath-geojson.md``);
-shapes QuPath would reject (unclosed rings, GeometryCollections, invalid polygons) are repaired with a
+measurements and colours are accepted in all the spellings QuPath accepts, and object types in any letter
+case (:func:`qpbridge.qupath.objects.normalize_object_type`; see ``docs/qupath-geojson.md``); shapes QuPath
+would reject (unclosed rings, GeometryCollections, invalid polygons) are repaired with a
 warning that names the feature, so that corrected annotations are never silently lost.
 """
 
@@ -26,7 +27,9 @@ import orjson
 import shapely
 
 from qpbridge.errors import GeoJSONError
-from qpbridge.qupath_write import Feature
+from qpbridge.qupath.classes import UNCLASSIFIED, join_class_names
+from qpbridge.qupath.objects import LEGACY_TYPE_IDS, legacy_type, normalize_object_type
+from qpbridge.qupath.write import Feature
 
 __all__ = [
     "GEOMETRY_TYPES",
@@ -37,14 +40,13 @@ __all__ = [
     "flatten_features",
     "gc_paused",
     "iter_feature_objects",
-    "legacy_type",
     "load_json_documents",
     "make_valid_polygonal",
-    "normalize_object_type",
     "parse_classification",
-    "parse_color",
+    "parse_qupath_color",
     "read_geojson",
     "require_features",
+    "simple_ring",
 ]
 
 GEOMETRY_TYPES = (
@@ -56,37 +58,6 @@ GEOMETRY_TYPES = (
     "MultiPolygon",
     "GeometryCollection",
 )
-
-#: QuPath 0.2 stored the object type in ``id``.
-LEGACY_TYPE_IDS = {
-    "PathAnnotationObject": "annotation",
-    "PathDetectionObject": "detection",
-    "PathCellObject": "cell",
-    "PathTileObject": "tile",
-    "TMACoreObject": "tmaCore",
-    "PathRootObject": "annotation",
-}
-
-
-def legacy_type(value: Any) -> str | None:
-    """The object type a QuPath 0.2 ``"id": "PathDetectionObject"`` stands for, else ``None``."""
-    return LEGACY_TYPE_IDS.get(value) if isinstance(value, str) else None
-
-
-_OBJECT_TYPE_ALIASES = {
-    "annotation": "annotation",
-    "pathannotationobject": "annotation",
-    "unknown": "annotation",
-    "detection": "detection",
-    "pathdetectionobject": "detection",
-    "cell": "cell",
-    "pathcellobject": "cell",
-    "tile": "tile",
-    "pathtileobject": "tile",
-    "tmacore": "tmaCore",
-    "tma_core": "tmaCore",
-    "tmacoreobject": "tmaCore",
-}
 
 _MAX_WARNINGS = 200
 _AREA_TYPES = ("Polygon", "MultiPolygon")
@@ -272,27 +243,17 @@ def _append_feature(item: Any, out: list[Any]) -> None:
 
 
 # --- values -------------------------------------------------------------------------------------------
-def normalize_object_type(value: Any) -> str | None:
-    """QuPath's object type for any spelling it accepts (``"PathDetectionObject"`` -> ``"detection"``).
+def parse_qupath_color(value: Any) -> tuple[int, int, int] | None:
+    """``(r, g, b)`` of a colour in a QuPath GeoJSON file, or ``None`` when it is not one.
 
-    Returns ``None`` for a value QuPath does not know (it then creates an annotation).
-
-    Examples
-    --------
-    >>> normalize_object_type("PathCellObject"), normalize_object_type("tma_core"), normalize_object_type("x")
-    ('cell', 'tmaCore', None)
-    """
-    if not isinstance(value, str):
-        return None
-    return _OBJECT_TYPE_ALIASES.get(value.strip().lower())
-
-
-def parse_color(value: Any) -> tuple[int, int, int] | None:
-    """``(r, g, b)`` from ``[r, g, b]``, ``[r, g, b, a]``, ``[packed]`` or a packed (signed ARGB) int.
+    Accepts what QuPath writes and reads: ``[r, g, b]`` (also ``[r, g, b, a]``; values clamped to 0-255),
+    a packed (signed ARGB) int as in the legacy ``colorRGB``, or ``[packed]``. Never raises: an unusable
+    colour is ``None`` and the object keeps its class colour. (A model card's colour is another contract,
+    strict and with ``"#rrggbb"``: :func:`qpbridge.models.parse_color`.)
 
     Examples
     --------
-    >>> parse_color(-3670016), parse_color([200, 0, 0]), parse_color(None)
+    >>> parse_qupath_color(-3670016), parse_qupath_color([200, 0, 0]), parse_qupath_color(None)
     ((200, 0, 0), (200, 0, 0), None)
     """
     if isinstance(value, bool) or value is None:
@@ -302,7 +263,7 @@ def parse_color(value: Any) -> tuple[int, int, int] | None:
         return ((packed >> 16) & 255, (packed >> 8) & 255, packed & 255)
     if isinstance(value, (list, tuple)):
         if len(value) == 1:
-            return parse_color(value[0])
+            return parse_qupath_color(value[0])
         if len(value) in (3, 4):
             try:
                 r, g, b = (max(0, min(255, int(c))) for c in value[:3])
@@ -327,24 +288,23 @@ def parse_classification(value: Any) -> tuple[str | None, tuple[int, int, int] |
     if isinstance(value, str):
         return (value.strip() or None), None
     if isinstance(value, list):
-        names = [str(n).strip() for n in value if str(n).strip()]
-        return (": ".join(names) or None), None
+        return join_class_names(value), None
     if not isinstance(value, dict) or not value:
         return None, None
     name: str | None = None
     names_raw = value.get("names")
     if isinstance(names_raw, list) and names_raw:
-        name = ": ".join(str(n).strip() for n in names_raw if str(n).strip()) or None
+        name = join_class_names(names_raw)
     elif isinstance(value.get("name"), str):
         name = value["name"].strip() or None
     parent = value.get("parentClass")
     if isinstance(parent, dict) and name is not None:  # QuPath 0.3 and older: nested parent classes
         parent_name, _ = parse_classification(parent)
         if parent_name:
-            name = f"{parent_name}: {name}"
-    color = parse_color(value.get("color"))
+            name = join_class_names([parent_name, name])
+    color = parse_qupath_color(value.get("color"))
     if color is None:
-        color = parse_color(value.get("colorRGB"))
+        color = parse_qupath_color(value.get("colorRGB"))
     return name, color
 
 
@@ -502,8 +462,19 @@ def _geometry(gj: Any, notes: list[str]) -> shapely.Geometry:
     raise _Skip(f"geometry type {kind!r} is not GeoJSON")
 
 
-def _simple_ring(gj: Any) -> np.ndarray | None:
-    """The ring of a Polygon without holes as an (n, 2) array (not yet checked), else ``None``."""
+def simple_ring(gj: Any) -> np.ndarray | None:
+    """The ring of a Polygon without holes as an (n, 2) array (not yet checked), else ``None``.
+
+    The fast path of the reader and of :func:`qpbridge.qupath.validate_geojson`: most features are such
+    polygons, and their rings are built into shapely polygons in one vectorized call.
+
+    Examples
+    --------
+    >>> simple_ring({"type": "Polygon", "coordinates": [[[0, 0], [9, 0], [9, 9], [0, 0]]]}).shape
+    (4, 2)
+    >>> simple_ring({"type": "Polygon", "coordinates": [[[0, 0], [9, 0], [0, 0]], [[1, 1], [2, 1], [1, 1]]]}) is None
+    True
+    """
     if type(gj) is not dict or gj.get("type") != "Polygon":
         return None
     coords = gj.get("coordinates")
@@ -592,7 +563,7 @@ class _Reader:
         object_type = self._object_type(obj, props, source, index, fid, class_name)
         notes: list[str] = []
         gj = obj.get("geometry")
-        ring = _simple_ring(gj)
+        ring = simple_ring(gj)
         try:
             geom = None if ring is not None else _geometry(gj, notes)
         except _Skip as exc:
@@ -619,7 +590,7 @@ class _Reader:
         feature = Feature(
             geometry=geom,
             class_name=class_name,
-            color=class_color if class_color is not None else parse_color(props.get("color")),
+            color=class_color if class_color is not None else parse_qupath_color(props.get("color")),
             object_type=object_type,
             name=None if name is None else str(name),
             measurements=measurements,
@@ -755,7 +726,7 @@ class _Reader:
             if kind not in _AREA_TYPES:
                 self.summary.not_area.append((index, kind))
             otype = feat.object_type
-            klass = feat.class_name if feat.class_name is not None else "Unclassified"
+            klass = feat.class_name if feat.class_name is not None else UNCLASSIFIED
             self.summary.by_object_type[otype] = self.summary.by_object_type.get(otype, 0) + 1
             self.summary.by_class[klass] = self.summary.by_class.get(klass, 0) + 1
             kept.append(feat)

@@ -1,9 +1,11 @@
 """Write QuPath GeoJSON that QuPath 0.4-0.7 imports cleanly, streaming, at constant memory.
 
-What is written follows "Rules for what qpbridge writes" in ``qupath-geojson.md``: one FeatureCollection,
-``properties.objectType`` always, a content-derived UUID ``id``, ``classification`` with both ``name`` (or
-``names`` for a derived class) and ``color``, only Polygon/MultiPolygon for areas, every ring closed and
-every geometry valid *after* rounding to ``precision`` decimals, measurements as an object of finite numbers.
+What is written follows "The rules qpbridge follows" in ``docs/qupath-geojson.md``: one FeatureCollection,
+``properties.objectType`` always (:data:`~qpbridge.qupath.objects.OBJECT_TYPES`), a content-derived UUID
+``id``, ``classification`` with both ``name`` (or ``names`` for a derived class) and ``color``, only
+Polygon/MultiPolygon for areas, every ring closed and every geometry valid *after* rounding to ``precision``
+decimals, measurements as an object of finite numbers, and only the names in
+:data:`~qpbridge.qupath.project.GEOJSON_SUFFIXES`.
 
 Features are processed in batches with shapely's vectorized functions and serialized with orjson; the
 output goes to a temporary file beside the target that replaces the target only when the writer closes
@@ -34,9 +36,11 @@ import shapely
 
 from qpbridge.atomic import atomic_write_bytes, commit, temporary_path
 from qpbridge.errors import GeoJSONError, OutputError
+from qpbridge.qupath.classes import UNCLASSIFIED, split_class_name
+from qpbridge.qupath.objects import OBJECT_TYPES
+from qpbridge.qupath.project import GEOJSON_SUFFIXES, describe_suffixes
 
 __all__ = [
-    "OBJECT_TYPES",
     "Feature",
     "GeoJSONWriter",
     "WriteSummary",
@@ -47,14 +51,8 @@ __all__ = [
     "write_geojson",
 ]
 
-#: Object types QuPath 0.4-0.7 writes in ``properties.objectType``.
-OBJECT_TYPES = ("annotation", "detection", "cell", "tile", "tmaCore")
-
 #: Namespace of the content-derived feature ids (uuid5-style: SHA-1 over namespace + content).
 _ID_NAMESPACE = uuid.UUID("0f4c3f5e-3a63-5b7e-9d1e-71b0a9c1d2e4")
-
-#: Output names QuPath's "Import objects" reads (any case); ``.gz`` on top is read by 0.4+.
-_QUPATH_SUFFIXES = (".geojson", ".json", ".geojson.gz", ".json.gz")
 
 _BATCH = 2048
 _FLUSH_BYTES = 1 << 20
@@ -306,9 +304,9 @@ class GeoJSONWriter:
     ) -> None:
         self.path = Path(path)
         name = self.path.name.lower()
-        if not name.endswith(_QUPATH_SUFFIXES):
+        if not name.endswith(GEOJSON_SUFFIXES):
             raise OutputError(
-                f"output {self.path} does not end in .geojson, .json, .geojson.gz or .json.gz: "
+                f"output {self.path} does not end in {describe_suffixes(GEOJSON_SUFFIXES)}: "
                 "QuPath imports only those; rename the output"
             )
         if not self.path.parent.is_dir():
@@ -467,7 +465,7 @@ class GeoJSONWriter:
         if feat.metadata:
             parts += [b',"metadata":', orjson.dumps({str(k): str(v) for k, v in feat.metadata.items()})]
         parts.append(b"}}")
-        label = feat.class_name if feat.class_name is not None else "Unclassified"
+        label = feat.class_name if feat.class_name is not None else UNCLASSIFIED
         self.summary.by_class[label] = self.summary.by_class.get(label, 0) + 1
         self.summary.by_object_type[otype] = self.summary.by_object_type.get(otype, 0) + 1
         return b"".join(parts)
@@ -500,8 +498,8 @@ class GeoJSONWriter:
                     rgb = _check_color(color, f"class {class_name!r}")
                 else:
                     rgb = self._default_color.get(class_name) or class_color(class_name)
-                names = [n.strip() for n in class_name.split(":")]
-                if len(names) > 1 and all(names):
+                names = split_class_name(class_name)
+                if len(names) > 1:
                     props["classification"] = {"names": names, "color": list(rgb)}
                 else:
                     props["classification"] = {"name": class_name, "color": list(rgb)}
