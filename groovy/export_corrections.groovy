@@ -3,16 +3,18 @@
  * ========================================================
  *
  * What it does
- *   Writes the current image's annotations (and its detections if INCLUDE_DETECTIONS is true) as one GeoJSON
- *   FeatureCollection, in QuPath's own format, to
+ *   Writes the current image's annotations and every qpbridge prediction (untouched or edited, whatever its
+ *   object type: class regions, heat-map tiles, nuclei), plus other detections if INCLUDE_DETECTIONS is true
+ *   (QuPath's own cell detection, for example), as one GeoJSON FeatureCollection, in QuPath's own format, to
  *       <folder>/<image base name>.geojson
  *   and next to it a sidecar <image base name>.json that records the image name, the image file path(s),
- *   the image size and the pixel size, so that `qpbridge masks` can find the slide again.
+ *   the image size, the pixel size and which objects the export holds, so that `qpbridge masks` can find the
+ *   slide again and `qpbridge diff` / `masks` never read "not exported" as "deleted".
  *   (folder: `qpbridge/corrections` inside the project folder unless CORRECTIONS_FOLDER says otherwise;
  *   it is created when missing.)
- *   - Objects still marked with the measurement "qpbridge prediction" are predictions nobody changed;
- *     predictions that were reclassified, reshaped or moved lose that measurement first
- *     (RELEASE_EDITED_PREDICTIONS): they are corrections now.
+ *   - Objects whose measurement "qpbridge prediction" is in [1, 2) are predictions nobody changed;
+ *     predictions that were reclassified, reshaped or moved get the value 0 first
+ *     (RELEASE_EDITED_PREDICTIONS): they are corrections now. Deleted predictions are simply absent.
  *   - Both files are written to a temporary file first and then renamed, so an interrupted export never
  *     leaves a half file behind.
  *   - Anything missing (no image, no project, a folder that cannot be created) is logged as an error
@@ -51,7 +53,8 @@ import qupath.lib.scripting.QP
 // Folder for the corrections; '' means 'qpbridge/corrections' inside the project folder.
 // A relative path is taken relative to the project folder.
 String CORRECTIONS_FOLDER = ''
-// Export detections too (annotations are always exported).
+// Also export detections that are not qpbridge predictions (e.g. QuPath's own cell detection). Annotations and
+// every qpbridge prediction, whatever its object type, are always exported.
 boolean INCLUDE_DETECTIONS = false
 // Unmark predictions that were reclassified, reshaped or moved, so that they count as corrections.
 boolean RELEASE_EDITED_PREDICTIONS = true
@@ -82,11 +85,20 @@ File sidecarFile = new File(folder, baseName + '.json')
 
 List<PathObject> objects = new ArrayList<>(QP.getAnnotationObjects())
 int annotations = objects.size()
-if (INCLUDE_DETECTIONS) {
-    objects.addAll(QP.getDetectionObjects())
+int predictionDetections = 0
+int otherDetections = 0
+for (PathObject detection : QP.getDetectionObjects()) {  // cells and tiles are detections too
+    if (qpbridgeIsPrediction(detection)) {
+        objects.add(detection)
+        predictionDetections++
+    } else if (INCLUDE_DETECTIONS) {
+        objects.add(detection)
+        otherDetections++
+    }
 }
 if (objects.isEmpty()) {
-    LOG.warn('qpbridge: image "' + imageName + '" has no annotations; writing an empty FeatureCollection')
+    LOG.warn('qpbridge: image "' + imageName + '" has no annotations and no qpbridge predictions; writing an '
+            + 'empty FeatureCollection')
 }
 int released = 0
 if (RELEASE_EDITED_PREDICTIONS) {
@@ -125,7 +137,7 @@ if (imagePaths.isEmpty()) {
 }
 Map<String, Object> sidecar = new LinkedHashMap<>()
 sidecar.put('format', 'qpbridge-corrections-sidecar')
-sidecar.put('format_version', 1)
+sidecar.put('format_version', 2)
 sidecar.put('image_name', imageName)
 sidecar.put('image_paths', imagePaths)
 sidecar.put('image_uris', imageUris)
@@ -136,14 +148,23 @@ if (QP.getCurrentServer().getPixelCalibration().hasPixelSizeMicrons()) {
 }
 sidecar.put('geojson', geojsonFile.getName())
 sidecar.put('annotations', annotations)
-sidecar.put('detections', objects.size() - annotations)
+sidecar.put('detections', predictionDetections + otherDetections)
+sidecar.put('prediction_detections', predictionDetections)
+sidecar.put('other_detections', otherDetections)
+// What the export holds, so that an object type left out is never read as deleted.
+Map<String, Object> exported = new LinkedHashMap<>()
+exported.put('annotations', true)
+exported.put('qpbridge_predictions', true)
+exported.put('other_detections', INCLUDE_DETECTIONS)
+sidecar.put('exported', exported)
 sidecar.put('untouched_predictions', untouched)
 File temporarySidecar = new File(folder, baseName + '.json.qpbridge-tmp')
 Files.write(temporarySidecar.toPath(), GsonTools.getInstance(true).toJson(sidecar).getBytes(StandardCharsets.UTF_8))
 qpbridgeMoveIntoPlace(temporarySidecar, sidecarFile)
 
 LOG.info('qpbridge: image "' + imageName + '": wrote ' + objects.size() + ' objects (' + annotations
-        + ' annotations; ' + untouched + ' untouched predictions; ' + released
+        + ' annotations; ' + predictionDetections + ' prediction detections; ' + otherDetections
+        + ' other detections; ' + untouched + ' untouched predictions; ' + released
         + ' edited predictions released as corrections) to ' + geojsonFile + ' and ' + sidecarFile.getName())
 
 
@@ -205,6 +226,8 @@ void qpbridgeMoveIntoPlace(File temporary, File target) {
 @Field final String QPBRIDGE_CORRECTIONS_DIRNAME = 'corrections'
 @Field final List<String> QPBRIDGE_PREDICTION_SUFFIXES = ['.geojson', '.geojson.gz']
 @Field final String QPBRIDGE_PREDICTION_MEASUREMENT = 'qpbridge prediction'
+@Field final double QPBRIDGE_RELEASED_VALUE = 0.0d
+@Field final String QPBRIDGE_META_SUFFIX = '.meta.json'
 @Field final List<String> QPBRIDGE_SLIDE_EXTENSIONS = [
         '.ome.tiff', '.ome.tif', '.svs', '.tif', '.tiff', '.ndpi', '.mrxs', '.scn', '.vms', '.vmu', '.bif',
         '.svslide', '.dcm', '.png', '.jpg', '.jpeg', '.bmp', '.czi', '.vsi', '.qptiff', '.isyntax',
@@ -247,8 +270,21 @@ double qpbridgeFingerprint(PathObject pathObject) {
     return 1.0d + (key.hashCode() & 0xFFFFF) / 1048576.0d
 }
 
-/** True for an object that carries the qpbridge prediction measurement. */
+/**
+ * True for an untouched qpbridge prediction: it carries the prediction measurement with its fingerprint, a
+ * value in [1, 2) (qpbridge writes 1, the import sets the fingerprint).
+ */
 boolean qpbridgeIsMarked(PathObject pathObject) {
+    MeasurementList measurements = pathObject.getMeasurementList()
+    return (measurements.containsKey(QPBRIDGE_PREDICTION_MEASUREMENT)
+            && measurements.get(QPBRIDGE_PREDICTION_MEASUREMENT) >= 1.0d)
+}
+
+/**
+ * True for every qpbridge prediction, untouched or edited: an edited one keeps the measurement at
+ * QPBRIDGE_RELEASED_VALUE (0), so the export still finds it whatever its object type.
+ */
+boolean qpbridgeIsPrediction(PathObject pathObject) {
     return pathObject.getMeasurementList().containsKey(QPBRIDGE_PREDICTION_MEASUREMENT)
 }
 
@@ -259,7 +295,11 @@ void qpbridgeMark(PathObject pathObject) {
     measurements.close()  // compact storage again: matters for many detections
 }
 
-/** Unmark predictions that were reclassified, reshaped or moved since import; returns how many. */
+/**
+ * Release predictions that were reclassified, reshaped or moved since import: their measurement becomes
+ * QPBRIDGE_RELEASED_VALUE, so they count as corrections (and are never replaced by a re-import) but are still
+ * known as qpbridge predictions. Returns how many were released.
+ */
 int qpbridgeReleaseEdited(Collection<PathObject> pathObjects) {
     int released = 0
     for (PathObject pathObject : pathObjects) {
@@ -267,7 +307,7 @@ int qpbridgeReleaseEdited(Collection<PathObject> pathObjects) {
             double stored = pathObject.getMeasurementList().get(QPBRIDGE_PREDICTION_MEASUREMENT)
             if (Double.compare(stored, qpbridgeFingerprint(pathObject)) != 0) {
                 MeasurementList measurements = pathObject.getMeasurementList()
-                measurements.remove(QPBRIDGE_PREDICTION_MEASUREMENT)
+                measurements.put(QPBRIDGE_PREDICTION_MEASUREMENT, QPBRIDGE_RELEASED_VALUE)
                 measurements.close()
                 released++
             }

@@ -102,16 +102,16 @@ if (!folder.isDirectory()) {
             + ': check that it can be written, or set PREDICTIONS_FOLDER')
 }
 String baseName = qpbridgeBaseName(imageName)
+// `qpbridge predict` writes atomically and marks the output finished in its .meta.json sidecar (checked below).
 File predictionFile = new File(folder, baseName + QPBRIDGE_PREDICTION_SUFFIXES.get(0))
-File partialFile = new File(folder, baseName + '.qpbridge-partial' + QPBRIDGE_PREDICTION_SUFFIXES.get(0))
-partialFile.delete()
 
 List<String> command = new ArrayList<>()
 command.add(QPBRIDGE_EXECUTABLE)
 command.add('predict')
 command.add(slidePath)
 command.add('-o')
-command.add(partialFile.getAbsolutePath())
+command.add(predictionFile.getAbsolutePath())
+command.add('--overwrite')
 for (Object option : PREDICT_OPTIONS) {
     command.add(String.valueOf(option))  // numbers written without quotes work too
 }
@@ -137,17 +137,15 @@ while (line != null) {
 output.close()
 int exitCode = process.waitFor()
 if (exitCode != 0) {
-    partialFile.delete()
     qpbridgeFail('qpbridge: `qpbridge predict` failed with exit code ' + exitCode + ' for image "' + imageName
             + '" (' + slidePath + '): see the qpbridge> lines above')
 }
-if (!partialFile.isFile()) {
-    qpbridgeFail('qpbridge: `qpbridge predict` finished but wrote no file ' + partialFile
+if (!predictionFile.isFile()) {
+    qpbridgeFail('qpbridge: `qpbridge predict` finished but wrote no file ' + predictionFile
             + ': see the qpbridge> lines above')
 }
-qpbridgeMoveIntoPlace(partialFile, predictionFile)
 
-String summary = qpbridgeImport(predictionFile, REPLACE_PREVIOUS_PREDICTIONS, KEEP_EDITED_PREDICTIONS,
+String summary = qpbridgeImport(predictionFile, true, REPLACE_PREVIOUS_PREDICTIONS, KEEP_EDITED_PREDICTIONS,
         USE_FILE_CLASS_COLORS, LOCK_ANNOTATION_CLASSES, RESOLVE_HIERARCHY)
 LOG.info('qpbridge: image "' + imageName + '": ' + summary)
 
@@ -210,6 +208,8 @@ void qpbridgeMoveIntoPlace(File temporary, File target) {
 @Field final String QPBRIDGE_CORRECTIONS_DIRNAME = 'corrections'
 @Field final List<String> QPBRIDGE_PREDICTION_SUFFIXES = ['.geojson', '.geojson.gz']
 @Field final String QPBRIDGE_PREDICTION_MEASUREMENT = 'qpbridge prediction'
+@Field final double QPBRIDGE_RELEASED_VALUE = 0.0d
+@Field final String QPBRIDGE_META_SUFFIX = '.meta.json'
 @Field final List<String> QPBRIDGE_SLIDE_EXTENSIONS = [
         '.ome.tiff', '.ome.tif', '.svs', '.tif', '.tiff', '.ndpi', '.mrxs', '.scn', '.vms', '.vmu', '.bif',
         '.svslide', '.dcm', '.png', '.jpg', '.jpeg', '.bmp', '.czi', '.vsi', '.qptiff', '.isyntax',
@@ -252,8 +252,21 @@ double qpbridgeFingerprint(PathObject pathObject) {
     return 1.0d + (key.hashCode() & 0xFFFFF) / 1048576.0d
 }
 
-/** True for an object that carries the qpbridge prediction measurement. */
+/**
+ * True for an untouched qpbridge prediction: it carries the prediction measurement with its fingerprint, a
+ * value in [1, 2) (qpbridge writes 1, the import sets the fingerprint).
+ */
 boolean qpbridgeIsMarked(PathObject pathObject) {
+    MeasurementList measurements = pathObject.getMeasurementList()
+    return (measurements.containsKey(QPBRIDGE_PREDICTION_MEASUREMENT)
+            && measurements.get(QPBRIDGE_PREDICTION_MEASUREMENT) >= 1.0d)
+}
+
+/**
+ * True for every qpbridge prediction, untouched or edited: an edited one keeps the measurement at
+ * QPBRIDGE_RELEASED_VALUE (0), so the export still finds it whatever its object type.
+ */
+boolean qpbridgeIsPrediction(PathObject pathObject) {
     return pathObject.getMeasurementList().containsKey(QPBRIDGE_PREDICTION_MEASUREMENT)
 }
 
@@ -264,7 +277,11 @@ void qpbridgeMark(PathObject pathObject) {
     measurements.close()  // compact storage again: matters for many detections
 }
 
-/** Unmark predictions that were reclassified, reshaped or moved since import; returns how many. */
+/**
+ * Release predictions that were reclassified, reshaped or moved since import: their measurement becomes
+ * QPBRIDGE_RELEASED_VALUE, so they count as corrections (and are never replaced by a re-import) but are still
+ * known as qpbridge predictions. Returns how many were released.
+ */
 int qpbridgeReleaseEdited(Collection<PathObject> pathObjects) {
     int released = 0
     for (PathObject pathObject : pathObjects) {
@@ -272,7 +289,7 @@ int qpbridgeReleaseEdited(Collection<PathObject> pathObjects) {
             double stored = pathObject.getMeasurementList().get(QPBRIDGE_PREDICTION_MEASUREMENT)
             if (Double.compare(stored, qpbridgeFingerprint(pathObject)) != 0) {
                 MeasurementList measurements = pathObject.getMeasurementList()
-                measurements.remove(QPBRIDGE_PREDICTION_MEASUREMENT)
+                measurements.put(QPBRIDGE_PREDICTION_MEASUREMENT, QPBRIDGE_RELEASED_VALUE)
                 measurements.close()
                 released++
             }
@@ -284,9 +301,49 @@ int qpbridgeReleaseEdited(Collection<PathObject> pathObjects) {
 
 
 // >>> qpbridge shared block: import (the same in import_predictions.groovy and predict_current_image.groovy)
+/**
+ * Stop unless file is a finished qpbridge prediction: its sidecar <file>.meta.json says "finished" and records
+ * the file's size (the rule of qpbridge.predict.is_finished). A GeoJSON without it is from a run that was
+ * killed or is still running.
+ */
+void qpbridgeCheckFinished(File file) {
+    File meta = new File(file.getParentFile(), file.getName() + QPBRIDGE_META_SUFFIX)
+    String problem = null
+    if (!meta.isFile()) {
+        problem = 'its sidecar ' + meta.getName() + ' is missing'
+    } else {
+        JsonObject record = null
+        try {
+            JsonReader reader = new JsonReader(new InputStreamReader(new FileInputStream(meta), StandardCharsets.UTF_8))
+            try {
+                record = (JsonObject) GsonTools.getInstance().fromJson(reader, JsonObject.class)
+            } finally {
+                reader.close()
+            }
+        } catch (Exception e) {
+            problem = 'its sidecar ' + meta.getName() + ' cannot be read (' + e.getMessage() + ')'
+        }
+        if (problem == null && (record == null || !record.has('finished') || !record.get('finished').getAsBoolean())) {
+            problem = 'its sidecar ' + meta.getName() + ' does not say the run finished'
+        } else if (problem == null && record.has('geojson_bytes')
+                && record.get('geojson_bytes').getAsLong() != file.length()) {
+            problem = ('its sidecar ' + meta.getName() + ' belongs to another run (it records '
+                    + record.get('geojson_bytes').getAsLong() + ' bytes, the file has ' + file.length() + ')')
+        }
+    }
+    if (problem != null) {
+        qpbridgeFail('qpbridge: ' + file + ' is not a finished prediction: ' + problem + '. The run was '
+                + 'interrupted or is still running: run `qpbridge predict` again (or set '
+                + 'REQUIRE_FINISHED_PREDICTIONS = false to import a file from another tool)')
+    }
+}
+
 /** Import one qpbridge prediction file into the current image; returns a one-line summary. */
-String qpbridgeImport(File file, boolean replacePrevious, boolean keepEdited, boolean useFileClassColors,
-        List<String> lockAnnotationClasses, boolean resolveHierarchy) {
+String qpbridgeImport(File file, boolean requireFinished, boolean replacePrevious, boolean keepEdited,
+        boolean useFileClassColors, List<String> lockAnnotationClasses, boolean resolveHierarchy) {
+    if (requireFinished) {
+        qpbridgeCheckFinished(file)
+    }
     List<PathObject> objects = null
     try {
         objects = PathIO.readObjects(file)

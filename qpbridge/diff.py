@@ -58,18 +58,21 @@ import shapely
 from qpbridge.classes import DEEPBATCH_CLASSES, ROI_CLASS
 from qpbridge.errors import InputError, OutputError
 from qpbridge.qupath import (
-    PREDICTION_MEASUREMENT,
+    CorrectionsSidecar,
     Feature,
+    check_export_holds,
     corrections_sidecar_path,
     geojson_file_base,
     image_basename,
     load_corrections_sidecar,
     make_valid_polygonal,
     meta_path,
+    prediction_state,
     read_geojson,
     write_geojson,
 )
 from qpbridge.qupath.classes import RESERVED_PATTERNS, UNCLASSIFIED, ClassMatcher
+from qpbridge.qupath.objects import REGION_OBJECT_TYPES
 from qpbridge.rasterize import ClassMap
 
 __all__ = [
@@ -532,7 +535,7 @@ def _sort_features(
         else:
             out.by_class.setdefault(name, []).append(geoms[i])
             out.counts[name] = out.counts.get(name, 0) + 1
-        if PREDICTION_MEASUREMENT in feat.measurements:
+        if prediction_state(feat.measurements) == "untouched":
             out.marked += 1
         kept.append(i)
     out.used = len(kept)
@@ -624,13 +627,14 @@ def diff_geojson(
     *,
     mpp: float | None = None,
     classes: Sequence[str] | None = None,
-    object_types: Sequence[str] = ("annotation", "detection"),
+    object_types: Sequence[str] = REGION_OBJECT_TYPES,
     roi_class: str | None = ROI_CLASS.name,
     exclude_classes: Sequence[str] | None = None,
     slide_size_px: tuple[int, int] | None = None,
     mpp_source: str | None = None,
     name: str | None = None,
     class_map: ClassMap | None = None,
+    export: CorrectionsSidecar | None = None,
 ) -> DiffResult:
     """Compare a prediction with the pathologist's corrected objects, by area per class.
 
@@ -663,6 +667,11 @@ def diff_geojson(
         :class:`InputError` (another slide's file).
     mpp_source, name
         Recorded in the result (where ``mpp`` came from; the slide's name).
+    export
+        The corrections sidecar ``export_corrections.groovy`` wrote (what the export holds). When ``corrected``
+        is a file (an export), predictions of a type it lacks are an error unless the sidecar says the export
+        holds every prediction (:func:`qpbridge.qupath.check_export_holds`): objects left out of an export are
+        not deletions.
 
     Raises
     ------
@@ -691,6 +700,11 @@ def diff_geojson(
             f"{corr_label} holds no objects: nothing to compare; export the corrected objects from QuPath "
             "(groovy/export_corrections.groovy) and give that file"
         )
+    compared = tuple(object_types)
+    if export is not None or isinstance(corrected, (str, os.PathLike)):  # an export, not objects in hand
+        check_export_holds(((f.object_type, f.class_name) for f in pred_features),
+                           ((f.object_type, f.class_name, prediction_state(f.measurements)) for f in corr_features),
+                           export, corr_label, compared=compared)
     cmap = class_map if class_map is not None else ClassMap.deepbatch()
     known = list(classes) if classes is not None else [c.name for c in cmap.classes]
     if exclude_classes is None:
@@ -803,8 +817,8 @@ def diff_geojson(
 
 
 # -------------------------------------------------------------------------------- files and sidecars
-def _sidecar_info(corrected: Path) -> tuple[float | None, tuple[int, int] | None, str | None]:
-    """Pixel size and image size from ``export_corrections.groovy``'s sidecar beside ``corrected``, if any."""
+def _sidecar_info(corrected: Path) -> tuple[CorrectionsSidecar | None, tuple[int, int] | None, str | None]:
+    """``export_corrections.groovy``'s sidecar beside ``corrected`` and the image size it records, if any."""
     sidecar = corrections_sidecar_path(corrected)
     if sidecar is None or not sidecar.is_file():
         return None, None, None
@@ -813,7 +827,7 @@ def _sidecar_info(corrected: Path) -> tuple[float | None, tuple[int, int] | None
     except InputError as exc:
         return None, None, f"ignored {sidecar}: {exc}"
     size = (info.width_px, info.height_px) if info.width_px and info.height_px else None
-    return info.pixel_size_um, size, None
+    return info, size, None
 
 
 def _prediction_meta_mpp(predicted: Path) -> float | None:
@@ -867,7 +881,8 @@ def diff_files(
     warnings: list[str] = []
     size: tuple[int, int] | None = None
     source = "none"
-    side_mpp, side_size, side_warning = _sidecar_info(corrected)
+    export, side_size, side_warning = _sidecar_info(corrected)
+    side_mpp = export.pixel_size_um if export is not None else None
     if side_warning:
         warnings.append(side_warning)
     if slide is not None:
@@ -892,7 +907,7 @@ def diff_files(
     if name is None:
         name = image_basename(geojson_file_base(corrected) or corrected.name)
     result = diff_geojson(
-        predicted, corrected, mpp=mpp, slide_size_px=size, mpp_source=source, name=name, **kw
+        predicted, corrected, mpp=mpp, slide_size_px=size, mpp_source=source, name=name, export=export, **kw
     )
     result.warnings[:0] = warnings
     if mpp is None:

@@ -70,6 +70,7 @@ from rasterio.features import rasterize as _rio_rasterize
 from qpbridge.classes import DEEPBATCH_CLASSES, IGNORE_LABEL, ROI_CLASS, ClassInfo
 from qpbridge.errors import InputError, QpbridgeError
 from qpbridge.qupath.classes import DEFAULT_IGNORE_PATTERNS, DEFAULT_REGION_PATTERNS, UNCLASSIFIED, ClassMatcher
+from qpbridge.qupath.objects import REGION_OBJECT_TYPES
 from qpbridge.tiling import apply_affine
 
 __all__ = [
@@ -531,6 +532,8 @@ class RasterizeReport:
     skipped_unknown: dict[str, int] = field(default_factory=dict)  #: class -> objects (ignore_unknown)
     skipped_by_map: dict[str, int] = field(default_factory=dict)  #: class -> objects mapped to "skip"
     skipped_not_area: int = 0  #: points, lines, empty geometries
+    #: object type -> objects that are not class regions (heat-map tiles, cells, TMA cores: never labels)
+    skipped_by_type: dict[str, int] = field(default_factory=dict)
     reviewed_effective: str = "all"
 
     def notes(self) -> list[str]:
@@ -544,6 +547,9 @@ class RasterizeReport:
             lines.append(f"skipped objects mapped to 'skip': {listing}")
         if self.skipped_not_area:
             lines.append(f"skipped {self.skipped_not_area} objects without an area (points, lines, empty)")
+        if self.skipped_by_type:
+            listing = ", ".join(f"{n} ({c})" for n, c in sorted(self.skipped_by_type.items()))
+            lines.append(f"skipped objects that are not class regions: {listing}")
         return lines
 
 
@@ -554,7 +560,8 @@ class LabelRasterizer:
     ----------
     features
         Objects with ``geometry`` (shapely, level-0 px) and ``class_name`` (``qpbridge.qupath.Feature``), or
-        ``(geometry, class_name)`` pairs.
+        ``(geometry, class_name)`` pairs. Features whose ``object_type`` is not a class region
+        (:data:`qpbridge.qupath.objects.REGION_OBJECT_TYPES`: heat-map tiles, cells) are skipped and counted.
     class_map
         Class names -> labels (see :class:`ClassMap`).
     overlap, reviewed, priority, fill_label
@@ -604,6 +611,10 @@ class LabelRasterizer:
         regions: list[Any] = []
         unknown: dict[str, int] = {}
         for position, item in enumerate(features):
+            otype = getattr(item, "object_type", None)
+            if otype is not None and otype not in REGION_OBJECT_TYPES:
+                self.report.skipped_by_type[otype] = self.report.skipped_by_type.get(otype, 0) + 1
+                continue
             geom, class_name = (item.geometry, item.class_name) if hasattr(item, "geometry") else item
             shown = UNCLASSIFIED if class_name is None else str(class_name)
             value = class_map.lookup(class_name)

@@ -51,7 +51,7 @@ APP = _app()
 runner = CliRunner()
 
 
-def pred(geom: shapely.Geometry, klass: str, object_type: str = "detection") -> Feature:
+def pred(geom: shapely.Geometry, klass: str, object_type: str = "annotation") -> Feature:
     """A feature as ``qpbridge predict`` writes it (with the prediction marker)."""
     return Feature(geom, klass, object_type=object_type, measurements=dict(MARK))
 

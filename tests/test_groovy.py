@@ -496,6 +496,8 @@ abstract class JsonElement {
     boolean isJsonPrimitive() { throw new UnsupportedOperationException() }
     String getAsString() { throw new UnsupportedOperationException() }
     int getAsInt() { throw new UnsupportedOperationException() }
+    long getAsLong() { throw new UnsupportedOperationException() }
+    boolean getAsBoolean() { throw new UnsupportedOperationException() }
 }
 """,
     "com/google/gson/JsonObject.groovy": """
@@ -529,6 +531,7 @@ class JsonReader {
     void endArray() throws IOException { }
     String nextName() throws IOException { throw new UnsupportedOperationException() }
     void skipValue() throws IOException { }
+    void close() throws IOException { }
 }
 """,
     "org/slf4j/Logger.groovy": """

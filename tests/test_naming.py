@@ -146,7 +146,15 @@ def test_read_corrections_sidecar_returns_the_slide(tmp_path: Path) -> None:
         width_px=4000,
         height_px=3000,
         pixel_size_um=0.2527,
+        format_version=1,
+        detections=0,
     )
+    assert not info.holds_every_prediction  # format 1: detections only with INCLUDE_DETECTIONS
+    new = project.load_corrections_sidecar(_write_sidecar(
+        tmp_path / "v2.json", image_paths=[str(slide)], format_version=2,
+        exported={"annotations": True, "qpbridge_predictions": True, "other_detections": False}))
+    assert new.holds_every_prediction and new.exported == {
+        "annotations": True, "qpbridge_predictions": True, "other_detections": False}
 
 
 def test_read_corrections_sidecar_skips_paths_that_do_not_exist(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 __all__ = [
     "LEGACY_TYPE_IDS",
     "OBJECT_TYPES",
+    "REGION_OBJECT_TYPES",
     "QUPATH_OBJECT_TYPE_VALUES",
     "legacy_type",
     "normalize_object_type",
@@ -35,6 +36,14 @@ __all__ = [
 
 #: Object types QuPath 0.4-0.7 writes in ``properties.objectType`` (and the ones qpbridge writes).
 OBJECT_TYPES: tuple[str, ...] = ("annotation", "detection", "cell", "tile", "tmaCore")
+
+#: The one rule of what an object's type makes it in qpbridge: annotations and detections are **class regions**
+#: (the areas ``masks`` paints as labels, ``evaluate`` scores and ``diff`` compares); tiles are **heat-map
+#: tiles** (``predict --heatmap``: class probabilities as measurements), never labels; cells are nuclei with
+#: their cell outline (instances, not regions); TMA cores are the array's layout. A class region's class then
+#: says whether it is a tissue class, the ROI, a reviewed area (``Region*``) or ignored (``Ignore*``, pen):
+#: :mod:`qpbridge.qupath.classes`.
+REGION_OBJECT_TYPES: tuple[str, ...] = ("annotation", "detection")
 
 #: QuPath 0.2 stored the object type in ``id``; QuPath 0.4-0.7 still read these (exact spelling).
 LEGACY_TYPE_IDS: dict[str, str] = {

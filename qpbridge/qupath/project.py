@@ -47,7 +47,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,9 @@ __all__ = [
     "GEOJSON_SUFFIXES",
     "PREDICTIONS_DIRNAME",
     "PREDICTION_MEASUREMENT",
+    "META_SUFFIX",
     "PREDICTION_MEASUREMENT_VALUE",
+    "PREDICTION_RELEASED_VALUE",
     "PREDICTION_METADATA_KEY",
     "PREDICTION_RUN_METADATA_KEY",
     "PREDICTION_SUFFIXES",
@@ -70,6 +72,9 @@ __all__ = [
     "QUPATH_ONLY_EXTENSIONS",
     "SIDECAR_FORMAT",
     "SIDECAR_FORMAT_KEY",
+    "SIDECAR_DETECTIONS_KEY",
+    "SIDECAR_EXPORTED_KEY",
+    "SIDECAR_EXPORTED_PREDICTIONS_KEY",
     "SIDECAR_GEOJSON_KEY",
     "SIDECAR_HEIGHT_KEY",
     "SIDECAR_IMAGE_NAME_KEY",
@@ -88,9 +93,12 @@ __all__ = [
     "geojson_file_base",
     "image_basename",
     "is_geojson_path",
+    "check_export_holds",
     "is_prediction_feature",
+    "prediction_state",
     "load_corrections_sidecar",
     "prediction_filename",
+    "prediction_of_corrections",
     "prediction_path",
     "prediction_properties",
     "predictions_dir",
@@ -118,9 +126,15 @@ CORRECTIONS_SUFFIX = ".geojson"
 SIDECAR_SUFFIX = ".json"
 
 #: Measurement that marks an object as a qpbridge prediction. qpbridge writes
-#: :data:`PREDICTION_MEASUREMENT_VALUE`; the import script replaces it by a fingerprint in [1, 2).
+#: :data:`PREDICTION_MEASUREMENT_VALUE`; the import script replaces it by a fingerprint in [1, 2); an object that
+#: a pathologist reclassified, reshaped or moved gets :data:`PREDICTION_RELEASED_VALUE` (an edited prediction:
+#: a correction, still known as a prediction, so the export includes it whatever its object type).
 PREDICTION_MEASUREMENT = "qpbridge prediction"
 PREDICTION_MEASUREMENT_VALUE = 1.0
+PREDICTION_RELEASED_VALUE = 0.0
+
+#: The provenance sidecar of a prediction: ``<out>.meta.json``; it says whether the run finished.
+META_SUFFIX = ".meta.json"
 
 #: ``properties.metadata`` keys written for provenance (the qpbridge version and the run id).
 PREDICTION_METADATA_KEY = "qpbridge"
@@ -147,6 +161,10 @@ SIDECAR_WIDTH_KEY = "width_px"
 SIDECAR_HEIGHT_KEY = "height_px"
 SIDECAR_PIXEL_SIZE_KEY = "pixel_size_um"
 SIDECAR_GEOJSON_KEY = "geojson"
+SIDECAR_DETECTIONS_KEY = "detections"
+#: format 2: which objects the export holds (``exported.qpbridge_predictions``: every prediction, any type)
+SIDECAR_EXPORTED_KEY = "exported"
+SIDECAR_EXPORTED_PREDICTIONS_KEY = "qpbridge_predictions"
 
 
 def image_basename(image_name_or_slide_path: str | os.PathLike[str]) -> str:
@@ -323,6 +341,25 @@ def corrections_dir(project: str | os.PathLike[str]) -> Path:
     return predictions_dir(project) / CORRECTIONS_DIRNAME
 
 
+def prediction_of_corrections(corrections: str | os.PathLike[str]) -> Path | None:
+    """The prediction an export of corrections was made from, where the project layout puts it: for
+    ``<project>/qpbridge/corrections/<base>.geojson``, ``<project>/qpbridge/<base>.geojson`` (or ``.geojson.gz``)
+    when it exists; else None.
+
+    >>> prediction_of_corrections("/nowhere/qpbridge/corrections/slide1.geojson") is None
+    True
+    """
+    corrections = Path(corrections)
+    base = geojson_file_base(corrections)
+    if base is None or corrections.parent.name != CORRECTIONS_DIRNAME:
+        return None
+    for suffix in PREDICTION_SUFFIXES:
+        candidate = corrections.parent.parent / (base + suffix)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def corrections_paths(
     project: str | os.PathLike[str], image_name_or_slide_path: str | os.PathLike[str]
 ) -> tuple[Path, Path]:
@@ -376,30 +413,56 @@ def prediction_properties(run_id: str, version: str | None = None) -> dict[str, 
     }
 
 
-def is_prediction_feature(feature: Mapping[str, Any]) -> bool:
-    """Tell whether a GeoJSON feature still carries qpbridge's prediction marker.
+def prediction_state(measurements: Mapping[str, Any] | Sequence[Any] | None) -> str | None:
+    """What qpbridge's marker says of an object, from its measurements (an object, or QuPath 0.3's
+    ``[{"name", "value"}]`` list): ``"untouched"`` (a prediction nobody changed: 1, or the import's
+    fingerprint in [1, 2)), ``"edited"`` (a prediction a pathologist reclassified, reshaped or moved:
+    :data:`PREDICTION_RELEASED_VALUE`), or None (not a prediction: drawn by hand, or from another tool).
 
-    Works on what qpbridge writes and on what QuPath exports (``measurements`` as an object, or as
-    QuPath 0.3's ``[{"name", "value"}]`` list). In a file written by ``export_corrections.groovy``, a
-    marked feature is a prediction that nobody reclassified, reshaped or moved; an object that a
-    pathologist drew or changed has no marker.
+    >>> prediction_state({"qpbridge prediction": 1.42}), prediction_state({"qpbridge prediction": 0})
+    ('untouched', 'edited')
+    >>> prediction_state([{"name": "Area", "value": 3.0}]) is None
+    True
+    """
+    value: Any = None
+    if isinstance(measurements, Mapping):
+        if PREDICTION_MEASUREMENT not in measurements:
+            return None
+        value = measurements[PREDICTION_MEASUREMENT]
+    elif isinstance(measurements, Sequence) and not isinstance(measurements, str):
+        found = [m for m in measurements if isinstance(m, Mapping) and m.get("name") == PREDICTION_MEASUREMENT]
+        if not found:
+            return None
+        value = found[0].get("value")
+    else:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "untouched"  # a marker qpbridge did not write: read as the plain marker it stands for
+    return "edited" if number < PREDICTION_MEASUREMENT_VALUE else "untouched"
+
+
+def is_prediction_feature(feature: Mapping[str, Any]) -> bool:
+    """Tell whether a GeoJSON feature is an untouched qpbridge prediction (:func:`prediction_state`).
+
+    In a file written by ``export_corrections.groovy``, such a feature is a prediction that nobody
+    reclassified, reshaped or moved; an object a pathologist drew has no marker, one they changed is
+    ``"edited"``.
 
     Examples
     --------
     >>> is_prediction_feature({"properties": {"measurements": {"qpbridge prediction": 1}}})
     True
+    >>> is_prediction_feature({"properties": {"measurements": {"qpbridge prediction": 0}}})
+    False
     >>> is_prediction_feature({"properties": {"measurements": [{"name": "Area", "value": 3.0}]}})
     False
     """
     properties = feature.get("properties")
     if not isinstance(properties, Mapping):
         return False
-    measurements = properties.get("measurements")
-    if isinstance(measurements, Mapping):
-        return PREDICTION_MEASUREMENT in measurements
-    if isinstance(measurements, list):
-        return any(isinstance(item, Mapping) and item.get("name") == PREDICTION_MEASUREMENT for item in measurements)
-    return False
+    return prediction_state(properties.get("measurements")) == "untouched"
 
 
 @dataclass(frozen=True)
@@ -412,6 +475,67 @@ class CorrectionsSidecar:
     width_px: int | None
     height_px: int | None
     pixel_size_um: float | None
+    format_version: int | None = None
+    #: what the export holds (format 2+): {"annotations": bool, "qpbridge_predictions": bool,
+    #: "other_detections": bool}; None for an older script, which exported detections only on request
+    exported: Mapping[str, bool] | None = None
+    #: detections in the export (format 1: all of them; None when not recorded)
+    detections: int | None = None
+
+    @property
+    def holds_every_prediction(self) -> bool:
+        """Whether the export holds every qpbridge prediction whatever its object type (format 2+)."""
+        return bool(self.exported and self.exported.get(SIDECAR_EXPORTED_PREDICTIONS_KEY))
+
+
+def check_export_holds(
+    predicted: Iterable[tuple[str, str | None]], corrected: Iterable[tuple[str, str | None, str | None]],
+    sidecar: CorrectionsSidecar | None, corrected_path: str | os.PathLike[str], *,
+    compared: Iterable[str] = ("detection", "cell"),
+) -> None:
+    """Refuse to read "not exported" as "deleted".
+
+    ``predicted`` holds ``(object type, class)`` of the predicted objects compared, ``corrected`` ``(object type,
+    class, prediction state)`` of the corrected ones (:func:`prediction_state`). When the predictions hold
+    objects of a ``compared`` type (detections, cells) and the corrections hold none of that type and no
+    prediction of those classes in another type (converted to annotations), the export left them out: an older
+    ``export_corrections.groovy``, whose ``INCLUDE_DETECTIONS`` was false by default, or a hand-made export.
+    Comparing would report every one of them deleted, so that is an :class:`InputError` naming the setting,
+    unless the sidecar says the export holds every qpbridge prediction (``export_corrections.groovy`` 2+).
+
+    >>> check_export_holds([("detection", "Benign")], [("annotation", "ROI", "untouched")], None, "c.geojson")
+    Traceback (most recent call last):
+    ...
+    qpbridge.errors.InputError: c.geojson holds no detections, but the predictions hold 1: the export left them \
+out, which is not deleting them. Export the corrections again with this qpbridge's \
+groovy/export_corrections.groovy (it exports every qpbridge prediction, whatever its object type), or set \
+INCLUDE_DETECTIONS = true in an older copy of the script
+    """
+    if sidecar is not None and sidecar.holds_every_prediction:
+        return
+    wanted = tuple(compared)
+    counts: dict[str, int] = {}
+    classes: dict[str, set[str | None]] = {}
+    for otype, class_name in predicted:
+        if otype in wanted:
+            counts[otype] = counts.get(otype, 0) + 1
+            classes.setdefault(otype, set()).add(class_name)
+    if not counts:
+        return
+    present: set[str] = set()
+    marked_classes: set[str | None] = set()
+    for otype, class_name, state in corrected:
+        present.add(otype)
+        if state is not None:
+            marked_classes.add(class_name)
+    for otype, n in counts.items():
+        if otype not in present and not classes[otype] & marked_classes:
+            raise InputError(
+                f"{os.fspath(corrected_path)} holds no {otype}s, but the predictions hold {n}: the export left "
+                "them out, which is not deleting them. Export the corrections again with this qpbridge's "
+                "groovy/export_corrections.groovy (it exports every qpbridge prediction, whatever its object type), "
+                "or set INCLUDE_DETECTIONS = true in an older copy of the script"
+            )
 
 
 def load_corrections_sidecar(path: str | os.PathLike[str]) -> CorrectionsSidecar:
@@ -464,6 +588,10 @@ def load_corrections_sidecar(path: str | os.PathLike[str]) -> CorrectionsSidecar
         width_px=_optional_int(data.get(SIDECAR_WIDTH_KEY)),
         height_px=_optional_int(data.get(SIDECAR_HEIGHT_KEY)),
         pixel_size_um=_optional_float(data.get(SIDECAR_PIXEL_SIZE_KEY)),
+        format_version=_optional_int(data.get(SIDECAR_VERSION_KEY)),
+        exported=({str(k): bool(v) for k, v in data[SIDECAR_EXPORTED_KEY].items()}
+                  if isinstance(data.get(SIDECAR_EXPORTED_KEY), dict) else None),
+        detections=_optional_int(data.get(SIDECAR_DETECTIONS_KEY)),
     )
 
 

@@ -38,7 +38,7 @@ from qpbridge.atomic import atomic_write_bytes, commit, temporary_path
 from qpbridge.errors import GeoJSONError, OutputError
 from qpbridge.qupath.classes import UNCLASSIFIED, split_class_name
 from qpbridge.qupath.objects import OBJECT_TYPES
-from qpbridge.qupath.project import GEOJSON_SUFFIXES, describe_suffixes
+from qpbridge.qupath.project import GEOJSON_SUFFIXES, META_SUFFIX, describe_suffixes
 
 __all__ = [
     "Feature",
@@ -555,7 +555,7 @@ def _batches(items: Iterable[Feature], size: int) -> Iterator[list[Feature]]:
 def meta_path(path: str | os.PathLike[str]) -> Path:
     """The provenance sidecar of an output: ``<out>.meta.json`` (``slide.geojson.meta.json``)."""
     path = Path(path)
-    return path.with_name(path.name + ".meta.json")
+    return path.with_name(path.name + META_SUFFIX)
 
 
 def write_geojson(

@@ -371,6 +371,7 @@ def build_tile_dataset(
         if len(result.warnings) > 20:
             warnings.append(f"... and {len(result.warnings) - 20} more GeoJSON warnings")
         _check_extent(result.features, slide, geojson_path, warnings)
+        _check_export(geojson_path, result.features)
         rasterizer = LabelRasterizer(
             result.features,
             config.class_map,
@@ -393,6 +394,40 @@ def build_tile_dataset(
         summary.objects_painted, summary.objects_regions = rasterizer.n_painted, rasterizer.n_regions
         summary.seconds = time.perf_counter() - started
         return summary
+
+
+def _check_export(geojson_path: Path, features: Sequence[Feature]) -> None:
+    """An export of corrections that left the predictions out (an older export script's default) would
+    label every predicted lesion as background: refuse it (:func:`qpbridge.qupath.check_export_holds`). What
+    the predictions were is read from the prediction beside the corrections in the project layout (its
+    ``.meta.json``); without one there is nothing to check against."""
+    from qpbridge.qupath import (
+        check_export_holds,
+        corrections_sidecar_path,
+        load_corrections_sidecar,
+        meta_path,
+        prediction_of_corrections,
+        prediction_state,
+    )
+
+    prediction = prediction_of_corrections(geojson_path)
+    if prediction is None:
+        return
+    try:
+        meta = json.loads(meta_path(prediction).read_text(encoding="utf-8"))
+        object_type = str(meta["config"]["object_type"])
+        by_class = {str(k): int(v) for k, v in meta["summary"]["features_by_class"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return
+    sidecar_path = corrections_sidecar_path(geojson_path)
+    try:
+        sidecar = load_corrections_sidecar(sidecar_path) if sidecar_path is not None else None
+    except InputError:
+        sidecar = None
+    predicted = [(object_type, name) for name, n in by_class.items() if name not in ("ROI", "heatmap tiles")
+                 for _ in range(n)]
+    check_export_holds(predicted, ((f.object_type, f.class_name, prediction_state(f.measurements)) for f in features),
+                       sidecar, geojson_path)
 
 
 @dataclass
