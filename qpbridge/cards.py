@@ -111,7 +111,11 @@ _REQUIRED_FIELDS: tuple[str, ...] = (
     "intended_use",
     "weights",
 )
-_OPTIONAL_FIELDS: tuple[str, ...] = ("format", "description", "threshold", "training", "metrics")
+_OPTIONAL_FIELDS: tuple[str, ...] = ("format", "description", "threshold", "training", "metrics", "domain")
+
+#: What a model was trained on: ``synthetic`` (``qpbridge synth`` slides: demonstration only; ``predict`` says so
+#: at run time), ``real`` (real H&E), ``unknown`` (a card that does not say).
+DOMAINS: tuple[str, ...] = ("synthetic", "real", "unknown")
 _HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -167,6 +171,7 @@ class ModelCard:
     description: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    domain: str = "unknown"  #: training domain, one of :data:`DOMAINS`
 
     @property
     def out_channels(self) -> int:
@@ -201,6 +206,7 @@ class ModelCard:
             "role": self.role,
             "description": self.description,
             "intended_use": self.intended_use,
+            "domain": self.domain,
             "license": self.license,
             "architecture": {"network": self.architecture.network, "args": _jsonable(self.architecture.args)},
             "classes": [
@@ -507,6 +513,7 @@ def card_from_dict(raw: Any, source: str = "<card>") -> ModelCard:
     description = f.text(raw.get("description", ""), "description", allow_empty=True)
     training = f.obj(raw.get("training", {}), "training", "an object")
     metrics = f.obj(raw.get("metrics", {}), "metrics", "an object")
+    domain = f.choice(raw.get("domain", "unknown"), "domain", DOMAINS)
     card = ModelCard(
         name=name,
         role=role,
@@ -528,6 +535,7 @@ def card_from_dict(raw: Any, source: str = "<card>") -> ModelCard:
         description=description,
         training=training,
         metrics=metrics,
+        domain=domain,
     )
     _check_consistency(card, f)
     return card

@@ -16,10 +16,7 @@ import torch
 
 from qpbridge.errors import InputError
 
-__all__ = ["DEVICE_HELP", "configure_threads", "resolve_device", "usable_cpu_count"]
-
-#: What ``--device`` accepts, for help texts.
-DEVICE_HELP = "cpu, cuda, cuda:N or auto (a GPU when torch sees one, else the CPU)"
+__all__ = ["configure_threads", "resolve_device", "usable_cpu_count"]
 
 
 def resolve_device(device: str) -> torch.device:

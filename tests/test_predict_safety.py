@@ -131,3 +131,32 @@ def test_class_regions_are_annotations_and_detections_carry_no_metadata(
     assert all(f.metadata.get("qpbridge_run") for f in a)
     assert all(not f.metadata for f in b if f.object_type == "detection")
     assert all("qpbridge prediction" in f.measurements for f in a + b)
+
+
+def test_a_demonstration_model_says_so_at_run_time(setup: tuple[Path, PredictConfig], tmp_path: Path) -> None:
+    slide, config = setup
+    out = tmp_path / "slide.geojson"
+    heard: list[str] = []
+    summary = predict_slide(slide, out, config, warn=heard.append)
+    line = ("deepbatch-synth-roi and deepbatch-synth-cell were trained on synthetic slides (qpbridge synth): a "
+            "demonstration, whose output on real H&E is confident nonsense; not for diagnosis or research results")
+    assert heard == [line] and summary.warnings == [line]
+    meta = json.loads(meta_path(out).read_text())
+    assert {role: m["domain"] for role, m in meta["models"].items()} == {"roi": "synthetic", "cell": "synthetic"}
+    assert meta["summary"]["warnings"] == [line]
+    result = runner.invoke(app, ["predict", str(slide), "-o", str(tmp_path / "cli.geojson"), "--model-roi",
+                                 config.model_roi, "--model-cell", config.model_cell])
+    assert result.exit_code == 0 and f"warning: {line}" in result.stderr
+
+
+def test_card_domain_is_checked(tmp_path: Path) -> None:
+    from qpbridge.cards import card_from_dict
+    from qpbridge.errors import ModelError
+
+    raw = json.loads((MODELS / "deepbatch-synth-cell" / "card.json").read_text())
+    assert card_from_dict(raw).domain == "synthetic"
+    del raw["domain"]
+    assert card_from_dict(raw).domain == "unknown"
+    raw["domain"] = "imaginary"
+    with pytest.raises(ModelError, match=r"domain"):
+        card_from_dict(raw)

@@ -30,8 +30,12 @@ import typer
 from qpbridge.commands._common import warn
 from qpbridge.errors import InputError
 
+#: What ``--device`` accepts (:func:`qpbridge.device.resolve_device`), for help texts.
+DEVICE_HELP = "cpu, cuda, cuda:N or auto (a GPU when torch sees one, else the CPU)"
+
 __all__ = [
     "CLASS_MAP_HELP",
+    "DEVICE_HELP",
     "MPP_HELP",
     "class_map_option",
     "deprecated_option",

@@ -21,7 +21,7 @@ from rich.progress import (
 )
 
 from qpbridge.commands._common import err_console, reported_errors, warn
-from qpbridge.commands._options import mpp_option, output_option
+from qpbridge.commands._options import DEVICE_HELP, mpp_option, output_option
 
 if TYPE_CHECKING:  # torch and the pipeline are imported when the command runs, not at CLI start-up
     from qpbridge.predict import Progress as StageProgress
@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
         model_roi: str = typer.Option("deepbatch-synth-roi", "--model-roi", help="ROI model: name or path."),
         model_cell: str = typer.Option("deepbatch-synth-cell", "--model-cell", help="Cell model: name or path."),
         mpp: float | None = mpp_option(),
-        device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
+        device: str = typer.Option("cpu", "--device", help=DEVICE_HELP + "."),
         batch_size: int | None = typer.Option(
             None, "--batch-size", help="Windows per forward pass [default: 4 on CPU, 64 on GPU]."
         ),

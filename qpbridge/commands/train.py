@@ -18,6 +18,7 @@ from rich.progress import (
 )
 
 from qpbridge.commands._common import err_console, reported_errors, warn
+from qpbridge.commands._options import DEVICE_HELP
 from qpbridge.errors import InputError
 
 if TYPE_CHECKING:  # the library (and torch) is imported when the command runs, not at CLI start-up
@@ -98,7 +99,7 @@ def register(app: typer.Typer) -> None:
         val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of slides kept for validation."),
         init_from: str | None = typer.Option(None, "--init-from", help="Fine-tune this model (name or path)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run checkpointed in the -o directory."),
-        device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+        device: str = typer.Option("cpu", "--device", help=DEVICE_HELP + "."),
         seed: int = typer.Option(0, "--seed", help="Seed of the split, weights, order and augmentation."),
         color_space: str | None = typer.Option(None, "--color-space", help="RGB (default), HSV, YCrCb or LAB."),
         num_workers: int = typer.Option(0, "--num-workers", help="Tile-loading worker processes."),
@@ -107,6 +108,9 @@ def register(app: typer.Typer) -> None:
         augment: bool = typer.Option(True, "--augment/--no-augment", help="Flip/rotate/stain-jitter tiles."),
         license_: str | None = typer.Option(None, "--license", help="Licence written into the card."),
         intended_use: str | None = typer.Option(None, "--intended-use", help="Intended use written into the card."),
+        domain: str | None = typer.Option(
+            None, "--domain", help="What the tiles come from, written into the card: real (H&E slides) or synthetic "
+                                   "(qpbridge synth) [default: unknown; with --init-from, the parent's]."),
     ) -> None:
         with reported_errors():
             from qpbridge.training import TrainConfig, train_model
@@ -115,7 +119,7 @@ def register(app: typer.Typer) -> None:
                 role=role, name=name, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
                 val_fraction=val_fraction, init_from=init_from, resume=resume, device=device, seed=seed,
                 color_space=color_space, num_workers=num_workers, threads=threads, channels=_parse_channels(channels),
-                augment=augment, license=license_, intended_use=intended_use,
+                augment=augment, license=license_, intended_use=intended_use, domain=domain,
             )
             progress = _RichProgress()
             try:

@@ -237,6 +237,11 @@ def _predict_locked(
               "fp32; leave --precision out for fp32")
     models = _load_models(config, device)
     timings["load_models_s"] = time.perf_counter() - clock
+    synthetic = [m.card.name for m in models.loaded if m.card.domain == "synthetic"]
+    if synthetic:
+        _warn(f"{' and '.join(synthetic)} {'was' if len(synthetic) == 1 else 'were'} trained on synthetic slides "
+              "(qpbridge synth): a demonstration, whose output on real H&E is confident nonsense; not for "
+              "diagnosis or research results")
     settings = SegmenterSettings(device, batch_size=config.batch_size, overlap_frac=config.overlap_frac,
                                  layout=config.layout, precision=config.precision, context_um=config.context_um,
                                  max_fit_um=config.max_fit_um)
@@ -288,7 +293,8 @@ def _write_meta(
                                                         for k, v in asdict(config).items()},
         "threads": threads, "device": str(device),
         "models": {m.card.role: {"name": m.card.name, "path": str(m.path), "sha256": m.card.weights_sha256,
-                                 "mpp": m.card.mpp} for m in models.loaded},
+                                 "mpp": m.card.mpp, "domain": m.card.domain, "intended_use": m.card.intended_use}
+                   for m in models.loaded},
         "qupath_offset_xy_px": list(offset), "geojson_bytes": output.stat().st_size, "summary": asdict(summary),
     }
     atomic_write_text(meta_path_for(output), json.dumps(meta, indent=2, default=str) + "\n")

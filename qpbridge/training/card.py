@@ -92,6 +92,7 @@ def new_card(
         color_space=color_space,
         license=config.license or DEFAULT_LICENSE,
         intended_use=config.intended_use or DEFAULT_INTENDED_USE,
+        domain=config.domain or "unknown",
         weights_sha256="0" * 64,
         threshold=0.5 if config.role == "roi" else None,
     )

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from qpbridge.cards import DOMAINS
 from qpbridge.errors import InputError
 from qpbridge.preprocess import check_color_space
 from qpbridge.training.roles import training_role
@@ -42,6 +43,7 @@ class TrainConfig:
     augment: bool = True
     license: str | None = None
     intended_use: str | None = None
+    domain: str | None = None  #: training domain for the card (synthetic / real); default: unknown, or the parent's
 
     def check(self) -> None:
         """Raise :class:`InputError` for a value out of range."""
@@ -68,6 +70,8 @@ class TrainConfig:
             raise InputError("--resume continues a run that already knows its start: drop --init-from")
         if self.color_space is not None:
             check_color_space(self.color_space)
+        if self.domain is not None and self.domain not in DOMAINS:
+            raise InputError(f"--domain must be one of {', '.join(DOMAINS)}, got {self.domain!r}")
 
 
 @dataclass(frozen=True)

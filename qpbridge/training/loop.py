@@ -328,6 +328,7 @@ def _fine_tune_start(config: TrainConfig, init_from: str, name: str, data: _Data
         metrics={},
         license=config.license or parent.card.license,
         intended_use=config.intended_use or parent.card.intended_use,
+        domain=config.domain or parent.card.domain,
     )
     init_info = {"name": parent.card.name, "path": str(parent.path), "sha256": parent.card.weights_sha256}
     return _Start(card, parent.network, init_info)
