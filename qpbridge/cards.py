@@ -6,7 +6,10 @@ weights it names (``weights.safetensors``, checked against the card's sha256 whe
 
 1. every directory of ``$QPBRIDGE_MODELS`` (separated by ``os.pathsep``),
 2. the user directory ``$XDG_DATA_HOME/qpbridge/models`` (``~/.local/share/qpbridge/models``),
-3. the ``models/`` directory at the top of the qpbridge source tree (the models shipped with qpbridge),
+3. the ``models/`` directory at the top of the qpbridge source tree (the models shipped with qpbridge, for a
+   source checkout or an editable install),
+4. ``<prefix>/share/qpbridge/models``, where a plain ``pip install`` puts the shipped models (``data-files`` in
+   ``pyproject.toml``): the environment's data directory, and the prefix the package itself lies under,
 
 or by a path to a model directory or its card. Pickled checkpoints (``.pt``, ``.pth``, ``.ckpt``, ``.pkl``)
 can run code when loaded and are refused.
@@ -22,6 +25,7 @@ import json
 import math
 import os
 import re
+import sysconfig
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -716,7 +720,12 @@ def model_search_dirs() -> list[Path]:
     dirs = [Path(p).expanduser() for p in os.environ.get("QPBRIDGE_MODELS", "").split(os.pathsep) if p.strip()]
     data_home = os.environ.get("XDG_DATA_HOME") or str(Path("~/.local/share").expanduser())
     dirs.append(Path(data_home) / "qpbridge" / "models")
-    dirs.append(Path(__file__).resolve().parents[1] / "models")
+    here = Path(__file__).resolve()
+    dirs.append(here.parents[1] / "models")
+    installed = [Path(sysconfig.get_path("data")) / "share" / "qpbridge" / "models"]
+    if len(here.parents) > 4:  # <prefix>/lib/pythonX.Y/site-packages/qpbridge/cards.py
+        installed.append(here.parents[4] / "share" / "qpbridge" / "models")
+    dirs.extend(path for path in dict.fromkeys(installed) if path not in dirs)
     return dirs
 
 
