@@ -1,39 +1,53 @@
-"""Check a GeoJSON file against what QuPath 0.4-0.7 imports, feature by feature, and repair it.
+"""Check a GeoJSON file against what each QuPath version (0.4, 0.5, 0.6, 0.7) imports, and repair it.
 
 :func:`validate_geojson` reads the raw JSON (not the tolerant reader, which repairs silently) and lists
-every feature that QuPath would reject or mangle, with the reason (see ``docs/qupath-geojson.md``):
+every feature that QuPath would reject or mangle, with the reason (see ``docs/qupath-geojson.md``). Each
+finding has a rule, and :data:`ISSUE_EFFECTS` (the one table of what each QuPath version does) says what
+the rule does in each version: ``ok``, ``note`` (imports as intended, worth a word), ``mangle`` (imports
+the object, but not as written) or ``reject`` (loses the whole file). QuPath 0.7 reads GeoJSON as 0.6
+does (:data:`QUPATH_READS_LIKE`). The report derives from the findings one verdict per version asked:
 
-errors (QuPath 0.4-0.7 rejects the whole file, or the object arrives as something else)
-    classification object without ``color``; null or missing geometry; unclosed ring or a ring with fewer
-    than 4 positions; GeometryCollection (0.6+); polygon invalid after rounding to 0.01 px (bow-tie, hole
-    outside its shell, zero-width spike, overlapping MultiPolygon parts; 0.6+ fails with "Reduction
-    failed"); NaN/infinite coordinates; ``objectType`` outside ``properties`` (read as an annotation);
-    measurement values that are not numbers; a file name QuPath does not import.
-warnings (imports, but note it)
-    a top-level array or bare Feature instead of a FeatureCollection; measurements as a list; NaN or
-    Infinity measurements (0.4 cannot parse them); non-UUID or duplicate ids; unknown object types; rings
-    that touch themselves at a vertex or MultiPolygon parts sharing an edge (harmless); slivers that
-    collapse at 0.01 px (QuPath drops them).
+* *imports it as intended*;
+* *imports it but mangles N objects*, saying which and how ("3 MultiPolygons whose parts share an edge
+  stay one invalid ROI");
+* *rejects the whole file*, saying why and naming the first feature concerned.
 
-:func:`fix_geojson` rewrites a file through the tolerant reader and :class:`qpbridge.qupath.GeoJSONWriter`.
+A finding is an *error* when it makes a version asked reject or mangle, a *warning* otherwise; *notes*
+(metadata that QuPath 0.4 drops) are not listed one by one, only counted in the verdicts. Examples of
+what differs between versions: measurements written as the strings ``"NaN"``/``"Infinity"`` (as QuPath
+0.5+ writes them) make 0.4 reject the file; MultiPolygon parts sharing an edge stay an invalid ROI in
+0.4/0.5 and are merged by 0.6+; slivers thinner than 0.01 px become empty objects in 0.6+; polygons
+invalid once rounded to 0.01 px make 0.6+ reject the file ("Reduction failed") and stay invalid in
+0.4/0.5; a detection's ``metadata`` makes 0.5 log a stack trace. JSON that only QuPath's lenient Gson
+parser takes (single quotes, comments, unquoted names, trailing text) is a warning.
+
+:func:`fix_geojson` rewrites a file through the tolerant reader and :class:`qpbridge.qupath.GeoJSONWriter`,
+for the versions asked.
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 import math
 import os
+import re
+import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import shapely
 
-from qpbridge.errors import InputError
+from qpbridge.errors import GeoJSONError, InputError
 from qpbridge.qupath.objects import legacy_type, normalize_object_type, qupath_object_type
 from qpbridge.qupath.project import QUPATH_IMPORT_SUFFIXES
 from qpbridge.qupath.read import (
     GEOMETRY_TYPES,
+    JsonDocument,
+    ReadResult,
     ReadSummary,
     feature_label,
     flatten_features,
@@ -46,58 +60,353 @@ from qpbridge.qupath.read import (
 )
 from qpbridge.qupath.write import WriteSummary, is_uuid, write_geojson
 
-__all__ = ["FixResult", "Issue", "ValidationReport", "fix_geojson", "validate_geojson"]
+__all__ = [
+    "ISSUE_EFFECTS",
+    "QUPATH_READS_LIKE",
+    "QUPATH_VERSIONS",
+    "Effect",
+    "FixResult",
+    "Issue",
+    "ValidationReport",
+    "Verdict",
+    "fix_geojson",
+    "format_qupath_versions",
+    "parse_qupath_versions",
+    "validate_geojson",
+]
 
-Severity = Literal["error", "warning"]
+Severity = Literal["error", "warning", "note"]
+EffectKind = Literal["ok", "note", "mangle", "reject"]
+Outcome = Literal["as-intended", "mangles", "rejects"]
 
+# --- what each QuPath version does: the one table -----------------------------------------------------
+#: The QuPath versions qpbridge supports, oldest first (the default of ``qpbridge validate --qupath``).
+QUPATH_VERSIONS: tuple[str, ...] = ("0.4", "0.5", "0.6", "0.7")
+
+#: Each supported version -> the version whose GeoJSON reading it shares (the columns of :data:`ISSUE_EFFECTS`).
+QUPATH_READS_LIKE: dict[str, str] = {"0.4": "0.4", "0.5": "0.5", "0.6": "0.6", "0.7": "0.6"}
+
+
+class Effect(NamedTuple):
+    """What one QuPath version does with one kind of finding.
+
+    ``how`` is, for ``reject``, why (a noun phrase: "an unclosed ring"); for ``mangle`` and ``note``, what
+    becomes of the objects, with ``{n}`` their count, ``{s}``/``{v}`` the plural of a noun/verb and
+    ``{one|many}`` a choice ("{n} sliver{s} become{v} {an empty object|empty objects}").
+    """
+
+    kind: EffectKind
+    how: str = ""
+
+
+_OK = Effect("ok")
+_METADATA_04 = Effect("note", "{n} object{s} with metadata lose{v} it (QuPath 0.4 keeps metadata only on TMA cores)")
+_REDUCTION = '("Reduction failed, possible invalid input")'
+
+
+def _every(effect: Effect) -> dict[str, Effect]:
+    return {"0.4": effect, "0.5": effect, "0.6": effect}
+
+
+def _by(v04: Effect = _OK, v05: Effect = _OK, v06: Effect = _OK) -> dict[str, Effect]:
+    return {"0.4": v04, "0.5": v05, "0.6": v06}
+
+
+def _invalid_once_rounded(why: str, how: str) -> dict[str, Effect]:
+    """0.6+ reduces the precision to 0.01 px and fails on an invalid result; 0.4/0.5 keep an invalid ROI."""
+    return _by(Effect("mangle", how), Effect("mangle", how), Effect("reject", f"{why} {_REDUCTION}"))
+
+
+#: Rule -> what QuPath 0.4, 0.5 and 0.6 (and 0.7, see :data:`QUPATH_READS_LIKE`) do with such a finding.
+#: A rule is an issue code, or a code and a variant in parentheses where one code covers cases that QuPath
+#: treats differently. ``docs/qupath-geojson.md`` shows this table ("What each version does").
+ISSUE_EFFECTS: dict[str, dict[str, Effect]] = {
+    # the file
+    "bad-extension": _every(Effect("reject", "a file name QuPath does not import (it reads 0 objects from it)")),
+    "not-feature-collection": _every(_OK),
+    "nonstandard-numbers": _every(_OK),
+    "lenient-json": _every(_OK),
+    "empty": _every(_OK),
+    # the feature, its type and id
+    "not-a-feature": _every(Effect("reject", "an entry that is not a Feature")),
+    "bad-properties": _every(Effect("reject", "'properties' that are not an object")),
+    "object-type-old-key": _every(_OK),
+    "unknown-object-type": _every(
+        Effect("mangle", "{n} feature{s} of an object type QuPath does not know become{v} {an annotation|annotations}")
+    ),
+    "unknown-object-type (annotation)": _every(_OK),
+    "object-type-outside-properties": _every(
+        Effect("mangle", "{n} feature{s} with 'objectType' outside 'properties' become{v} {an annotation|annotations}")
+    ),
+    "object-type-outside-properties (annotation)": _every(_OK),
+    "non-uuid-id": _every(_OK),
+    "duplicate-id": _every(_OK),
+    "detection-metadata": _by(
+        _METADATA_04, Effect("mangle", "{n} detection{s} with metadata log{v} a stack trace and lose{v} it")
+    ),
+    "metadata": _by(_METADATA_04),
+    # classification
+    "bad-classification": _every(Effect("reject", "a classification QuPath cannot read")),
+    "classification-no-color": _every(Effect("reject", "a classification object without 'color'")),
+    "bad-color": _every(Effect("reject", "a classification colour that is not [r, g, b]")),
+    # measurements
+    "measurements-list": _every(_OK),
+    "bad-measurements": _every(_OK),
+    "nonfinite-measurement": _by(
+        Effect("reject", 'a measurement written as the string "NaN" or "Infinity" (ClassCastException)')
+    ),
+    "nonfinite-measurement (token)": _every(_OK),
+    "bad-measurement": _every(Effect("reject", "a measurement that is not a number")),
+    # geometry
+    "null-geometry": _every(Effect("reject", "a null or missing geometry")),
+    "nucleus-not-cell": _every(_OK),
+    "bad-geometry": _every(Effect("reject", "a geometry of a type GeoJSON does not have")),
+    "bad-coordinates": _every(Effect("reject", "coordinates that are not [x, y] positions")),
+    "nonfinite-coordinate": _every(Effect("reject", "a NaN or infinite coordinate")),
+    "unclosed-ring": _every(Effect("reject", "an unclosed ring")),
+    "short-ring": _every(Effect("reject", "a ring of fewer than 4 positions")),
+    "geometry-collection": _by(v06=Effect("reject", "a GeometryCollection")),
+    "geometry-collection (mixed)": _by(
+        Effect("mangle", "{n} GeometryCollection{s} mixing areas, lines or points lose{v} all but the largest kind"),
+        Effect("mangle", "{n} GeometryCollection{s} mixing areas, lines or points lose{v} all but the largest kind"),
+        Effect("reject", "a GeometryCollection"),
+    ),
+    "self-touching-ring": _every(_OK),
+    "touching-parts": _by(
+        Effect("mangle", "{n} MultiPolygon{s} whose parts share an edge stay{v} one invalid ROI"),
+        Effect("mangle", "{n} MultiPolygon{s} whose parts share an edge stay{v} one invalid ROI"),
+    ),
+    "sliver": _by(v06=Effect("mangle", "{n} sliver{s} thinner than 0.01 px become{v} {an empty object|empty objects}")),
+    "self-intersection": _invalid_once_rounded(
+        "a self-intersecting ring (bow-tie) once rounded to 0.01 px",
+        "{n} self-intersecting (bow-tie) polygon{s} stay{v} invalid",
+    ),
+    "hole-outside-shell": _invalid_once_rounded(
+        "a hole outside its shell", "{n} polygon{s} with a hole outside the shell stay{v} invalid"
+    ),
+    "spike": _invalid_once_rounded(
+        "a zero-width spike once rounded to 0.01 px", "{n} polygon{s} with a zero-width spike stay{v} invalid"
+    ),
+    "overlapping-parts": _invalid_once_rounded(
+        "overlapping MultiPolygon parts", "{n} MultiPolygon{s} with overlapping parts stay{v} invalid"
+    ),
+    "invalid-polygon": _invalid_once_rounded(
+        "a polygon invalid once rounded to 0.01 px", "{n} polygon{s} invalid once rounded to 0.01 px stay{v} invalid"
+    ),
+}
+
+_DETECTION_TYPES = ("detection", "cell", "tile")  # QuPath's detection classes (0.5 has no metadata on them)
 _NONFINITE_STRINGS = {"nan", "infinity", "-infinity", "+infinity", "inf", "-inf"}
-_FIX_HINT = "repair it with: qpbridge validate FILE --fix -o FIXED.geojson"
+_FIX_HINT = "repair it with: qpbridge validate FILE{options} --fix -o FIXED.geojson"
+_VERSION = re.compile(r"v?(\d+\.\d+)(?:\.\d+)?")
 
 
+def parse_qupath_versions(spec: str | None) -> tuple[str, ...]:
+    """The QuPath versions named by ``spec``: ``"0.6"``, a range ``"0.5+"`` or ``"0.4-0.5"``; ``None`` = all.
+
+    A patch release stands for its version (``"0.6.1"`` is 0.6). Raises :class:`qpbridge.errors.InputError`
+    for a version qpbridge does not support.
+
+    Examples
+    --------
+    >>> parse_qupath_versions("0.5+"), parse_qupath_versions("0.4-0.5"), parse_qupath_versions("0.6.1")
+    (('0.5', '0.6', '0.7'), ('0.4', '0.5'), ('0.6',))
+    >>> parse_qupath_versions(None)
+    ('0.4', '0.5', '0.6', '0.7')
+    """
+    if spec is None:
+        return QUPATH_VERSIONS
+    text = spec.strip()
+    bounds: list[str] = []
+    if text.endswith("+"):
+        parts, open_end = [text[:-1]], True
+    else:
+        parts, open_end = text.split("-") if text.count("-") == 1 else [text], False
+    for part in parts:
+        match = _VERSION.fullmatch(part.strip())
+        if match is None or match[1] not in QUPATH_VERSIONS:
+            raise InputError(
+                f"--qupath {spec!r}: qpbridge knows QuPath {', '.join(QUPATH_VERSIONS)}: give one of them "
+                "(0.6), a range (0.5+, 0.4-0.5), or leave it out for all"
+            )
+        bounds.append(match[1])
+    first = QUPATH_VERSIONS.index(bounds[0])
+    last = len(QUPATH_VERSIONS) - 1 if open_end else QUPATH_VERSIONS.index(bounds[-1])
+    if last < first:
+        raise InputError(f"--qupath {spec!r}: the range runs backwards: write {bounds[-1]}-{bounds[0]}")
+    return QUPATH_VERSIONS[first : last + 1]
+
+
+def format_qupath_versions(versions: Iterable[str]) -> str:
+    """``"0.4-0.7"`` for a run of consecutive versions, ``"0.6"`` for one, ``"0.4, 0.6"`` otherwise.
+
+    Examples
+    --------
+    >>> format_qupath_versions(("0.6", "0.7")), format_qupath_versions(["0.5"]), format_qupath_versions(["0.4", "0.6"])
+    ('0.6-0.7', '0.5', '0.4, 0.6')
+    """
+    chosen = list(versions)
+    positions = [QUPATH_VERSIONS.index(v) for v in chosen]
+    if len(chosen) > 1 and positions == list(range(positions[0], positions[0] + len(chosen))):
+        return f"{chosen[0]}-{chosen[-1]}"
+    return ", ".join(chosen)
+
+
+def _check_versions(versions: Sequence[str]) -> tuple[str, ...]:
+    unknown = [v for v in versions if v not in QUPATH_VERSIONS]
+    if unknown or not versions:
+        raise InputError(
+            f"QuPath versions {list(versions)!r}: qpbridge knows {', '.join(QUPATH_VERSIONS)}: give some of them"
+        )
+    return tuple(v for v in QUPATH_VERSIONS if v in versions)
+
+
+def _counted(template: str, n: int) -> str:
+    """``template`` with ``{n}``, ``{s}``, ``{v}`` and ``{one|many}`` filled in for ``n`` objects."""
+    text = template.replace("{n}", str(n)).replace("{s}", "{|s}").replace("{v}", "{s|}")
+    return re.sub(r"\{([^{}|]*)\|([^{}|]*)\}", lambda m: m[1] if n == 1 else m[2], text)
+
+
+# --- findings, verdicts, report -----------------------------------------------------------------------
 @dataclass
 class Issue:
-    """One finding: ``index`` is the feature's position in the file (``None`` for the file itself)."""
+    """One finding: ``index`` is the feature's position in the file (``None`` for the file itself).
+
+    ``rule`` is the key of :data:`ISSUE_EFFECTS` (the code, or the code and a variant); ``severity`` is
+    ``"error"`` when a version asked rejects or mangles, ``"warning"`` otherwise, ``"note"`` for notes.
+    """
 
     index: int | None
     severity: Severity
     code: str
     message: str
     feature: str = "file"
+    rule: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.rule:
+            self.rule = self.code
+
+    def effect(self, version: str) -> Effect:
+        """What QuPath ``version`` does with this finding."""
+        return ISSUE_EFFECTS[self.rule][QUPATH_READS_LIKE[version]]
 
     def line(self) -> str:
         """``feature 3 (id ..., class 'Tumor'): error: unclosed ring ...``"""
         return f"{self.feature}: {self.severity}: {self.message}"
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What one QuPath version does with a whole file.
+
+    ``outcome`` is ``"as-intended"``, ``"mangles"`` or ``"rejects"``; ``text`` says it in words
+    ("rejects the whole file: feature 3 (id ...): an unclosed ring"); ``mangled`` counts the objects
+    imported differently than written; ``first`` is the finding that makes the version reject the file.
+    """
+
+    version: str
+    outcome: Outcome
+    text: str
+    mangled: int = 0
+    first: Issue | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        first = None
+        if self.first is not None:
+            first = {"index": self.first.index, "code": self.first.code, "feature": self.first.feature}
+        return {"outcome": self.outcome, "text": self.text, "mangled": self.mangled, "first": first}
+
+
+def _phrases(issues: Iterable[Issue], version: str, kind: EffectKind) -> tuple[list[str], int]:
+    """The ``how`` phrases of one effect kind, each with its count of objects, and the objects in all."""
+    by_how: dict[str, set[Any]] = {}
+    for issue in issues:
+        effect = issue.effect(version)
+        if effect.kind == kind:
+            by_how.setdefault(effect.how, set()).add(("file", id(issue)) if issue.index is None else issue.index)
+    objects: set[Any] = set().union(*by_how.values()) if by_how else set()
+    return [_counted(how, len(ids)) for how, ids in by_how.items()], len(objects)
+
+
 @dataclass
 class ValidationReport:
-    """Everything :func:`validate_geojson` found in one file."""
+    """Everything :func:`validate_geojson` found in one file, judged for the QuPath ``versions`` asked."""
 
     path: str
     top_level: str = "FeatureCollection"
     features: int = 0
     by_object_type: dict[str, int] = field(default_factory=dict)
     issues: list[Issue] = field(default_factory=list)
+    versions: tuple[str, ...] = QUPATH_VERSIONS
+    notes: list[Issue] = field(default_factory=list)
     _pending: list[tuple[int, str, np.ndarray]] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def errors(self) -> list[Issue]:
-        """Issues that make QuPath 0.4-0.7 reject the file or import an object as something else."""
+        """Issues that make a QuPath version asked reject the file or import an object as something else."""
         return [i for i in self.issues if i.severity == "error"]
 
     @property
     def warnings(self) -> list[Issue]:
-        """Issues that import, but deserve a note."""
+        """Issues that import as intended in every version asked, but deserve a note."""
         return [i for i in self.issues if i.severity == "warning"]
 
     @property
     def ok(self) -> bool:
-        """True when every feature imports as intended in QuPath 0.4-0.7 (warnings allowed)."""
+        """True when every version asked imports every feature as intended (warnings and notes allowed)."""
         return not self.errors
 
-    def add(self, index: int | None, severity: Severity, code: str, message: str, feature: str = "file") -> None:
-        """Record one issue."""
-        self.issues.append(Issue(index, severity, code, message, feature))
+    def _affects(self, rule: str) -> set[EffectKind]:
+        effects = ISSUE_EFFECTS[rule]
+        return {effects[QUPATH_READS_LIKE[v]].kind for v in self.versions}
+
+    def add(self, index: int | None, rule: str, message: str, feature: str = "file") -> None:
+        """Record one issue; ``rule`` is a key of :data:`ISSUE_EFFECTS` (its severity follows from it)."""
+        severity: Severity = "error" if self._affects(rule) & {"mangle", "reject"} else "warning"
+        self.issues.append(Issue(index, severity, rule.split(" (")[0], message, feature, rule))
+
+    def note(self, index: int | None, rule: str, message: str, feature: str = "file") -> None:
+        """Record a note (counted in the verdicts, not listed), unless no version asked is concerned."""
+        if self._affects(rule) != {"ok"}:
+            self.notes.append(Issue(index, "note", rule.split(" (")[0], message, feature, rule))
+
+    def verdict(self, version: str) -> Verdict:
+        """What QuPath ``version`` does with the file, derived from the findings."""
+        rejects = [i for i in self.issues if i.effect(version).kind == "reject"]
+        if rejects:
+            first = rejects[0]
+            why = first.effect(version).how
+            where = "" if first.index is None else f"{first.feature}: "
+            text = f"rejects the whole file: {where}{why}"
+            more = len({i.index for i in rejects if i.index is not None} - {first.index})
+            if more:
+                text += f" ({more} more feature{'s' * (more != 1)} would fail too)"
+            return Verdict(version, "rejects", text, first=first)
+        mangles, mangled = _phrases(self.issues, version, "mangle")
+        notes, _ = _phrases([*self.issues, *self.notes], version, "note")
+        if mangles:
+            text = f"imports it but mangles {mangled} object{'s' * (mangled != 1)}: " + "; ".join(mangles)
+        else:
+            text = "imports it as intended"
+        if notes:
+            text += "; note: " + "; ".join(notes)
+        return Verdict(version, "mangles" if mangles else "as-intended", text, mangled=mangled)
+
+    def verdicts(self) -> list[Verdict]:
+        """One :class:`Verdict` per version asked, oldest first."""
+        return [self.verdict(v) for v in self.versions]
+
+    def verdict_lines(self) -> list[str]:
+        """``QuPath 0.4: rejects the whole file: ...``; consecutive versions that agree share a line."""
+        groups: list[tuple[list[str], str]] = []
+        for verdict in self.verdicts():
+            if groups and groups[-1][1] == verdict.text:
+                groups[-1][0].append(verdict.version)
+            else:
+                groups.append(([verdict.version], verdict.text))
+        return [f"QuPath {format_qupath_versions(versions)}: {text}" for versions, text in groups]
 
     def lines(self, max_lines: int = 50) -> list[str]:
         """One line per issue, at most ``max_lines`` and a ``... and N more`` line."""
@@ -107,34 +416,225 @@ class ValidationReport:
         return out
 
     def summary_line(self) -> str:
-        """``file: 120 features (100 detection, 20 annotation); 2 errors, 3 warnings: ...``"""
+        """``file: 120 features (100 detection, 20 annotation); 2 errors, 3 warnings``"""
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.by_object_type.items(), key=lambda kv: -kv[1]))
         counts = f"{len(self.errors)} error{'s' * (len(self.errors) != 1)}, "
         counts += f"{len(self.warnings)} warning{'s' * (len(self.warnings) != 1)}"
         head = f"{self.path}: {self.features} feature{'s' * (self.features != 1)}"
         head += f" ({kinds})" if kinds else ""
-        verdict = (
-            "QuPath 0.4-0.7 imports it as intended"
-            if self.ok
-            else f"QuPath 0.4-0.7 would reject or mangle it; {_FIX_HINT}"
-        )
-        return f"{head}; {counts}: {verdict}"
+        return f"{head}; {counts}"
+
+    def summary_lines(self) -> list[str]:
+        """The summary line, one verdict line per version (or run of versions that agree) and, unless every
+        version asked imports the file as intended, how to repair it."""
+        out = [self.summary_line(), *self.verdict_lines()]
+        if not self.ok:
+            options = "" if self.versions == QUPATH_VERSIONS else f" --qupath {format_qupath_versions(self.versions)}"
+            out.append(_FIX_HINT.format(options=options))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``--json``)."""
+
+        def entry(i: Issue) -> dict[str, Any]:
+            return {
+                "index": i.index,
+                "severity": i.severity,
+                "code": i.code,
+                "feature": i.feature,
+                "message": i.message,
+                "effects": {v: i.effect(v).kind for v in QUPATH_VERSIONS},
+            }
+
         return {
             "file": self.path,
             "ok": self.ok,
+            "qupath": list(self.versions),
+            "verdicts": {v.version: v.to_dict() for v in self.verdicts()},
             "top_level": self.top_level,
             "features": self.features,
             "by_object_type": dict(self.by_object_type),
             "errors": len(self.errors),
             "warnings": len(self.warnings),
-            "issues": [
-                {"index": i.index, "severity": i.severity, "code": i.code, "feature": i.feature, "message": i.message}
-                for i in self.issues
-            ],
+            "issues": [entry(i) for i in self.issues],
+            "notes": [entry(i) for i in self.notes],
         }
+
+
+# --- JSON that only QuPath's lenient Gson parser takes -----------------------------------------------
+_LENIENT_TOKEN = re.compile(
+    r"""(?P<ws>[ \t\r\n\f]+)
+    |(?P<comment>//[^\n]*|\#[^\n]*|/\*.*?\*/)
+    |(?P<dq>"(?:[^"\\]|\\.)*")
+    |(?P<sq>'(?:[^'\\]|\\.)*')
+    |(?P<punct>=>|[{}\[\]:,;=])
+    |(?P<literal>[^ \t\r\n\f/\\;\#={}\[\]:,'"]+)""",
+    re.X | re.S,
+)
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?")
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
+
+
+def _unescape(body: str) -> str:
+    def one(m: re.Match[str]) -> str:
+        code = m[1]
+        if code[0] == "u" and len(code) == 5:
+            return chr(int(code[1:], 16))
+        return _ESCAPES.get(code, code)
+
+    return re.sub(r"\\(u[0-9a-fA-F]{4}|.)", one, body, flags=re.S)
+
+
+class _LenientJson:
+    """Gson's lenient reading (``JsonReader.setLenient``), enough to tell what QuPath takes: single-quoted
+    strings, unquoted names and values, ``//``, ``#`` and ``/* */`` comments, ``=``/``=>`` after names,
+    ``;`` between values, omitted array values (null) and anything after the first value (ignored)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 4 if text.startswith(")]}'") else 0  # Gson's non-execute prefix
+        self.found: dict[str, int] = {}  # lenient construct -> line of its first use
+        self.nonstandard_numbers = False
+
+    def saw(self, what: str, at: int) -> None:
+        self.found.setdefault(what, self.text.count("\n", 0, at) + 1)
+
+    def take(self) -> tuple[str, str, int]:
+        while self.pos < len(self.text):
+            m = _LENIENT_TOKEN.match(self.text, self.pos)
+            if m is None:
+                raise ValueError(f"unexpected {self.text[self.pos]!r}")
+            self.pos = m.end()
+            kind = m.lastgroup or ""
+            if kind == "comment":
+                self.saw("comments", m.start())
+            elif kind != "ws":
+                return kind, m[0], m.start()
+        raise ValueError("unexpected end of the text")
+
+    def document(self) -> Any:
+        value = self.value(self.take())
+        try:
+            _, _, at = self.take()
+        except ValueError:  # the end, or something after the value that is no token at all
+            if self.pos < len(self.text):
+                self.saw("text after the JSON", self.pos)
+        else:
+            self.saw("text after the JSON", at)
+        return value
+
+    def value(self, token: tuple[str, str, int]) -> Any:
+        kind, text, at = token
+        if kind == "punct":
+            if text == "{":
+                return self.object()
+            if text == "[":
+                return self.array()
+            raise ValueError(f"unexpected {text!r}")
+        if kind in ("dq", "sq"):
+            if kind == "sq":
+                self.saw("single-quoted strings", at)
+            return _unescape(text[1:-1])
+        keyword = text.lower()
+        if keyword in ("true", "false", "null"):
+            return {"true": True, "false": False, "null": None}[keyword]
+        number = _JSON_NUMBER.fullmatch(text)
+        if number is not None:
+            return float(text) if number[1] or number[2] else int(text)
+        if text in ("NaN", "Infinity", "-Infinity"):
+            self.nonstandard_numbers = True
+            return float(text)
+        self.saw("unquoted values", at)
+        return text
+
+    def object(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        kind, text, at = self.take()
+        if (kind, text) == ("punct", "}"):
+            return out
+        while True:
+            if kind == "literal":
+                self.saw("unquoted names", at)
+                name = text
+            elif kind in ("dq", "sq"):
+                if kind == "sq":
+                    self.saw("single-quoted strings", at)
+                name = _unescape(text[1:-1])
+            else:
+                raise ValueError(f"expected a name, got {text!r}")
+            _, sep, at = self.take()
+            if sep in ("=", "=>"):
+                self.saw("'=' after names", at)
+            elif sep != ":":
+                raise ValueError(f"expected ':', got {sep!r}")
+            out[name] = self.value(self.take())
+            kind, text, at = self.take()
+            if (kind, text) == ("punct", "}"):
+                return out
+            if kind != "punct" or text not in (",", ";"):
+                raise ValueError(f"expected ',' or '}}', got {text!r}")
+            if text == ";":
+                self.saw("';' between values", at)
+            kind, text, at = self.take()
+
+    def array(self) -> list[Any]:
+        out: list[Any] = []
+        expect_value, after_separator = True, False
+        while True:
+            token = self.take()
+            kind, text, at = token
+            separator = kind == "punct" and text in (",", ";")
+            if kind == "punct" and text == ";":
+                self.saw("';' between values", at)
+            if expect_value:
+                if (kind, text) == ("punct", "]") and not after_separator:
+                    return out
+                if separator or (kind, text) == ("punct", "]"):
+                    self.saw("omitted array values", at)
+                    out.append(None)
+                    if not separator:
+                        return out
+                    after_separator = True
+                    continue
+                out.append(self.value(token))
+                expect_value = False
+            elif (kind, text) == ("punct", "]"):
+                return out
+            elif separator:
+                expect_value, after_separator = True, True
+            else:
+                raise ValueError(f"expected ',' or ']', got {text!r}")
+
+
+@dataclass
+class _Lenient:
+    document: JsonDocument
+    found: dict[str, int]
+
+
+def _lenient_document(path: Path) -> _Lenient | None:
+    """``path`` parsed as QuPath's lenient Gson parser reads it, or ``None`` when even that fails."""
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        text = raw.decode("utf-8-sig")
+        parser = _LenientJson(text)
+        data = parser.document()
+    except (OSError, EOFError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return _Lenient(JsonDocument(str(path), data, parser.nonstandard_numbers), parser.found)
+
+
+def _load(path: Path) -> tuple[list[JsonDocument], dict[str, int]]:
+    """The JSON documents of ``path`` and, for JSON that only a lenient parser takes, what is lenient."""
+    try:
+        return load_json_documents(path), {}
+    except GeoJSONError:
+        lenient = None if path.suffix.lower() == ".zip" else _lenient_document(path)
+        if lenient is None:
+            raise
+        return [lenient.document], lenient.found
 
 
 # --- geometry checks ----------------------------------------------------------------------------------
@@ -182,6 +682,20 @@ def _rings(raw: Any, what: str) -> list[np.ndarray]:
     return rings
 
 
+_DIMENSION = {"Point": 0, "MultiPoint": 0, "LineString": 1, "MultiLineString": 1, "Polygon": 2, "MultiPolygon": 2}
+
+
+def _dimensions(gj: Any, depth: int = 0) -> set[int]:
+    """The dimensions (0 points, 1 lines, 2 areas) of the parts of a GeometryCollection, at any depth."""
+    if not isinstance(gj, dict) or depth > 50:
+        return set()
+    if gj.get("type") == "GeometryCollection":
+        parts = gj.get("geometries")
+        return set().union(*(_dimensions(p, depth + 1) for p in parts)) if isinstance(parts, list) else set()
+    kind = gj.get("type")
+    return {_DIMENSION[kind]} if kind in _DIMENSION else set()
+
+
 def _build(gj: Any, where: str) -> shapely.Geometry:
     """Shapely geometry of ``gj`` with coordinates rounded to 0.01 px, or raise :class:`_GeomProblem`."""
     if gj is None:
@@ -192,6 +706,12 @@ def _build(gj: Any, where: str) -> shapely.Geometry:
     kind = gj["type"]
     coords = gj.get("coordinates")
     if kind == "GeometryCollection":
+        if len(_dimensions(gj)) > 1:
+            raise _GeomProblem(
+                "geometry-collection (mixed)",
+                f"{where} is a GeometryCollection of areas, lines or points: QuPath 0.6+ rejects the whole file, "
+                "0.4/0.5 keep only its parts of the largest dimension",
+            )
         raise _GeomProblem(
             "geometry-collection", f"{where} is a GeometryCollection: QuPath 0.6+ rejects the whole file"
         )
@@ -230,12 +750,16 @@ def _has_spike(poly: shapely.Polygon) -> bool:
     return False
 
 
-def _classify_invalid(geom: shapely.Geometry) -> tuple[Severity, str, str] | None:
-    """Why a (rounded) polygon is invalid and whether QuPath 0.6+ fails on it."""
+def _classify_invalid(geom: shapely.Geometry) -> tuple[str, str] | None:
+    """The rule (a key of :data:`ISSUE_EFFECTS`) a (rounded) invalid polygon breaks, and the message."""
     if shapely.is_valid(geom) or geom.is_empty:
         return None
     if make_valid_polygonal(geom).is_empty:
-        return ("warning", "sliver", "collapses to nothing at 0.01 px (a sliver): QuPath drops it with a warning")
+        return (
+            "sliver",
+            "collapses to nothing at 0.01 px (a sliver): QuPath 0.6+ makes it an empty object (with a warning), "
+            "0.4/0.5 keep it",
+        )
     if geom.geom_type == "MultiPolygon":
         parts = list(geom.geoms)
         for part in parts:
@@ -245,31 +769,31 @@ def _classify_invalid(geom: shapely.Geometry) -> tuple[Severity, str, str] | Non
         total = sum(p.area for p in parts)
         if total - shapely.union_all(parts).area > 1e-9 * max(total, 1.0):
             return (
-                "error",
                 "overlapping-parts",
                 "MultiPolygon parts overlap: QuPath 0.6+ rejects the whole file (Reduction failed)",
             )
-        return ("warning", "touching-parts", "MultiPolygon parts share an edge: QuPath 0.6+ merges them")
+        return (
+            "touching-parts",
+            "MultiPolygon parts share an edge: QuPath 0.4/0.5 keep them as one invalid ROI, 0.6+ merges them",
+        )
     reason = shapely.is_valid_reason(geom)
     if _has_spike(geom):
         return (
-            "error",
             "spike",
             f"zero-width spike ({reason}) after rounding to 0.01 px: QuPath 0.6+ rejects the whole file",
         )
     if reason.startswith("Ring Self-intersection"):
-        return ("warning", "self-touching-ring", f"ring touches itself at a vertex ({reason}): harmless")
+        return ("self-touching-ring", f"ring touches itself at a vertex ({reason}): harmless")
     if reason.startswith("Self-intersection"):
         return (
-            "error",
             "self-intersection",
             f"self-intersecting ring (bow-tie, {reason}) after rounding to 0.01 px: QuPath 0.6+ rejects the whole file",
         )
     if reason.startswith("Hole lies outside shell"):
-        return ("error", "hole-outside-shell", f"hole outside its shell ({reason}): QuPath 0.6+ rejects the file")
+        return ("hole-outside-shell", f"hole outside its shell ({reason}): QuPath 0.6+ rejects the file")
     if reason.startswith("Too few points"):
-        return ("warning", "sliver", f"a ring collapses at 0.01 px ({reason}): QuPath drops that part")
-    return ("error", "invalid-polygon", f"invalid polygon after rounding to 0.01 px ({reason}): QuPath 0.6+ rejects it")
+        return ("sliver", f"a ring collapses at 0.01 px ({reason}): QuPath 0.6+ drops that part")
+    return ("invalid-polygon", f"invalid polygon after rounding to 0.01 px ({reason}): QuPath 0.6+ rejects it")
 
 
 # --- feature checks -----------------------------------------------------------------------------------
@@ -299,7 +823,6 @@ def _check_measurements(value: Any, report: ValidationReport, index: int, label:
     if isinstance(value, list):
         report.add(
             index,
-            "warning",
             "measurements-list",
             "measurements as a [{name, value}] list: QuPath reads it, but writes an object since 0.4",
             label,
@@ -308,32 +831,40 @@ def _check_measurements(value: Any, report: ValidationReport, index: int, label:
     elif isinstance(value, dict):
         items = list(value.items())
     else:
-        report.add(index, "warning", "bad-measurements", "measurements are neither an object nor a list", label)
+        report.add(index, "bad-measurements", "measurements are neither an object nor a list", label)
         return
-    nonfinite: list[str] = []
+    strings: list[str] = []
+    tokens: list[str] = []
     bad: list[str] = []
     for key, raw in items:
         if isinstance(raw, bool) or raw is None:
             bad.append(str(key))
         elif isinstance(raw, (int, float)):
             if not math.isfinite(raw):
-                nonfinite.append(str(key))
+                tokens.append(str(key))
         elif isinstance(raw, str) and raw.strip().lower() in _NONFINITE_STRINGS:
-            nonfinite.append(str(key))
+            strings.append(str(key))
         else:
             bad.append(str(key))
-    if nonfinite:
+    if strings:
         report.add(
             index,
-            "warning",
             "nonfinite-measurement",
-            f"NaN or infinite measurement(s) {', '.join(nonfinite[:3])}: QuPath 0.4 cannot parse them",
+            f"NaN or infinite measurement(s) {', '.join(strings[:3])} written as strings (as QuPath 0.5+ writes "
+            "them): QuPath 0.4 rejects the whole file (ClassCastException), 0.5+ read them",
+            label,
+        )
+    if tokens:
+        report.add(
+            index,
+            "nonfinite-measurement (token)",
+            f"NaN or infinite measurement(s) {', '.join(tokens[:3])} as bare tokens: every QuPath version reads "
+            "them (its parser is lenient)",
             label,
         )
     if bad:
         report.add(
             index,
-            "error",
             "bad-measurement",
             f"measurement(s) {', '.join(bad[:3])} are not numbers: QuPath fails to import the file",
             label,
@@ -351,17 +882,16 @@ def _check_object_type(
             if key == "object_type":
                 report.add(
                     index,
-                    "warning",
                     "object-type-old-key",
                     "'object_type' is the old key: QuPath reads it but warns; use 'objectType'",
                     label,
                 )
             kind = qupath_object_type(raw)
             if kind is None:
+                meant = normalize_object_type(raw)
                 report.add(
                     index,
-                    "warning",
-                    "unknown-object-type",
+                    "unknown-object-type (annotation)" if meant == "annotation" else "unknown-object-type",
                     f"unknown object type {raw!r}: QuPath creates an annotation",
                     label,
                 )
@@ -375,7 +905,6 @@ def _check_object_type(
             if intended != "annotation":
                 report.add(
                     index,
-                    "error",
                     "object-type-outside-properties",
                     f"'{key}': {obj[key]!r} is outside 'properties': QuPath ignores it and creates an "
                     "annotation (move it into properties)",
@@ -384,8 +913,7 @@ def _check_object_type(
             else:
                 report.add(
                     index,
-                    "warning",
-                    "object-type-outside-properties",
+                    "object-type-outside-properties (annotation)",
                     f"'{key}' is outside 'properties': QuPath ignores it (annotation either way)",
                     label,
                 )
@@ -393,11 +921,24 @@ def _check_object_type(
     return "annotation"
 
 
+def _check_metadata(value: Any, otype: str, report: ValidationReport, index: int, label: str) -> None:
+    if not value:
+        return
+    if otype in _DETECTION_TYPES:
+        report.add(
+            index,
+            "detection-metadata",
+            f"metadata on a {otype}: QuPath 0.5 logs a stack trace for it and drops it, 0.4 drops it, 0.6+ keep it",
+            label,
+        )
+    elif otype != "tmaCore":
+        report.note(index, "metadata", f"metadata on a {otype}: QuPath 0.4 drops it, 0.5+ keep it", label)
+
+
 def _check_feature(obj: Any, index: int, report: ValidationReport, seen_ids: set[str]) -> None:
     if not isinstance(obj, dict):
         report.add(
             index,
-            "error",
             "not-a-feature",
             f"a {type(obj).__name__} where a Feature was expected: QuPath fails to import the file",
             f"feature {index}",
@@ -410,31 +951,24 @@ def _check_feature(obj: Any, index: int, report: ValidationReport, seen_ids: set
     fid = obj.get("id")
     label = feature_label(index, fid, class_name)
     if not isinstance(props, dict):
-        report.add(
-            index, "error", "bad-properties", "'properties' is not an object: QuPath fails to import the file", label
-        )
+        report.add(index, "bad-properties", "'properties' is not an object: QuPath fails to import the file", label)
         props = {}
     otype = _check_object_type(obj, props, report, index, label)
     report.by_object_type[otype] = report.by_object_type.get(otype, 0) + 1
     if fid is not None and legacy_type(fid) is None:
         if not is_uuid(fid):
-            report.add(
-                index,
-                "warning",
-                "non-uuid-id",
-                f"id {fid!r} is not a UUID: QuPath gives the object a random one",
-                label,
-            )
+            report.add(index, "non-uuid-id", f"id {fid!r} is not a UUID: QuPath gives the object a random one", label)
         elif fid in seen_ids:
-            report.add(index, "warning", "duplicate-id", f"id {fid} is used by an earlier feature", label)
+            report.add(index, "duplicate-id", f"id {fid} is used by an earlier feature", label)
         else:
             seen_ids.add(fid)
     problem = _check_classification(props.get("classification"))
     if problem is not None:
-        report.add(index, "error", problem[0], problem[1], label)
+        report.add(index, problem[0], problem[1], label)
     _check_measurements(props.get("measurements"), report, index, label)
+    _check_metadata(props.get("metadata"), otype, report, index, label)
     if "geometry" not in obj:
-        report.add(index, "error", "null-geometry", "no geometry: every QuPath version rejects the whole file", label)
+        report.add(index, "null-geometry", "no geometry: every QuPath version rejects the whole file", label)
     else:
         _check_geometry(obj["geometry"], "geometry", report, index, label)
     nucleus = obj.get("nucleusGeometry")
@@ -442,7 +976,6 @@ def _check_feature(obj: Any, index: int, report: ValidationReport, seen_ids: set
         if otype != "cell":
             report.add(
                 index,
-                "warning",
                 "nucleus-not-cell",
                 f"nucleusGeometry on a {otype}: QuPath ignores it (only cells have a nucleus)",
                 label,
@@ -459,12 +992,12 @@ def _check_geometry(gj: Any, where: str, report: ValidationReport, index: int, l
     try:
         geom = _build(gj, where)
     except _GeomProblem as exc:
-        report.add(index, "error", exc.code, exc.message if where == "geometry" else f"{where}: {exc.message}", label)
+        report.add(index, exc.code, exc.message if where == "geometry" else f"{where}: {exc.message}", label)
         return
     found = _classify_invalid(geom)
     if found is not None:
-        severity, code, message = found
-        report.add(index, severity, code, message if where == "geometry" else f"{where}: {message}", label)
+        rule, message = found
+        report.add(index, rule, message if where == "geometry" else f"{where}: {message}", label)
 
 
 def _closed_simple_ring(gj: Any) -> np.ndarray | None:
@@ -491,13 +1024,15 @@ def _check_pending(report: ValidationReport) -> None:
         found = _classify_invalid(polys[k])
         if found is not None:
             index, label, _ = pending[k]
-            report.add(index, found[0], found[1], found[2], label)
+            report.add(index, found[0], found[1], label)
 
 
-def validate_geojson(path: str | os.PathLike[str]) -> ValidationReport:
-    """List everything in ``path`` that QuPath 0.4-0.7 would reject or import differently than intended.
+def validate_geojson(path: str | os.PathLike[str], versions: Sequence[str] = QUPATH_VERSIONS) -> ValidationReport:
+    """List everything in ``path`` that the QuPath ``versions`` would reject or import differently than intended.
 
-    Raises :class:`qpbridge.errors.GeoJSONError` when the file is missing, not JSON or not GeoJSON.
+    ``versions`` are some of :data:`QUPATH_VERSIONS` (default: all; see :func:`parse_qupath_versions`).
+    Raises :class:`qpbridge.errors.GeoJSONError` when the file is missing, not JSON (not even the lenient
+    JSON QuPath reads) or not GeoJSON.
 
     Examples
     --------
@@ -505,26 +1040,39 @@ def validate_geojson(path: str | os.PathLike[str]) -> ValidationReport:
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.geojson"
     >>> _ = p.write_text('{"type": "FeatureCollection", "features": [{"type": "Feature", '
     ...     '"geometry": {"type": "Polygon", "coordinates": [[[0, 0], [9, 0], [9, 9], [0, 0]]]}, '
-    ...     '"properties": {"objectType": "detection", "classification": {"name": "Tumor"}}}]}')
+    ...     '"properties": {"objectType": "detection", "measurements": {"Circularity": "NaN"}}}]}')
     >>> report = validate_geojson(p)
     >>> report.ok, [i.code for i in report.issues]
-    (False, ['classification-no-color'])
+    (False, ['nonfinite-measurement'])
+    >>> print("\\n".join(report.verdict_lines()))  # doctest: +NORMALIZE_WHITESPACE
+    QuPath 0.4: rejects the whole file: feature 0: a measurement written as the string "NaN" or "Infinity"
+        (ClassCastException)
+    QuPath 0.5-0.7: imports it as intended
+    >>> validate_geojson(p, versions=("0.5", "0.6")).ok
+    True
     """
     with gc_paused():
-        return _validate(Path(path))
+        return _validate(Path(path), _check_versions(versions))
 
 
-def _validate(path: Path) -> ValidationReport:
-    report = ValidationReport(str(path))
-    docs = load_json_documents(path)
+def _validate(path: Path, versions: tuple[str, ...]) -> ValidationReport:
+    report = ValidationReport(str(path), versions=versions)
+    docs, lenient = _load(path)
     name = path.name.lower()
     if not name.endswith(QUPATH_IMPORT_SUFFIXES):
         report.add(
             None,
-            "error",
             "bad-extension",
             f"QuPath imports only {', '.join(QUPATH_IMPORT_SUFFIXES)} files: it reads 0 objects from {path.name}; "
             "rename it",
+        )
+    if lenient:
+        what = ", ".join(f"{kind} (line {line})" for kind, line in sorted(lenient.items(), key=lambda kv: kv[1]))
+        report.add(
+            None,
+            "lenient-json",
+            f"{docs[0].label} is not strict JSON: {what}: QuPath reads it (its Gson parser is lenient), strict JSON "
+            "parsers and qpbridge's other commands refuse it; --fix writes strict JSON",
         )
     seen_ids: set[str] = set()
     index = 0
@@ -535,14 +1083,12 @@ def _validate(path: Path) -> ValidationReport:
             what = {"array": "a JSON array", "Feature": "a single Feature", "geometry": "a bare geometry"}[kind]
             report.add(
                 None,
-                "warning",
                 "not-feature-collection",
                 f"top level of {doc.label} is {what}, not a FeatureCollection: QuPath reads it, other tools may not",
             )
         if doc.nonstandard_numbers:
             report.add(
                 None,
-                "warning",
                 "nonstandard-numbers",
                 f"{doc.label} holds bare NaN/Infinity tokens, which are not JSON: QuPath's lenient parser "
                 "takes them, strict parsers refuse the file",
@@ -552,28 +1098,55 @@ def _validate(path: Path) -> ValidationReport:
             index += 1
     _check_pending(report)
     report.issues.sort(key=lambda issue: -1 if issue.index is None else issue.index)  # stable: file order
+    report.notes.sort(key=lambda issue: -1 if issue.index is None else issue.index)
     report.features = index
     if index == 0:
-        report.add(None, "warning", "empty", "no features: QuPath imports nothing")
+        report.add(None, "empty", "no features: QuPath imports nothing")
     return report
 
 
 @dataclass
 class FixResult:
-    """What :func:`fix_geojson` read, wrote, and the validation of the written file."""
+    """What :func:`fix_geojson` read, wrote, and the validation of the written file.
+
+    ``metadata_dropped`` counts the detections whose metadata was left out because a version asked
+    mangles them for it (QuPath 0.5 logs a stack trace per detection carrying metadata).
+    """
 
     read: ReadSummary
     written: WriteSummary
     report: ValidationReport
+    metadata_dropped: int = 0
 
 
-def fix_geojson(path: str | os.PathLike[str], out: str | os.PathLike[str], **writer_kw: Any) -> FixResult:
-    """Rewrite ``path`` as a clean QuPath GeoJSON file ``out`` (never over the input).
+def _read_tolerantly(src: Path) -> ReadResult:
+    """The tolerant reader's result, also for JSON that only QuPath's lenient parser takes."""
+    try:
+        return read_geojson(src, on_nonfinite="skip")
+    except GeoJSONError:
+        lenient = None if src.suffix.lower() == ".zip" else _lenient_document(src)
+        if lenient is None:
+            raise
+    with tempfile.TemporaryDirectory() as tmp:
+        strict = Path(tmp) / "strict.geojson"
+        strict.write_text(json.dumps(lenient.document.data), encoding="utf-8")
+        return read_geojson(strict, on_nonfinite="skip")
 
-    The tolerant reader closes rings, drops null geometries and features with NaN coordinates, keeps the
-    polygonal parts of GeometryCollections, repairs invalid polygons and moves a misplaced ``objectType``
-    into ``properties``; the writer then rounds, re-checks validity, adds colours to classifications,
-    replaces non-UUID ids and leaves out non-finite measurements.
+
+def fix_geojson(
+    path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    versions: Sequence[str] = QUPATH_VERSIONS,
+    **writer_kw: Any,
+) -> FixResult:
+    """Rewrite ``path`` as a clean QuPath GeoJSON file ``out`` (never over the input) for the QuPath ``versions``.
+
+    The tolerant reader (which also takes the lenient JSON QuPath reads) closes rings, drops null
+    geometries and features with NaN coordinates, keeps the polygonal parts of GeometryCollections,
+    repairs invalid polygons and moves a misplaced ``objectType`` into ``properties``; the writer then
+    rounds, re-checks validity, adds colours to classifications, replaces non-UUID ids and leaves out
+    non-finite measurements (QuPath 0.4 rejects them as strings). When a version asked mangles a
+    detection's ``metadata`` (0.5), it is left out. The result holds the validation of ``out`` for ``versions``.
 
     Examples
     --------
@@ -587,8 +1160,15 @@ def fix_geojson(path: str | os.PathLike[str], out: str | os.PathLike[str], **wri
     (True, [], {'detection': 1})
     """
     src, dst = Path(path), Path(out)
+    versions = _check_versions(versions)
     if src.resolve() == dst.resolve():
         raise InputError(f"--fix would overwrite the input {src}: give another output with -o")
-    result = read_geojson(src, on_nonfinite="skip")
+    result = _read_tolerantly(src)
+    dropped = 0
+    if any(ISSUE_EFFECTS["detection-metadata"][QUPATH_READS_LIKE[v]].kind == "mangle" for v in versions):
+        for feature in result.features:
+            if feature.metadata and feature.object_type in _DETECTION_TYPES:
+                feature.metadata = {}
+                dropped += 1
     written = write_geojson(dst, result.features, **writer_kw)
-    return FixResult(result.summary, written, validate_geojson(dst))
+    return FixResult(result.summary, written, validate_geojson(dst, versions), dropped)
