@@ -383,3 +383,67 @@ def test_help_has_examples() -> None:
     assert result.exit_code == 0
     assert "qpbridge convert A01.xml -o A01.geojson" in result.stdout
     assert "qpbridge convert corrected.geojson -o corrected.xml" in result.stdout
+
+
+# --- what convert builds on ---------------------------------------------------------------------------
+def test_imagescope_regions_carry_their_own_class_when_the_layer_has_none(tmp_path: Path) -> None:
+    def region(rid: int, x: int, text: str = "", value: str | None = None) -> str:
+        attrs = (f'<Attributes><Attribute Name="Class" Id="1" Value="{value}"/></Attributes>' if value
+                 else "<Attributes/>")
+        points = "".join(f'<Vertex X="{px}" Y="{py}"/>' for px, py in square(x, 0, 10))
+        return f'<Region Id="{rid}" Type="0" Text="{text}">{attrs}<Vertices>{points}</Vertices></Region>'
+
+    path = tmp_path / "bach.xml"
+    path.write_text(
+        '<Annotations><Annotation Id="1" Name=""><Attributes><Attribute Name="Description" Id="0" Value=""/>'
+        f'</Attributes><Regions>{region(1, 0, "Benign")}{region(2, 20, value="Carcinoma in situ")}{region(3, 40)}'
+        '</Regions></Annotation><Annotation Id="2" Name="Stroma"><Regions>'
+        f'{region(4, 60, "Carcinoma invasive")}</Regions></Annotation></Annotations>'
+    )
+    layer_first = read_annotations(path)
+    assert [(f.class_name, f.name) for f in layer_first.features] == [
+        ("Benign", "Benign"), ("Carcinoma in situ", None), (None, None), ("Stroma", "Carcinoma invasive"),
+    ]
+    region_first = read_annotations(path, class_from="region")
+    assert [f.class_name for f in region_first.features] == ["Benign", "Carcinoma in situ", None, "Carcinoma invasive"]
+
+
+def test_files_named_as_geojson_keep_the_geojson_errors(tmp_path: Path) -> None:
+    from qpbridge.errors import QpbridgeError
+
+    def outcome(reader: object, path: Path) -> tuple[str, str]:
+        try:
+            result = reader(path)  # type: ignore[operator]
+        except QpbridgeError as exc:
+            return type(exc).__name__, str(exc)
+        return "read", repr((result.features, result.summary, result.warnings))
+
+    cases = {"empty.geojson": "", "words.geojson": "not json", "list.json": "[1, 2]", "gz.geojson.gz": "x"}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+    for name in [*cases, "missing.geojson"]:
+        expected = outcome(read_geojson, tmp_path / name)
+        assert outcome(read_annotations, tmp_path / name) == expected, name
+        assert expected[0] != "read" or name == "list.json"
+
+
+def test_annotation_suffix_rules() -> None:
+    from qpbridge.qupath.project import annotation_file_base, is_annotation_path
+
+    assert [is_annotation_path(n) for n in ("A01.XML", "a.xml.gz", "c.json", "c.geojson.gz", "m.png", "s.svs")] == [
+        True, True, True, True, False, False,
+    ]
+    assert [annotation_file_base(n) for n in ("A01.xml", "A01.XML.gz", "s.geojson", "s.json", ".xml")] == [
+        "A01", "A01", "s", None, None,
+    ]
+
+
+@pytest.mark.parametrize(
+    "module", ["qpbridge.formats.convert", "qpbridge.formats.pairing", "qpbridge.commands.convert"]
+)
+def test_docstring_examples_run(module: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
