@@ -447,3 +447,19 @@ def test_docstring_examples_run(module: str) -> None:
 
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_jpeg_tumour_mask_with_a_threshold(tmp_path: Path) -> None:
+    jpeg = shared_data("bcss-tumor", "masks", "1015.jpg")
+    code, _, stderr = invoke(jpeg, "-o", tmp_path / "tumour.geojson", "--kind", "class", "--threshold", "127",
+                             "--class-map", "1=Invasive carcinoma")
+    assert code == 0, stderr
+    assert_imports_cleanly(tmp_path / "tumour.geojson")
+    feats = read_geojson(tmp_path / "tumour.geojson").features
+    assert [(f.class_name, f.object_type) for f in feats] == [("Invasive carcinoma", "annotation")]
+    mask, _ = load_label_image(jpeg, threshold=127)
+    assert feats[0].geometry.area == float(mask.sum())
+    code, _, stderr = invoke(jpeg, "-o", tmp_path / "x.geojson")
+    assert (code, stderr) == (1, f"error: {jpeg}: a JPEG (lossy: its edges hold every grey), not a label image: "
+                                 "read it as a black-and-white mask with a threshold (threshold=127; qpbridge "
+                                 "convert --threshold 127)\n")

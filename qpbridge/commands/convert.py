@@ -101,6 +101,9 @@ def register(app: typer.Typer) -> None:
         size_px: str | None = typer.Option(
             None, "--size-px", help="Without --slide: the level-0 image size, WIDTHxHEIGHT (for a label image)."
         ),
+        threshold: float | None = typer.Option(
+            None, "--threshold", help="A black-and-white mask read (a JPEG): pixels brighter than this are label 1."
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print what was converted as JSON on stdout."),
     ) -> None:
         with reported_errors():
@@ -130,6 +133,7 @@ def register(app: typer.Typer) -> None:
                 slide_size_px=size,
                 slide_mpp=slide_mpp,
                 label_mpp=label_mpp,
+                threshold=threshold,
             )
         for message in result.warnings[:_MAX_WARNINGS]:
             warn(message)

@@ -345,6 +345,7 @@ def convert_annotations(
     slide_size_px: tuple[int, int] | None = None,
     slide_mpp: float | None = None,
     label_mpp: float | None = None,
+    threshold: float | None = None,
 ) -> ConvertResult:
     """Convert an annotation file of any readable format into QuPath GeoJSON, ASAP XML or a label image.
 
@@ -374,6 +375,8 @@ def convert_annotations(
     label_mpp
         The um/px of the label image read or written (needs ``slide_mpp``); default the slide's full
         resolution (or, when read, the resolution the file records).
+    threshold
+        A label image read as a black-and-white mask (a JPEG, say): pixels brighter than this are label 1.
 
     Raises
     ------
@@ -406,6 +409,8 @@ def convert_annotations(
 
     groups = list(exclusion_groups) if exclusion_groups else None
     label_options: dict[str, Any] = {"kind": "instance" if kind == "auto" else kind}
+    if threshold is not None:
+        label_options["threshold"] = threshold
     if slide_mpp is not None:
         label_options.update(slide_mpp=slide_mpp, mpp=label_mpp, on_missing_mpp="level0")
     read = read_annotations(

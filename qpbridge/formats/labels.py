@@ -67,6 +67,7 @@ __all__ = [
 INSTANCE_ID = "instance_id"
 LABEL_KINDS = ("instance", "class")
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_JPEG_MAGIC = b"\xff\xd8\xff"
 _PLAUSIBLE_MPP = (0.01, 100.0)  # a file's resolution outside this (72 dpi = 353 um/px) is a default, not a size
 _WRITE_SUFFIXES = (".png", ".tif", ".tiff")
 
@@ -337,7 +338,7 @@ def read_label_image(
     Raises
     ------
     FormatError
-        An unreadable image, a colour image without ``threshold``, a label the class map lacks, or a label
+        An unreadable image, a colour image or a JPEG without ``threshold``, a label the class map lacks, or a label
         image whose pixel size is needed (``slide_mpp`` given) but neither given nor recorded in the file.
     InputError
         Options that contradict each other.
@@ -355,6 +356,13 @@ def read_label_image(
     check_choice("on_nonfinite", on_nonfinite, ("raise", "skip"))
     check_choice("on_missing_mpp", on_missing_mpp, ("raise", "level0"))
     arr, file_mpp = load_label_image(path, threshold=threshold)
+    if threshold is None:
+        with open(path, "rb") as fh:
+            if fh.read(3) == _JPEG_MAGIC:
+                raise FormatError(
+                    f"{path}: a JPEG (lossy: its edges hold every grey), not a label image: read it as a "
+                    "black-and-white mask with a threshold (threshold=127; qpbridge convert --threshold 127)"
+                )
     if affine is not None:
         if mpp is not None or slide_mpp is not None or tuple(offset_px) != (0.0, 0.0):
             raise InputError("give either affine, or mpp / slide_mpp / offset_px, not both")
