@@ -44,6 +44,7 @@ COMMAND_MODULES = (
     "info",
     "predict",
     "validate",
+    "convert",
     "masks",
     "diff",
     "train",

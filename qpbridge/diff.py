@@ -56,7 +56,8 @@ import numpy as np
 import shapely
 
 from qpbridge.classes import DEEPBATCH_CLASSES, ROI_CLASS
-from qpbridge.errors import InputError, OutputError
+from qpbridge.errors import FormatError, InputError, OutputError
+from qpbridge.formats import detect_format, label_options_for_slide, read_annotations
 from qpbridge.qupath import (
     CorrectionsSidecar,
     Feature,
@@ -68,11 +69,11 @@ from qpbridge.qupath import (
     make_valid_polygonal,
     meta_path,
     prediction_state,
-    read_geojson,
     write_geojson,
 )
 from qpbridge.qupath.classes import RESERVED_PATTERNS, UNCLASSIFIED, ClassMatcher
 from qpbridge.qupath.objects import REGION_OBJECT_TYPES
+from qpbridge.qupath.project import annotation_file_base
 from qpbridge.rasterize import ClassMap
 
 __all__ = [
@@ -577,9 +578,12 @@ def _class_order(
 
 
 # ----------------------------------------------------------------------------------------- the diff
-def _load(source: Any, label: str, warnings: list[str]) -> tuple[list[Feature], str]:
+def _load(
+    source: Any, label: str, warnings: list[str], cmap: ClassMap, mpp: float | None
+) -> tuple[list[Feature], str]:
     if isinstance(source, (str, os.PathLike)):
-        result = read_geojson(source)
+        names = {c.label: c.name for c in cmap.classes}
+        result = read_annotations(source, format_options=label_options_for_slide(names, mpp))
         warnings.extend(result.warnings[:_MAX_READ_WARNINGS])
         if len(result.warnings) > _MAX_READ_WARNINGS:
             warnings.append(
@@ -641,7 +645,8 @@ def diff_geojson(
     Parameters
     ----------
     predicted, corrected
-        GeoJSON paths (read with :func:`qpbridge.qupath.read_geojson`) or lists of
+        Annotation files of any format :func:`qpbridge.formats.read_annotations` reads (QuPath GeoJSON, ASAP
+        or ImageScope XML, DSA JSON; a label image as class labels, named by the class map) or lists of
         :class:`~qpbridge.qupath.Feature`; level-0 pixel coordinates.
     mpp
         Level-0 pixel size in um/px: areas in um^2; ``None``: areas in px^2.
@@ -693,8 +698,9 @@ def diff_geojson(
     if mpp is not None and (not math.isfinite(mpp) or mpp <= 0):
         raise InputError(f"--mpp must be a positive number of um/px, got {mpp}: e.g. 0.25 for a 40x scan")
     warnings: list[str] = []
-    pred_features, pred_label = _load(predicted, "PREDICTED", warnings)
-    corr_features, corr_label = _load(corrected, "CORRECTED", warnings)
+    cmap = class_map if class_map is not None else ClassMap.deepbatch()
+    pred_features, pred_label = _load(predicted, "PREDICTED", warnings, cmap, mpp)
+    corr_features, corr_label = _load(corrected, "CORRECTED", warnings, cmap, mpp)
     if not corr_features:
         raise InputError(
             f"{corr_label} holds no objects: nothing to compare; export the corrected objects from QuPath "
@@ -705,7 +711,6 @@ def diff_geojson(
         check_export_holds(((f.object_type, f.class_name) for f in pred_features),
                            ((f.object_type, f.class_name, prediction_state(f.measurements)) for f in corr_features),
                            export, corr_label, compared=compared)
-    cmap = class_map if class_map is not None else ClassMap.deepbatch()
     known = list(classes) if classes is not None else [c.name for c in cmap.classes]
     if exclude_classes is None:
         exclude_classes = (*cmap.region_patterns, *cmap.ignore_patterns)
@@ -905,7 +910,7 @@ def diff_files(
         if meta_mpp is not None:
             mpp, source = meta_mpp, "prediction meta"
     if name is None:
-        name = image_basename(geojson_file_base(corrected) or corrected.name)
+        name = image_basename(annotation_file_base(corrected) or corrected.name)
     result = diff_geojson(
         predicted, corrected, mpp=mpp, slide_size_px=size, mpp_source=source, name=name, export=export, **kw
     )
@@ -928,19 +933,38 @@ class PairMatch:
     warnings: list[str] = field(default_factory=list)
 
 
+def _folder_file_base(path: Path) -> str | None:
+    """The slide base name of an annotation file in a folder: ``<base>.geojson[.gz]``, ``<base>.xml[.gz]``, or a
+    ``<base>.json[.gz]`` that holds DSA annotations (other ``.json`` files are sidecars)."""
+    base = annotation_file_base(path)
+    if base is not None:
+        return base
+    lower = path.name.lower()
+    for suffix in (".json.gz", ".json"):
+        if lower.endswith(suffix) and len(lower) > len(suffix):
+            try:
+                return path.name[: -len(suffix)] if detect_format(path) == "dsa" else None
+            except FormatError:
+                return None
+    return None
+
+
 def _index_folder(folder: Path, what: str, warnings: list[str]) -> dict[str, Path]:
     if not folder.is_dir():
         raise InputError(f"{what} folder {folder} not found: give a folder of .geojson files")
     found: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):
-        base = geojson_file_base(path) if path.is_file() else None
+        base = _folder_file_base(path) if path.is_file() else None
         if base is None:
             continue
         found.setdefault(image_basename(base), []).append(path)
     out: dict[str, Path] = {}
     for key, paths in found.items():
-        # .geojson before .geojson.gz (the import script's order), an exact base before a normalised one
-        paths.sort(key=lambda p: (geojson_file_base(p) != key, p.name.lower().endswith(".gz"), p.name))
+        # .geojson before .geojson.gz (the import script's order) before other formats, an exact base before a
+        # normalised one
+        paths.sort(key=lambda p: (
+            _folder_file_base(p) != key, geojson_file_base(p) is None, p.name.lower().endswith(".gz"), p.name
+        ))
         out[key] = paths[0]
         if len(paths) > 1:
             warnings.append(
@@ -955,6 +979,9 @@ def match_pairs(predicted_dir: str | os.PathLike[str], corrected_dir: str | os.P
 
     A prediction ``slide1.geojson`` (``qpbridge.qupath.prediction_filename("slide1.svs")``) pairs with the
     corrections ``slide1.geojson`` that ``export_corrections.groovy`` wrote; ``slide1.svs.geojson`` pairs too.
+    Corrections in the field's other formats pair the same way: ``slide1.xml`` (ASAP or ImageScope XML, plain
+    or ``.gz``) and ``slide1.json`` holding DSA annotations (a ``.json`` of anything else is a sidecar). Where
+    a folder holds several files for one slide, GeoJSON comes first (with a warning).
 
     Examples
     --------
@@ -1050,7 +1077,7 @@ def diff_pairs(
             batch.corrected_only.extend(match.corrected_only)
             batch.warnings.extend(match.warnings)
         else:
-            jobs.append((image_basename(geojson_file_base(b) or b.name), a, b))
+            jobs.append((image_basename(annotation_file_base(b) or b.name), a, b))
     if not jobs:
         raise InputError(
             "no prediction and corrections share a slide name: the folders must hold <slide>.geojson files "

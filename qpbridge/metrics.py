@@ -555,7 +555,7 @@ def _labels_from_geojson(path: str | os.PathLike[str], class_map: Mapping[str, i
     """
     try:
         from qpbridge.classes import ROI_CLASS, ClassInfo
-        from qpbridge.qupath import read_geojson
+        from qpbridge.formats import read_annotations
         from qpbridge.qupath.classes import ClassMatcher
         from qpbridge.rasterize import ClassMap, LabelRasterizer
     except ImportError as exc:
@@ -574,7 +574,7 @@ def _labels_from_geojson(path: str | os.PathLike[str], class_map: Mapping[str, i
             cmap = cmap.with_overrides(others)
     else:
         cmap = ClassMap.deepbatch()
-    features = list(read_geojson(path).features)
+    features = list(read_annotations(path).features)
     if not truth:
         # A prediction holds the ROI model's regions and the cell model's classes: keep the role's own.
         is_roi = ClassMatcher({ROI_CLASS.name: True})
@@ -593,7 +593,8 @@ def evaluate_geojson(pred_path: str | os.PathLike[str], truth_path: str | os.Pat
     Parameters
     ----------
     pred_path, truth_path
-        The prediction and the truth (level-0 pixel coordinates, QuPath's).
+        The prediction and the truth (level-0 pixel coordinates, QuPath's): QuPath GeoJSON, or any vector
+        format :func:`qpbridge.formats.read_annotations` reads (ASAP or ImageScope XML, DSA JSON).
     class_map
         QuPath class name -> label (or ``ignore``/``region``/``skip``), as :func:`qpbridge.rasterize.parse_class_map`
         reads it; default the DeepBatch classes. Class names are matched by the rule of

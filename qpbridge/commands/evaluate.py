@@ -21,18 +21,21 @@ def register(app: typer.Typer) -> None:
         help=(
             "Compare a prediction with the truth, per class and overall: IoU, Dice (F1), pixel accuracy, "
             "sensitivity, specificity, precision, and AUC when --probs is given. Label masks (PNG/TIFF of the "
-            "same size) or QuPath GeoJSON files (rasterized over --slide on a grid of --grid-mpp um/px). Truth "
-            "pixels labelled 255 are ignored.\n\n"
+            "same size) or annotation files: QuPath GeoJSON, ASAP or ImageScope XML, DSA JSON (rasterized over "
+            "--slide on a grid of --grid-mpp um/px). Truth pixels labelled 255 are ignored.\n\n"
             "Examples:\n\n"
             "  qpbridge evaluate pred.png truth.png --class-map 'Normal=0,Benign=1,In situ carcinoma=2,"
             "Invasive carcinoma=3'\n\n"
             "  qpbridge evaluate pred.geojson truth.geojson --slide slide.svs --grid-mpp 2 --json\n\n"
+            "  qpbridge evaluate pred.geojson A01.xml --slide A01.svs --grid-mpp 2\n\n"
             "  qpbridge evaluate pred.geojson truth.geojson --slide slide.svs --grid-mpp 2 --role roi"
         ),
     )
     def evaluate_cmd(
-        pred: Path = typer.Argument(..., metavar="PRED", help="Predicted label mask or GeoJSON."),
-        truth: Path = typer.Argument(..., metavar="TRUTH", help="True label mask or GeoJSON."),
+        pred: Path = typer.Argument(..., metavar="PRED", help="Predicted label mask or annotation file."),
+        truth: Path = typer.Argument(
+            ..., metavar="TRUTH", help="True label mask or annotation file (GeoJSON, ASAP/ImageScope XML, DSA JSON)."
+        ),
         slide: Path | None = typer.Option(None, "--slide", help="The slide (GeoJSON inputs: extent and um/px)."),
         mpp: float | None = mpp_option(),
         grid_mpp: float | None = grid_mpp_option(
@@ -48,17 +51,20 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         with reported_errors():
             from qpbridge.metrics import evaluate_geojson, evaluate_masks
-            from qpbridge.qupath import is_geojson_path
+            from qpbridge.qupath.project import is_annotation_path
             from qpbridge.rasterize import parse_class_map
 
             warn_mpp_meaning("evaluate", mpp, "comparison grid's um/px", "--grid-mpp")
             mapping = parse_class_map(class_map) if class_map else None
-            geo = [is_geojson_path(pred), is_geojson_path(truth)]
+            geo = [is_annotation_path(pred), is_annotation_path(truth)]
             if any(geo) and not all(geo):
-                raise InputError(f"compare like with like: {pred} and {truth} are not both GeoJSON or both masks")
+                raise InputError(
+                    f"compare like with like: {pred} and {truth} are not both GeoJSON or both masks (annotation "
+                    "files: GeoJSON, ASAP or ImageScope XML, DSA JSON); turn a mask into GeoJSON with qpbridge convert"
+                )
             if all(geo):
                 if probs is not None:
-                    raise InputError("--probs applies to label masks, not GeoJSON")
+                    raise InputError("--probs applies to label masks, not annotation files")
                 result = evaluate_geojson(
                     pred, truth, class_map=mapping, slide=slide, slide_mpp=mpp, grid_mpp=grid_mpp, role=role
                 )

@@ -31,8 +31,10 @@ from qpbridge.commands._options import (
     warn_mpp_meaning,
 )
 from qpbridge.errors import InputError
+from qpbridge.formats import pair_slides
 from qpbridge.qupath import corrections_sidecar_path, read_corrections_sidecar
 from qpbridge.rasterize import ClassMap, parse_class_map, parse_class_option
+from qpbridge.slide import dicom_member
 from qpbridge.tiles import (
     DEFAULT_MPP,
     DEFAULT_QA_MPP,
@@ -44,7 +46,10 @@ from qpbridge.tiles import (
 )
 
 _HELP = f"""Turn a slide and its (corrected) QuPath GeoJSON into training tiles: RGB and label-mask PNGs,
-manifest.csv and dataset.json (the tile dataset `qpbridge train` reads).
+manifest.csv and dataset.json (the tile dataset `qpbridge train` reads). The annotations may also be ASAP or
+ImageScope XML, DSA JSON or a class label image (read by content). SLIDE may be a folder of slides: each is
+paired with <slide>.geojson, .xml or .json beside it (or --annotations DIR or PATTERN, e.g. '{{stem}}.xml'),
+slides without one are skipped, and all go into one dataset.
 
 Classes: a model card's classes and aliases (--model), else the DeepBatch classes (0 Normal, 1 Benign,
 2 In situ carcinoma, 3 Invasive carcinoma; "Tissue" = 0). Map other QuPath classes with --class "NAME=LABEL"
@@ -66,6 +71,8 @@ Examples:
   qpbridge masks slide.svs slide.geojson --dry-run --class "Tumor=3" --class "Stroma=0"
 
   qpbridge masks slide.svs slide.geojson -o tiles/ --tile-mpp 1 --class-map "Tumor=3,Stroma=ignore"
+
+  qpbridge masks WSI/ --annotations '{{stem}}.xml' -o tiles/ --class-map "Carcinoma in situ=2,Carcinoma invasive=3"
 """
 
 
@@ -122,10 +129,18 @@ def register(app: typer.Typer) -> None:
     def masks_cmd(
         slide_path: Path = typer.Argument(
             ..., metavar="SLIDE",
-            help="The slide the GeoJSON belongs to (leave out for a QuPath export with its .json sidecar).",
+            help="The slide the GeoJSON belongs to (leave out for a QuPath export with its .json sidecar), or a "
+            "folder of slides.",
         ),
         geojson_path: Path | None = typer.Argument(
-            None, metavar="GEOJSON", help="QuPath objects (level-0 pixels)."
+            None, metavar="GEOJSON",
+            help="Its objects (level-0 pixels): QuPath GeoJSON, ASAP/ImageScope XML, DSA JSON or a label image.",
+        ),
+        annotations: str | None = typer.Option(
+            None, "--annotations",
+            help="SLIDE a folder: where each slide's annotations are: a folder, or a pattern with {stem} (the "
+            "slide's base name) or {name}, relative to the slide's folder (default: <stem>.geojson/.xml/.json "
+            "beside it).",
         ),
         out_dir: Path | None = output_option(
             "Dataset folder (created; one that holds a dataset gets this slide added)."
@@ -186,7 +201,23 @@ def register(app: typer.Typer) -> None:
             out_dir = merge_deprecated(out_dir, old_out_dir, "--out", "-o/--output")
             warn_mpp_meaning("masks", mpp, "tile um/px", "--tile-mpp")
             mpp = merge_deprecated(mpp, old_slide_mpp, "--slide-mpp", "--mpp")
-            if geojson_path is None:
+            jobs: list[tuple[Path, Path]] = []
+            folder_mode = slide_path.is_dir() and dicom_member(slide_path) is None
+            if folder_mode:
+                if geojson_path is not None:
+                    raise InputError(
+                        f"{slide_path} is a folder of slides: give its annotations with --annotations DIR or "
+                        "PATTERN (e.g. '{stem}.xml'), not a second argument"
+                    )
+                paired = pair_slides(slide_path, annotations)
+                for unpaired in paired.missing:
+                    warn(f"{unpaired.name}: no annotation file: skipped")
+                for message in paired.warnings:
+                    warn(message)
+                jobs = paired.pairs
+            elif annotations is not None:
+                raise InputError("--annotations applies to a folder of slides: give SLIDE GEOJSON for one slide")
+            elif geojson_path is None:
                 # `qpbridge masks corrections/slide.geojson`: export_corrections.groovy recorded the slide beside it.
                 geojson_path = slide_path
                 sidecar = corrections_sidecar_path(geojson_path)
@@ -197,6 +228,8 @@ def register(app: typer.Typer) -> None:
                         f"{missing} recording its slide"
                     )
                 slide_path = read_corrections_sidecar(sidecar)
+            if not jobs and geojson_path is not None:
+                jobs = [(slide_path, geojson_path)]
             if out_dir is None and not dry_run:
                 raise InputError("give the dataset folder with -o DIR (or --dry-run to only count)")
             if model is not None:
@@ -257,14 +290,23 @@ def register(app: typer.Typer) -> None:
                     tasks[stage] = bar.add_task(label, total=total)
                 bar.update(tasks[stage], completed=done)
 
-            try:
-                summary = build_tile_dataset(slide_path, geojson_path, out_dir or Path("."), config, progress)
-            finally:
-                if tasks:
-                    bar.stop()
-        for message in summary.warnings:
-            warn(message)
+            summaries: list[DatasetSummary] = []
+            for job_slide, job_annotations in jobs:
+                try:
+                    summaries.append(
+                        build_tile_dataset(job_slide, job_annotations, out_dir or Path("."), config, progress)
+                    )
+                finally:
+                    if tasks:
+                        bar.stop()
+                        for task_id in tasks.values():
+                            bar.remove_task(task_id)
+                        tasks.clear()
+                for message in summaries[-1].warnings:
+                    warn(f"{job_slide.name}: {message}" if folder_mode else message)
         if as_json:
-            typer.echo(json.dumps(summary.to_dict(), indent=2))
+            data = [s.to_dict() for s in summaries]
+            typer.echo(json.dumps(data if folder_mode else data[0], indent=2))
         else:
-            _print_summary(summary)
+            for summary in summaries:
+                _print_summary(summary)

@@ -10,6 +10,7 @@ import typer
 from qpbridge.commands._common import reported_errors
 from qpbridge.commands._options import output_option
 from qpbridge.errors import InputError
+from qpbridge.formats import require_geojson
 from qpbridge.qupath.validate import fix_geojson, parse_qupath_versions, validate_geojson
 
 __all__ = ["register"]
@@ -59,6 +60,7 @@ def register(app: typer.Typer) -> None:
                 raise InputError("--fix needs an output file: add -o FIXED.geojson")
             if output is not None and not fix:
                 raise InputError(f"-o {output} is only used with --fix: add --fix or drop -o")
+            require_geojson(file)  # another format: one line that suggests qpbridge convert
             report = validate_geojson(file, versions)
             fixed = fix_geojson(file, output, versions) if fix and output is not None else None
         if as_json:

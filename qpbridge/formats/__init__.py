@@ -16,6 +16,10 @@ format         files                                       reader               
 ``labels``     instance / class label images (PNG, TIFF)   :func:`read_label_image` :func:`write_label_image`
 =============  ==========================================  =======================  =======================
 
+:func:`convert_annotations` turns any of them into QuPath GeoJSON, ASAP XML or a label image
+(``qpbridge convert``); :func:`pair_slides` pairs a folder of slides with their annotation files
+(``qpbridge masks SLIDES_DIR``).
+
 >>> sorted(FORMATS)
 ['asap', 'dsa', 'geojson', 'imagescope', 'labels']
 """
@@ -24,7 +28,22 @@ from __future__ import annotations
 
 from qpbridge.formats.asap import DEFAULT_EXCLUSION_GROUPS, read_asap, write_asap
 from qpbridge.formats.common import FormatResult, FormatWriteSummary, NonFiniteValue
-from qpbridge.formats.detect import FORMATS, FormatInfo, detect_format, format_info, read_annotations
+from qpbridge.formats.convert import (
+    ConvertResult,
+    class_labels,
+    convert_annotations,
+    output_format,
+    rename_classes,
+)
+from qpbridge.formats.detect import (
+    FORMATS,
+    FormatInfo,
+    detect_format,
+    format_info,
+    label_options_for_slide,
+    read_annotations,
+    require_geojson,
+)
 from qpbridge.formats.dsa import read_dsa
 from qpbridge.formats.imagescope import read_imagescope, suggest_object_type
 from qpbridge.formats.labels import (
@@ -36,26 +55,37 @@ from qpbridge.formats.labels import (
     read_label_image,
     write_label_image,
 )
+from qpbridge.formats.pairing import SlidePairs, annotation_for_slide, pair_slides
 
 __all__ = [
     "DEFAULT_EXCLUSION_GROUPS",
     "FORMATS",
     "INSTANCE_ID",
+    "ConvertResult",
     "FormatInfo",
     "FormatResult",
     "FormatWriteSummary",
     "NonFiniteValue",
+    "SlidePairs",
+    "annotation_for_slide",
+    "class_labels",
+    "convert_annotations",
     "detect_format",
     "format_info",
     "label_affine",
+    "label_options_for_slide",
     "labels_to_features",
     "load_label_image",
+    "output_format",
+    "pair_slides",
     "rasterize_labels",
     "read_annotations",
     "read_asap",
     "read_dsa",
     "read_imagescope",
     "read_label_image",
+    "rename_classes",
+    "require_geojson",
     "suggest_object_type",
     "write_asap",
     "write_label_image",

@@ -29,7 +29,7 @@ import inspect
 import os
 import re
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,8 +41,17 @@ from qpbridge.formats.dsa import read_dsa
 from qpbridge.formats.imagescope import read_imagescope
 from qpbridge.formats.labels import read_label_image, write_label_image
 from qpbridge.qupath import ReadResult, read_geojson, write_geojson
+from qpbridge.qupath.project import QUPATH_IMPORT_SUFFIXES
 
-__all__ = ["FORMATS", "FormatInfo", "detect_format", "format_info", "read_annotations"]
+__all__ = [
+    "FORMATS",
+    "FormatInfo",
+    "detect_format",
+    "format_info",
+    "label_options_for_slide",
+    "read_annotations",
+    "require_geojson",
+]
 
 _HEAD_BYTES = 1 << 16
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+", b"BM")
@@ -63,6 +72,15 @@ class FormatInfo:
     suffixes: tuple[str, ...]
     reader: Callable[..., ReadResult]
     writer: Callable[..., Any] | None
+
+    @property
+    def title(self) -> str:
+        """The format's name for messages: ``"ASAP XML"``, ``"label image"``...
+
+        >>> FORMATS["dsa"].title, FORMATS["labels"].title
+        ('Digital Slide Archive / HistomicsTK annotation JSON', 'label image')
+        """
+        return self.description.split(" (")[0].split(":")[0]
 
 
 #: Every format qpbridge reads, by name.
@@ -190,11 +208,23 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     )
 
 
+def _detect_for_reading(path: str | os.PathLike[str]) -> str:
+    """:func:`detect_format`, except that a file named as GeoJSON that detection cannot place is GeoJSON:
+    :func:`qpbridge.qupath.read_geojson` then says what is wrong with it, in the words it always used."""
+    try:
+        return detect_format(path)
+    except FormatError:
+        if Path(path).name.lower().endswith(QUPATH_IMPORT_SUFFIXES):
+            return "geojson"
+        raise
+
+
 def read_annotations(
     path: str | os.PathLike[str],
     *,
     format: str | None = None,
     slide_size_px: tuple[int, int] | None = None,
+    format_options: Mapping[str, Mapping[str, Any]] | None = None,
     **options: Any,
 ) -> FormatResult:
     """Read the annotations of any format in :data:`FORMATS` as QuPath features.
@@ -203,10 +233,15 @@ def read_annotations(
     ----------
     path
         The file; its format is detected from its content (:func:`detect_format`) unless ``format`` names it.
+        A file named as GeoJSON (``.geojson``, ``.json``, ``.gz``, ``.zip``) whose content is none of the
+        formats is read as GeoJSON, so that :func:`~qpbridge.qupath.read_geojson` reports what is wrong.
     format
         One of :data:`FORMATS` to skip detection.
     slide_size_px
         ``(width, height)`` at level 0: every reader clips to the slide.
+    format_options
+        ``{format name: options}``: options for the reader of that format only, applied when the file is of
+        it (e.g. ``{"labels": {"kind": "class"}}``), on top of ``**options``.
     **options
         Options of the chosen reader (e.g. ``class_map=``, ``object_type=``, ``exclusion_groups=`` for
         ASAP, ``kind=``/``mpp=``/``slide_mpp=`` for label images, ``on_nonfinite=`` for GeoJSON); an option
@@ -218,8 +253,9 @@ def read_annotations(
         A :class:`qpbridge.qupath.ReadResult` that also says ``format_name`` and ``mpp``; for GeoJSON the
         result of :func:`qpbridge.qupath.read_geojson`, wrapped.
     """
-    name = format if format is not None else detect_format(path)
+    name = format if format is not None else _detect_for_reading(path)
     info = format_info(name)
+    options = {**options, **dict((format_options or {}).get(name, {}))}
     accepted = [p for p in inspect.signature(info.reader).parameters if p not in ("path", "slide_size_px")]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
@@ -231,3 +267,56 @@ def read_annotations(
     if isinstance(result, FormatResult):
         return result
     return FormatResult(result.features, result.summary, result.warnings, format_name=name)
+
+
+def label_options_for_slide(
+    names_by_label: Mapping[int, str], slide_mpp: float | None = None
+) -> dict[str, dict[str, Any]]:
+    """``format_options`` for :func:`read_annotations` that read a label image as a slide's class labels.
+
+    A label image given where annotations of a slide are expected (``masks``, ``diff``) holds the training
+    labels: each value becomes the class ``names_by_label`` gives it (255 becomes ``"Ignore*"``, other values
+    keep their number as a name), and with ``slide_mpp`` the image is placed by the resolution it records
+    (else it is at the slide's full resolution).
+
+    >>> label_options_for_slide({0: "Normal", 3: "Invasive carcinoma"}, 0.25)["labels"]["class_map"]
+    {0: 'Normal', 3: 'Invasive carcinoma', 255: 'Ignore*'}
+    """
+    options: dict[str, Any] = {
+        "kind": "class",
+        "class_map": {**dict(names_by_label), 255: "Ignore*"},
+        "on_unknown": "keep",
+    }
+    if slide_mpp is not None:
+        options.update(slide_mpp=slide_mpp, on_missing_mpp="level0")
+    return {"labels": options}
+
+
+def require_geojson(path: str | os.PathLike[str], command: str = "validate") -> None:
+    """Raise :class:`FormatError` when ``path`` is, by its content, an annotation format other than GeoJSON.
+
+    For commands that take QuPath GeoJSON only (``validate``): the one line names the format and the
+    ``qpbridge convert`` command that turns the file into GeoJSON. A file whose format cannot be detected is
+    left to the command (its GeoJSON reader says what is wrong).
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "A01.xml"
+    >>> _ = p.write_text("<ASAP_Annotations><Annotations/></ASAP_Annotations>")
+    >>> require_geojson(p)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    qpbridge.errors.FormatError: .../A01.xml: ASAP XML, not QuPath GeoJSON: validate checks QuPath GeoJSON only; ...
+    """
+    try:
+        name = detect_format(path)
+    except FormatError:
+        return
+    if name == "geojson":
+        return
+    path = Path(path)
+    stem = path.name[: -len(".gz")] if path.name.lower().endswith(".gz") else path.name
+    target = path.with_name(Path(stem).stem + ".geojson")
+    raise FormatError(
+        f"{path}: {FORMATS[name].title}, not QuPath GeoJSON: {command} checks QuPath GeoJSON only; convert it "
+        f"first: qpbridge convert {path} -o {target}"
+    )

@@ -26,7 +26,10 @@ Reading rules
   overlaps (except those wholly inside it); it is not a feature itself.
 - **Class** of every region of an annotation: the annotation's ``Name`` if not empty; else the ``Value`` of its
   first ``Attribute`` if not empty; else that attribute's ``Name`` unless it is ImageScope's default column
-  ``"Description"``; else unclassified. A region's ``Text`` becomes the feature's name.
+  ``"Description"``; else the region's own label: its ``Text``, else the ``Value`` of its first ``Attribute``
+  (BACH's whole-slide annotations name each region's class so: ``Text="Carcinoma in situ"`` in a layer
+  without a name); else unclassified. ``class_from="region"`` puts the region's label first. A region's
+  ``Text`` also becomes the feature's name.
 - **Colour**: ``LineColor`` is a Windows COLORREF integer, red in the lowest byte (``255`` red, ``65280``
   green, ``16711680`` blue).
 - **Object type**: ``"annotation"`` unless ``object_type`` says otherwise; MoNuSeg's nuclei are detections
@@ -85,7 +88,7 @@ class _Layer:
     name: str
     color: tuple[int, int, int] | None
     attributes: list[tuple[str, str]] = field(default_factory=list)
-    positive: list[tuple[int, str, shapely.Geometry, str | None]] = field(default_factory=list)
+    positive: list[tuple[int, str, shapely.Geometry, str | None, str | None]] = field(default_factory=list)
     negative: list[tuple[int, str, shapely.Geometry]] = field(default_factory=list)
 
     def class_name(self) -> str | None:
@@ -104,6 +107,7 @@ def read_imagescope(
     path: str | os.PathLike[str],
     *,
     object_type: str = "annotation",
+    class_from: str = "layer",
     class_map: Mapping[str, str | None] | None = None,
     on_unknown: str = "raise",
     slide_size_px: tuple[int, int] | None = None,
@@ -118,6 +122,9 @@ def read_imagescope(
     object_type
         QuPath object type of every feature: ``"annotation"`` (default) or, for nuclei such as MoNuSeg's,
         ``"detection"`` (see :func:`suggest_object_type`).
+    class_from
+        ``"layer"`` (default): the annotation layer's class, else the region's own label (its ``Text``, else its
+        first attribute's ``Value``); ``"region"``: the region's label, else the layer's.
     class_map
         ``{class name as read: QuPath class name or None}``; a name it lacks is an error
         (``on_unknown="keep"`` keeps it, ``"skip"`` drops those regions).
@@ -138,6 +145,7 @@ def read_imagescope(
         the class map lacks.
     """
     check_choice("object_type", object_type, OBJECT_TYPES)
+    check_choice("class_from", class_from, ("layer", "region"))
     source = str(path)
     collector = FeatureCollector(path, slide_size_px=slide_size_px, class_map=class_map, on_unknown=on_unknown,
                                  on_nonfinite=on_nonfinite)
@@ -168,7 +176,7 @@ def read_imagescope(
             region_index += 1
             elem.clear()
         elif tag == "Annotation" and parent == "Annotations" and layer is not None:
-            _finish_layer(layer, collector, object_type)
+            _finish_layer(layer, collector, object_type, class_from)
             layer = None
             elem.clear()
     result = collector.finish("imagescope", mpp=mpp)
@@ -238,19 +246,31 @@ def _region(elem: ET.Element, index: int, layer: _Layer, collector: FeatureColle
     if (elem.get("NegativeROA") or "0").strip() == "1":
         layer.negative.append((index, label, geom))
     else:
-        layer.positive.append((index, label, geom, text))
+        layer.positive.append((index, label, geom, text, text or _region_attribute(elem)))
 
 
-def _finish_layer(layer: _Layer, collector: FeatureCollector, object_type: str) -> None:
-    geoms, _, unused = subtract_exclusions([g for _, _, g, _ in layer.positive], [g for _, _, g in layer.negative])
+def _region_attribute(elem: ET.Element) -> str | None:
+    """The ``Value`` of a region's first ``Attribute`` (``<Region><Attributes><Attribute Value=...>``), if any."""
+    for child in elem:
+        if local_tag(child.tag) == "Attributes":
+            for attribute in child:
+                if local_tag(attribute.tag) == "Attribute":
+                    return (attribute.get("Value") or "").strip() or None
+    return None
+
+
+def _finish_layer(layer: _Layer, collector: FeatureCollector, object_type: str, class_from: str) -> None:
+    geoms, _, unused = subtract_exclusions([g for _, _, g, _, _ in layer.positive],
+                                           [g for _, _, g in layer.negative])
     for _ in range(len(layer.negative) - len(unused)):
         collector.note("negative region(s) (NegativeROA=1) cut out of the regions they overlap")
     for k in unused:
         index, label, _ = layer.negative[k]
         collector.skip(index, label, "negative region (NegativeROA=1) that overlaps no region of its annotation")
-    class_name = layer.class_name()
-    for (index, label, _, text), geom in zip(layer.positive, geoms, strict=True):
-        feature = Feature(geometry=geom, class_name=class_name, color=layer.color, object_type=object_type,
+    layer_class = layer.class_name()
+    for (index, label, _, text, region_class), geom in zip(layer.positive, geoms, strict=True):
+        first, second = (layer_class, region_class) if class_from == "layer" else (region_class, layer_class)
+        feature = Feature(geometry=geom, class_name=first or second, color=layer.color, object_type=object_type,
                           name=text)
         collector.add(feature, index=index, label=label)
 

@@ -67,6 +67,7 @@ __all__ = [
 INSTANCE_ID = "instance_id"
 LABEL_KINDS = ("instance", "class")
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_JPEG_MAGIC = b"\xff\xd8\xff"
 _PLAUSIBLE_MPP = (0.01, 100.0)  # a file's resolution outside this (72 dpi = 353 um/px) is a default, not a size
 _WRITE_SUFFIXES = (".png", ".tif", ".tiff")
 
@@ -321,12 +322,15 @@ def read_label_image(
     on_unknown: str = "raise",
     slide_size_px: tuple[int, int] | None = None,
     on_nonfinite: str = "raise",
+    on_missing_mpp: str = "raise",
 ) -> FormatResult:
     """Read a label image into features (see :func:`labels_to_features` for ``kind`` and the class options).
 
     Where the label pixels lie at level 0: ``affine`` if given; else, when ``slide_mpp`` (the slide's level-0
     um/px) is given, the label image's um/px (``mpp``, else the file's resolution) scaled to it, shifted by
-    ``offset_px``; else the label image is taken to be at level 0 (shifted by ``offset_px``).
+    ``offset_px``; else the label image is taken to be at level 0 (shifted by ``offset_px``). When
+    ``slide_mpp`` is given but neither ``mpp`` nor the file says the label image's um/px, ``on_missing_mpp``
+    decides: ``"raise"`` (default) or ``"level0"`` (the label image is at the slide's full resolution).
 
     ``on_nonfinite`` is accepted as by the other readers (``"raise"``/``"skip"``); a label image has no
     coordinates that could be NaN.
@@ -334,7 +338,7 @@ def read_label_image(
     Raises
     ------
     FormatError
-        An unreadable image, a colour image without ``threshold``, a label the class map lacks, or a label
+        An unreadable image, a colour image or a JPEG without ``threshold``, a label the class map lacks, or a label
         image whose pixel size is needed (``slide_mpp`` given) but neither given nor recorded in the file.
     InputError
         Options that contradict each other.
@@ -350,13 +354,23 @@ def read_label_image(
     ('Tumor', 48.0, 0.5)
     """
     check_choice("on_nonfinite", on_nonfinite, ("raise", "skip"))
+    check_choice("on_missing_mpp", on_missing_mpp, ("raise", "level0"))
     arr, file_mpp = load_label_image(path, threshold=threshold)
+    if threshold is None:
+        with open(path, "rb") as fh:
+            if fh.read(3) == _JPEG_MAGIC:
+                raise FormatError(
+                    f"{path}: a JPEG (lossy: its edges hold every grey), not a label image: read it as a "
+                    "black-and-white mask with a threshold (threshold=127; qpbridge convert --threshold 127)"
+                )
     if affine is not None:
         if mpp is not None or slide_mpp is not None or tuple(offset_px) != (0.0, 0.0):
             raise InputError("give either affine, or mpp / slide_mpp / offset_px, not both")
         level0_mpp = None
     elif slide_mpp is not None:
         label_mpp = _check_mpp(mpp, "mpp") if mpp is not None else file_mpp
+        if label_mpp is None and on_missing_mpp == "level0":
+            label_mpp = _check_mpp(slide_mpp, "slide_mpp")
         if label_mpp is None:
             raise FormatError(
                 f"{path}: label image without a pixel size (no resolution in the file) and slide_mpp={slide_mpp} was "

@@ -10,7 +10,11 @@ endings of QuPath's GeoJSON (see ``docs/qupath-geojson.md``):
 * :data:`QUPATH_IMPORT_SUFFIXES`: those and ``.zip``, ``.qpdata``, every name QuPath's *Import objects*
   reads (any letter case; from any other file it imports 0 objects, without an error);
 * :data:`PREDICTION_SUFFIXES` (``.geojson``, ``.geojson.gz``): the prediction and corrections files of a
-  project, which :func:`geojson_file_base` turns back into the image's base name.
+  project, which :func:`geojson_file_base` turns back into the image's base name;
+* :data:`ANNOTATION_SUFFIXES` (those of GeoJSON and ``.xml``, ``.xml.gz``): the annotation files of every
+  vector format qpbridge reads (QuPath GeoJSON, ASAP and ImageScope XML, DSA JSON; :func:`is_annotation_path`),
+  and :data:`ANNOTATION_BASE_SUFFIXES`, the endings :func:`annotation_file_base` strips from a file named
+  for its slide (``slide1.geojson``, ``slide1.xml``).
 
 **File names.** A prediction for an image lives in ``<project>/qpbridge/<base>.geojson`` (or
 ``.geojson.gz``), a pathologist's corrections in ``<project>/qpbridge/corrections/<base>.geojson`` with a
@@ -56,6 +60,8 @@ from qpbridge.errors import InputError
 from qpbridge.slide import SLIDE_SUFFIXES
 
 __all__ = [
+    "ANNOTATION_BASE_SUFFIXES",
+    "ANNOTATION_SUFFIXES",
     "CORRECTIONS_DIRNAME",
     "CORRECTIONS_SUFFIX",
     "FORBIDDEN_FILENAME_CHARS",
@@ -85,13 +91,16 @@ __all__ = [
     "SIDECAR_VERSION_KEY",
     "SIDECAR_WIDTH_KEY",
     "SLIDE_EXTENSIONS",
+    "XML_ANNOTATION_SUFFIXES",
     "CorrectionsSidecar",
+    "annotation_file_base",
     "corrections_dir",
     "corrections_paths",
     "corrections_sidecar_path",
     "describe_suffixes",
     "geojson_file_base",
     "image_basename",
+    "is_annotation_path",
     "is_geojson_path",
     "check_export_holds",
     "is_prediction_feature",
@@ -120,6 +129,17 @@ QUPATH_IMPORT_SUFFIXES: tuple[str, ...] = (*GEOJSON_SUFFIXES, ".zip", ".qpdata")
 
 #: Endings of a prediction file, in the order the import script looks for them.
 PREDICTION_SUFFIXES: tuple[str, ...] = (".geojson", ".geojson.gz")
+
+#: ASAP XML and Aperio ImageScope XML annotation files, plain or gzip-compressed.
+XML_ANNOTATION_SUFFIXES: tuple[str, ...] = (".xml", ".xml.gz")
+
+#: Vector annotation files qpbridge reads (:func:`qpbridge.formats.read_annotations`): QuPath GeoJSON, DSA JSON
+#: (``.json``), ASAP and ImageScope XML. Label images (PNG, TIFF) are masks, not in this list.
+ANNOTATION_SUFFIXES: tuple[str, ...] = (*GEOJSON_SUFFIXES, *XML_ANNOTATION_SUFFIXES)
+
+#: Endings of an annotation file named for its slide (``<base>.geojson``, ``<base>.xml``), GeoJSON first;
+#: ``.json`` is left out: in a corrections folder it is a sidecar.
+ANNOTATION_BASE_SUFFIXES: tuple[str, ...] = (*PREDICTION_SUFFIXES, *XML_ANNOTATION_SUFFIXES)
 
 #: Ending of a corrections GeoJSON file and of its sidecar.
 CORRECTIONS_SUFFIX = ".geojson"
@@ -256,6 +276,38 @@ def is_geojson_path(path: str | os.PathLike[str]) -> bool:
     (True, False, False)
     """
     return Path(path).name.lower().endswith(GEOJSON_SUFFIXES)
+
+
+def is_annotation_path(path: str | os.PathLike[str]) -> bool:
+    """True for a vector annotation file name (:data:`ANNOTATION_SUFFIXES`, any letter case): GeoJSON, DSA JSON,
+    ASAP or ImageScope XML; a label image (PNG, TIFF) is a mask, not one of these.
+
+    Examples
+    --------
+    >>> is_annotation_path("A01.XML"), is_annotation_path("cells.geojson.gz"), is_annotation_path("mask.png")
+    (True, True, False)
+    """
+    return Path(path).name.lower().endswith(ANNOTATION_SUFFIXES)
+
+
+def annotation_file_base(path: str | os.PathLike[str]) -> str | None:
+    """The ``<base>`` of an annotation file named for its slide: :func:`geojson_file_base`, else the name less
+    ``.xml`` or ``.xml.gz`` (any letter case); ``None`` for any other name (``.json`` included).
+
+    Examples
+    --------
+    >>> annotation_file_base("A01.xml"), annotation_file_base("c/slide1.geojson"), annotation_file_base("a.json")
+    ('A01', 'slide1', None)
+    """
+    base = geojson_file_base(path)
+    if base is not None:
+        return base
+    name = Path(path).name
+    lower = name.lower()
+    for suffix in sorted(XML_ANNOTATION_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix) and len(lower) > len(suffix):
+            return name[: -len(suffix)]
+    return None
 
 
 def geojson_file_base(path: str | os.PathLike[str]) -> str | None:

@@ -312,7 +312,9 @@ def build_tile_dataset(
     slide_path
         The slide (any format :func:`qpbridge.slide.open_slide` reads).
     geojson_path
-        QuPath objects of that slide (:func:`qpbridge.qupath.read_geojson`), level-0 pixels.
+        The objects of that slide, level-0 pixels: QuPath GeoJSON or any format
+        :func:`qpbridge.formats.read_annotations` reads (ASAP or ImageScope XML, DSA JSON; a label image as the
+        class labels of ``config``, placed by the resolution it records, else at level 0).
     out_dir
         The dataset folder (created; a folder holding a dataset gets this slide appended).
     config
@@ -340,7 +342,8 @@ def build_tile_dataset(
     >>> s.kept_by_class                                                                   # doctest: +SKIP
     {0: 812, 1: 40, 2: 13, 3: 96}
     """
-    from qpbridge.qupath import read_geojson, require_features
+    from qpbridge.formats import label_options_for_slide, read_annotations
+    from qpbridge.qupath import require_features
 
     started = time.perf_counter()
     config = (config or MaskConfig()).checked()
@@ -366,7 +369,9 @@ def build_tile_dataset(
             warnings.append(
                 f"tiles at {config.mpp} um/px are finer than the slide ({slide.mpp:.4g} um/px): images are upsampled"
             )
-        result = require_features(read_geojson(geojson_path), geojson_path)
+        names = {c.label: c.name for c in config.class_map.classes}
+        options = label_options_for_slide(names, slide.mpp)
+        result = require_features(read_annotations(geojson_path, format_options=options), geojson_path)
         warnings.extend(result.warnings[:20])
         if len(result.warnings) > 20:
             warnings.append(f"... and {len(result.warnings) - 20} more GeoJSON warnings")
