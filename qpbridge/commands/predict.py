@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 import typer
@@ -43,7 +44,12 @@ def register(app: typer.Typer) -> None:
             "Examples:\n\n"
             "  qpbridge predict slide.svs -o slide.geojson --overlay slide.png\n\n"
             "  qpbridge predict slides/ -o predictions/ --device cuda\n\n"
-            "  qpbridge predict slide.svs -o slide.geojson --no-roi --min-area-um2 50"
+            "  qpbridge predict slide.svs -o slide.geojson --no-roi --min-area-um2 50\n\n"
+            "Many slides at once (Dask: pip install 'qpbridge[distributed]'; a summary of the run goes to "
+            "<folder>/qpbridge-run.json):\n\n"
+            "  qpbridge predict slides/ -o predictions/ --workers 4\n\n"
+            "  qpbridge predict slides/ -o predictions/ --device cuda --workers 4   (4 GPUs: one worker each)\n\n"
+            "  qpbridge predict slides/ -o predictions/ --scheduler tcp://head-node:8786"
         ),
     )
     def predict_cmd(
@@ -76,6 +82,14 @@ def register(app: typer.Typer) -> None:
         heatmap: bool = typer.Option(False, "--heatmap", help="Also write tiles with class probabilities."),
         overlay: Path | None = typer.Option(None, "--overlay", help="Write a thumbnail PNG with predictions."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace finished outputs."),
+        workers: int = typer.Option(
+            1, "--workers",
+            help="Slides at a time, each in a worker process of a Dask cluster started on this machine (needs "
+                 "qpbridge[distributed]). Each worker gets cores // N threads (or --threads); with --device cuda, "
+                 "worker i gets GPU i mod (GPUs). 1: one slide after the other, in this process."),
+        scheduler: str | None = typer.Option(
+            None, "--scheduler", envvar="QPBRIDGE_SCHEDULER",
+            help="Run the slides on a running Dask cluster: its scheduler's address (e.g. tcp://head-node:8786)."),
     ) -> None:
         from qpbridge.predict import PredictConfig, predict_slides
 
@@ -87,8 +101,10 @@ def register(app: typer.Typer) -> None:
                 object_type=object_type, min_area_um2=min_area_um2, simplify_um=simplify_um, heatmap=heatmap,
                 overlay=overlay,
             )
-            batch = predict_slides(slides, output, config, overwrite=overwrite, progress=_progress_bar, warn=warn,
-                                   report=_report)
+            with _SlidesBar() as slides_bar:
+                batch = predict_slides(slides, output, config, overwrite=overwrite, progress=_progress_bar,
+                                       warn=warn, report=_report, workers=workers, scheduler=scheduler or None,
+                                       slides_progress=slides_bar.update)
             if failures := batch.count("failed"):
                 typer.echo(f"{failures} of {len(batch.outcomes)} slides failed", err=True)
                 raise typer.Exit(1)
@@ -115,6 +131,37 @@ def _progress_bar(job: SlideJob) -> Iterator[StageProgress]:
         yield progress
 
 
+class _SlidesBar:
+    """Progress across slides (a batch on Dask): slides done / to run, slides per minute, ETA; started by the
+    first update, so that a serial batch (which shows each slide's stages instead) never opens it."""
+
+    def __init__(self) -> None:
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
+        self.began = 0.0
+
+    def __enter__(self) -> _SlidesBar:
+        return self
+
+    def update(self, done: int, total: int) -> None:
+        if self.bar is None:
+            columns = (TextColumn("slides"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                       TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+            self.bar = Progress(*columns, console=err_console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("slides", total=total, rate="")
+            self.began = time.perf_counter()
+        assert self.task is not None
+        minutes = max(time.perf_counter() - self.began, 1e-9) / 60
+        self.bar.update(self.task, completed=done, total=total, rate=f"{done / minutes:.1f} slides/min")
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
 def _report(outcome: SlideOutcome) -> None:
     """One line per slide: what it wrote (stdout), or why it was skipped or failed (stderr)."""
     slide_path, target = outcome.job.slide, outcome.job.output
@@ -126,6 +173,7 @@ def _report(outcome: SlideOutcome) -> None:
         return
     summary = outcome.summary
     assert summary is not None
+    where = f" on {outcome.worker}" if outcome.worker else ""
     by_class = ", ".join(f"{name} {count}" for name, count in sorted(summary.features_by_class.items())) or "none"
     roi = (f", ROI {summary.roi_fraction_of_tissue:.1%} of tissue" if summary.roi_fraction_of_tissue is not None
            else "")
@@ -135,5 +183,5 @@ def _report(outcome: SlideOutcome) -> None:
         f"{slide_path} -> {target}: {summary.features_written} features ({by_class}); tissue "
         f"{summary.tissue_fraction:.1%} of slide{roi}{saved}; {summary.windows_run} windows "
         f"({summary.network_mpx:.1f} MP) in "
-        f"{summary.timings_s.get('total_s', 0):.1f} s"
+        f"{summary.timings_s.get('total_s', 0):.1f} s{where}"
     )
