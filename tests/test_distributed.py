@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -51,8 +52,6 @@ def slides(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("slides")
     for seed in range(N_SLIDES):
         write_synthetic_slide(folder / f"case{seed}.svs", width_px=1024, height_px=768, seed=seed)
-    for truth in folder.glob("*.geojson"):  # the truth beside each slide is not a slide, but keep the folder plain
-        truth.unlink()
     return folder
 
 
@@ -223,10 +222,11 @@ print([o.status for o in a.outcomes + b.outcomes], "distributed" in sys.modules,
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A loopback cluster of 2 worker processes (1 thread each) started as ``--workers 2`` starts one, with the
-    test hook armed by creating the returned marker file."""
+    test hook armed by creating the returned marker file; its workers declare ``GPU=1`` as GPU workers of a
+    running cluster would (they have none: ``--device auto`` runs on their CPU)."""
     pytest.importorskip("distributed")
     marker = tmp_path_factory.mktemp("hook") / "die-once"
-    plans = dist.plan_workers(2, cores=2, threads=1)
+    plans = [replace(plan, resources={"GPU": 1.0}) for plan in dist.plan_workers(2, cores=2, threads=1)]
     for plan in plans:
         plan.env[dist.DIE_ONCE_ENV] = str(marker)
     local = dist.start_local_cluster(plans)
@@ -326,24 +326,36 @@ def test_unreadable_slide_fails_alone_and_a_rerun_skips_the_finished(
 
 @pytest.mark.slow
 def test_models_load_once_per_worker_and_workers_wait_passively(
-    tmp_path: Path, slides: Path, tiny_models: tuple[Path, Path], cluster: tuple[str, Path]
+    tmp_path: Path, slides: Path, tiny_models: tuple[Path, Path], cluster: tuple[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from distributed import Client
+    """Also: ``--device auto`` on a cluster whose workers declare GPUs asks each slide for ``GPU=1``."""
+    import distributed
 
     address, _ = cluster
     config = PredictConfig(model_roi=str(tiny_models[0]), model_cell=str(tiny_models[1]), roi_only=True,
-                           layout="nchw")  # threads left to the workers
-    with Client(address) as client:
+                           layout="nchw", device="auto")  # threads left to the workers
+    asked: list[object] = []
+    submit = distributed.Client.submit
+
+    def recording_submit(self: distributed.Client, *args: object, **kwargs: object) -> object:
+        asked.append(kwargs.get("resources"))
+        return submit(self, *args, **kwargs)
+
+    monkeypatch.setattr(distributed.Client, "submit", recording_submit)
+    with distributed.Client(address) as client:
         client.run(lambda: dist.model_cache().clear())
         batch = predict_slides([slides], tmp_path, config, scheduler=address)
         assert batch.count("done") == N_SLIDES
         counts = client.run(lambda: (dist.model_cache().loads, dist.model_cache().hits))
         settings = client.run(lambda: (os.environ["OMP_WAIT_POLICY"], torch.get_num_threads()))
-    per_worker = {s["worker"] for s in _run_json(tmp_path)["slides"]}
-    assert sum(loads for loads, _ in counts.values()) == len(per_worker)  # one ROI model load per worker used
+    used = {s["worker"] for s in _run_json(tmp_path)["slides"]}
+    assert {address: counts[address][0] for address in used} == dict.fromkeys(used, 1)  # one ROI model load each
     assert sum(loads + hits for loads, hits in counts.values()) == N_SLIDES
     # OpenMP waits passively; on a running cluster torch takes the worker's cores (here: all, 1 Dask thread).
-    assert set(settings.values()) == {("PASSIVE", usable_cpu_count())}
+    assert {settings[address] for address in used} == {("PASSIVE", usable_cpu_count())}
+    assert {os_policy for os_policy, _ in settings.values()} == {"PASSIVE"}
+    assert asked == [{"GPU": 1.0}] * N_SLIDES
 
 
 @pytest.mark.slow

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -45,10 +46,11 @@ def register(app: typer.Typer) -> None:
             "  qpbridge predict slide.svs -o slide.geojson --overlay slide.png\n\n"
             "  qpbridge predict slides/ -o predictions/ --device cuda\n\n"
             "  qpbridge predict slide.svs -o slide.geojson --no-roi --min-area-um2 50\n\n"
-            "Many slides at once (Dask: pip install 'qpbridge[distributed]'; a summary of the run goes to "
-            "<folder>/qpbridge-run.json):\n\n"
+            "Many slides at once, on a Dask cluster of this machine (--workers: on 4 GPUs, one worker each) or a "
+            "running one (--scheduler); needs pip install 'qpbridge[distributed]'; the run's summary goes to "
+            "<folder>/qpbridge-run.json:\n\n"
             "  qpbridge predict slides/ -o predictions/ --workers 4\n\n"
-            "  qpbridge predict slides/ -o predictions/ --device cuda --workers 4   (4 GPUs: one worker each)\n\n"
+            "  qpbridge predict slides/ -o predictions/ --device cuda --workers 4\n\n"
             "  qpbridge predict slides/ -o predictions/ --scheduler tcp://head-node:8786"
         ),
     )
@@ -101,9 +103,10 @@ def register(app: typer.Typer) -> None:
                 object_type=object_type, min_area_um2=min_area_um2, simplify_um=simplify_um, heatmap=heatmap,
                 overlay=overlay,
             )
-            with _SlidesBar() as slides_bar:
+            with _SlidesBar() as slides_bar:  # lines go above it while it shows (a batch on Dask)
                 batch = predict_slides(slides, output, config, overwrite=overwrite, progress=_progress_bar,
-                                       warn=warn, report=_report, workers=workers, scheduler=scheduler or None,
+                                       warn=slides_bar.warn, report=lambda o: _report(o, slides_bar.echo),
+                                       workers=workers, scheduler=scheduler or None,
                                        slides_progress=slides_bar.update)
             if failures := batch.count("failed"):
                 typer.echo(f"{failures} of {len(batch.outcomes)} slides failed", err=True)
@@ -133,7 +136,8 @@ def _progress_bar(job: SlideJob) -> Iterator[StageProgress]:
 
 class _SlidesBar:
     """Progress across slides (a batch on Dask): slides done / to run, slides per minute, ETA; started by the
-    first update, so that a serial batch (which shows each slide's stages instead) never opens it."""
+    first update, so that a serial batch (which shows each slide's stages instead) never opens it. While it
+    shows, :meth:`echo` and :meth:`warn` print above it (stdout lines too, when stdout is the terminal)."""
 
     def __init__(self) -> None:
         self.bar: Progress | None = None
@@ -147,13 +151,28 @@ class _SlidesBar:
         if self.bar is None:
             columns = (TextColumn("slides"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-            self.bar = Progress(*columns, console=err_console, transient=True)
+            self.bar = Progress(*columns, console=err_console, transient=True, redirect_stdout=False,
+                                redirect_stderr=False)
             self.bar.start()
             self.task = self.bar.add_task("slides", total=total, rate="")
             self.began = time.perf_counter()
         assert self.task is not None
         minutes = max(time.perf_counter() - self.began, 1e-9) / 60
         self.bar.update(self.task, completed=done, total=total, rate=f"{done / minutes:.1f} slides/min")
+
+    def echo(self, line: str, err: bool = False) -> None:
+        """``typer.echo(line, err=err)``, above the bar while it shows."""
+        if self.bar is not None and (err or sys.stdout.isatty()):
+            self.bar.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        else:
+            typer.echo(line, err=err)
+
+    def warn(self, message: str) -> None:
+        """One warning line on stderr (above the bar while it shows)."""
+        if self.bar is not None:
+            self.echo(f"warning: {message}", err=True)
+        else:
+            warn(message)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -162,14 +181,14 @@ class _SlidesBar:
             self.bar.stop()
 
 
-def _report(outcome: SlideOutcome) -> None:
+def _report(outcome: SlideOutcome, echo: Callable[..., None] = typer.echo) -> None:
     """One line per slide: what it wrote (stdout), or why it was skipped or failed (stderr)."""
     slide_path, target = outcome.job.slide, outcome.job.output
     if outcome.status == "skipped":
         err_console.print(f"skip {slide_path}: {target} is finished (use --overwrite to redo it)")
         return
     if outcome.status == "failed":
-        typer.echo(f"error: {slide_path}: {outcome.error}", err=True)
+        echo(f"error: {slide_path}: {outcome.error}", err=True)
         return
     summary = outcome.summary
     assert summary is not None
@@ -179,7 +198,7 @@ def _report(outcome: SlideOutcome) -> None:
            else "")
     saved = (f", ROI gate saved {summary.high_mag_saved_frac:.0%} of the high-mag work"
              if summary.high_mag_saved_frac is not None else "")
-    typer.echo(
+    echo(
         f"{slide_path} -> {target}: {summary.features_written} features ({by_class}); tissue "
         f"{summary.tissue_fraction:.1%} of slide{roi}{saved}; {summary.windows_run} windows "
         f"({summary.network_mpx:.1f} MP) in "

@@ -206,17 +206,23 @@ def start_local_cluster(plans: Sequence[WorkerPlan], *, memory_limit: str | int 
     unit), each started with its plan's environment, so that OpenMP reads it before torch is imported there.
 
     ``memory_limit`` per worker defaults to Dask's share of this machine's memory (total / workers): a worker that
-    passes 95% of it is restarted and its slide rerun. Dask's own defaults for a worker's environment before
-    it starts (``MALLOC_TRIM_THRESHOLD_``, single-threaded OpenMP) are left out: the workers allocate as the
-    serial path does, and the process that starts them keeps its environment.
+    passes 95% of it is restarted and its slide rerun. A slide's arrays are the task's own ("unmanaged" to Dask),
+    so Dask's spilling and pausing, and their warnings, are off. Dask's own defaults for a worker's environment
+    before it starts (``MALLOC_TRIM_THRESHOLD_``, single-threaded OpenMP) are left out: the workers allocate as
+    the serial path does, and the process that starts them keeps its environment.
     """
     import dask
     from distributed import LocalCluster
     from distributed.system import MEMORY_LIMIT
 
     limit = memory_limit if memory_limit is not None else MEMORY_LIMIT // max(1, len(plans))
-    settings = {"distributed.nanny.pre-spawn-environ": {},
-                "distributed.scheduler.worker-saturation": 1.0}  # a slide waits at the scheduler, not behind another
+    settings = {
+        "distributed.nanny.pre-spawn-environ": {},
+        "distributed.scheduler.worker-saturation": 1.0,  # a slide waits at the scheduler, not behind another
+        "distributed.worker.memory.target": False, "distributed.worker.memory.spill": False,
+        "distributed.worker.memory.pause": False,
+        "distributed.admin.tick.limit": "60s",  # a busy slide may hold a worker's event loop for seconds
+    }
     with dask.config.set(settings):
         cluster = LocalCluster(n_workers=0, threads_per_worker=1, processes=True, dashboard_address=None,
                                scheduler_kwargs={"dashboard": False})
@@ -402,9 +408,9 @@ def run_slide(job: SlideJob, config: PredictConfig, overwrite: bool = False) -> 
 @contextmanager
 def _client(
     workers: int, scheduler: str | None, config: PredictConfig
-) -> Iterator[tuple[Client, PredictConfig, dict[str, float] | None]]:
+) -> Iterator[tuple[Client, PredictConfig, dict[str, float] | None, str]]:
     """A client of a running cluster or of a local one started for the batch; the config the tasks get; the
-    resources each task asks for."""
+    resources each task asks for; the scheduler's address."""
     from distributed import Client
 
     if scheduler:
@@ -414,8 +420,13 @@ def _client(
             raise InputError(f"cannot reach the Dask scheduler at {scheduler} ({exc}): start it, or check "
                              f"--scheduler / ${SCHEDULER_ENV}") from None
         with client:
-            declared = [info.get("resources", {}) for info in client.scheduler_info()["workers"].values()]
-            yield client, config, task_resources(config.device, declared)
+            resources = None
+            if config.device == "auto" or config.device.startswith("cuda"):
+                client.wait_for_workers(1)  # a cluster still queueing its jobs: what its workers declare decides
+                declared = client.run_on_scheduler(
+                    lambda dask_scheduler: [dict(w.resources) for w in dask_scheduler.workers.values()])
+                resources = task_resources(config.device, declared)
+            yield client, config, resources, scheduler
         return
 
     import torch
@@ -435,7 +446,7 @@ def _client(
     cluster = start_local_cluster(plans)
     try:
         with Client(cluster) as client:
-            yield client, task_config, {"GPU": 1.0} if gpus else None
+            yield client, task_config, {"GPU": 1.0} if gpus else None, str(cluster.scheduler_address)
     finally:
         nanny = logging.getLogger("distributed.nanny")
         quiet = _SlowExitFilter()
@@ -536,7 +547,7 @@ def _run_tasks(
     report: Callable[[SlideOutcome], None] | None, slides_progress: Callable[[int, int], None] | None,
     batch: str, as_completed: Any,
 ) -> str:
-    with _client(workers, scheduler, config) as (client, task_config, resources):
+    with _client(workers, scheduler, config) as (client, task_config, resources, address):
         attempts: dict[Any, tuple[int, int]] = {}
 
         def submit(i: int, attempt: int) -> Any:
@@ -572,7 +583,7 @@ def _run_tasks(
                 report(outcome)
             if slides_progress is not None:
                 slides_progress(finished, len(todo))
-        return str(client.scheduler_info().get("address", scheduler or ""))
+        return address
 
 
 # ------------------------------------------------------------------------------------------- the run summary
