@@ -432,8 +432,10 @@ def predict_slides(
     plan = plan_batch(slides, output, overlay=config.overlay is not None)
     config.check()
     if plan.several and (workers > 1 or scheduler):
-        return distributed.predict_batch(plan, config, workers=workers, scheduler=scheduler, overwrite=overwrite,
-                                         warn=warn, report=report, slides_progress=slides_progress)
+        from qpbridge.predict.distributed import predict_batch
+
+        return predict_batch(plan, config, workers=workers, scheduler=scheduler, overwrite=overwrite, warn=warn,
+                             report=report, slides_progress=slides_progress)
     started = time.time()
     outcomes: list[SlideOutcome] = []
     for job in plan.jobs:
