@@ -42,9 +42,10 @@ from qpbridge.errors import InputError, OutputError, QpbridgeError
 from qpbridge.memory import HeapTrimmer
 from qpbridge.models import LoadedModel, inference_network, load_model
 from qpbridge.naming import prediction_filename, prediction_properties
-from qpbridge.predict.cells import CellOptions, CellResult, segment_cells
+from qpbridge.predict.cells import CellOptions, CellResult, cell_mpp, segment_cells
 from qpbridge.predict.config import PredictConfig, PredictSummary, Progress
 from qpbridge.predict.overlay import Overlay
+from qpbridge.predict.rasters import RasterWriter, check_raster_targets
 from qpbridge.predict.roi import RoiGate, RoiResult, detect_roi
 from qpbridge.predict.segmenter import SegmenterSettings, native_bf16
 from qpbridge.qupath import Feature, GeoJSONWriter
@@ -148,7 +149,7 @@ class _Emitter:
 def _run_stages(
     slide: Slide, tissue: TissueMask, models: _Models, config: PredictConfig, settings: SegmenterSettings,
     emit: _Emitter, overlay: Overlay | None, progress: Progress | None, trimmer: HeapTrimmer,
-    timings: dict[str, float],
+    timings: dict[str, float], rasters: RasterWriter | None = None,
 ) -> tuple[RoiResult | None, CellResult | None]:
     """ROI -> gate -> cells over a slide with tissue; features go to ``emit`` as the stages make them."""
     roi = cells = None
@@ -171,7 +172,8 @@ def _run_stages(
                               min_area_um2=config.min_area_um2, simplify_um=config.simplify_um,
                               heatmap_um=config.heatmap_um if config.heatmap else None)
         cells = segment_cells(slide, models.cell, tissue, gate, settings, options, emit=emit,
-                              paint=overlay.paint if overlay is not None else None, progress=progress, trim=trimmer)
+                              paint=overlay.paint if overlay is not None else None, progress=progress, trim=trimmer,
+                              write_block=rasters.write_block if rasters is not None else None)
         timings["cells_s"] = time.perf_counter() - clock
     return roi, cells
 
@@ -202,6 +204,7 @@ def predict_slide(
         config = replace(config, overlay=Path(config.overlay))
     slide_path, output = Path(slide_path), Path(output)
     _check_output(output)
+    check_raster_targets(config.labels, config.probabilities, output=output, overlay=config.overlay)
     warnings: list[str] = []
 
     def _warn(message: str) -> None:
@@ -242,17 +245,24 @@ def predict_slide(
             colors.update({c.name: c.color for c in model.card.classes})
         roi: RoiResult | None = None
         cells: CellResult | None = None
-        with GeoJSONWriter(output, default_color=colors) as writer:
+        rasters = (RasterWriter.for_slide(config.labels, config.probabilities, slide, cell_mpp(slide, models.cell.card),
+                                          models.cell.card.classes)
+                   if models.cell is not None and (config.labels or config.probabilities) else None)
+        # The rasters' pyramids are built and committed after the GeoJSON is (and removed if anything fails).
+        with rasters if rasters is not None else nullcontext(), GeoJSONWriter(output, default_color=colors) as writer:
             emit = _Emitter(writer, offset, prediction_properties(run))
             if tissue.tissue.any():
                 roi, cells = _run_stages(slide, tissue, models, config, settings, emit, overlay, progress, trimmer,
-                                         timings)
+                                         timings, rasters)
+        if rasters is not None:
+            timings["rasters_s"] = rasters.close_s
         if overlay is not None and config.overlay is not None:
             _save_overlay(overlay, config.overlay, models)
 
     timings["total_s"] = sum(timings.values())
     summary = _summary(slide_path, output, slide_mpp, (width, height), tissue, roi, cells, config,
                        writer.summary.written, emit.by_class, timings, warnings)
+    summary.rasters = [info.to_json() for info in rasters.infos] if rasters is not None else []
     _write_meta(output, run, slide_path, config, threads, device, models, offset, summary)
     return summary
 
@@ -411,6 +421,8 @@ def predict_slides(
     config = config or PredictConfig()
     plan = plan_batch(slides, output, overlay=config.overlay is not None)
     config.check()
+    if plan.several and (config.labels is not None or config.probabilities is not None):
+        raise InputError("--labels and --probabilities take one slide; several were given")
     outcomes: list[SlideOutcome] = []
     for job in plan.jobs:
         if is_finished(job.output) and not overwrite:

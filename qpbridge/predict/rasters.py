@@ -1,0 +1,531 @@
+"""Label and probability rasters of the cell stage: pyramidal, tiled, deflate-compressed OME-TIFF, written block by
+block at the cell model's um/px (``qpbridge predict --labels OUT.ome.tif --probabilities OUT.ome.tif``).
+
+:class:`RasterWriter` is opened with the raster's size (the slide at the cell model's um/px) and the model's class
+table. :meth:`RasterWriter.write_block` stores each block the cell stage finishes into a raw level-0 file on disk
+beside the output (sparse: a block that never arrives reads as background, and costs neither memory nor disk);
+:meth:`RasterWriter.close` then streams that file into the TIFF tile row by tile row, each chunk of tiles also
+reduced 2 x 2 into the raw file of the level below, and so on down the pyramid; the TIFF is written through
+:func:`qpbridge.atomic.atomic_path` and appears only when complete. :meth:`RasterWriter.abort` removes
+everything. Memory is bounded by a block (writing) and by a chunk of ``tile_px`` rows x ``CHUNK_TILES`` tiles
+(building the pyramid): never a whole-slide array at the model's resolution.
+
+The files:
+
+- **labels** (``uint8``, one plane): the cell model's class label of each pixel where it ran, 0 (the
+  background/normal label) where it did not. Lower levels: the mode of each 2 x 2 block (:func:`mode_reduce`;
+  a tie goes to the top-left pixel, i.e. nearest sampling), so they hold class labels only.
+- **probabilities** (``uint8``, one plane per class, ``round(255 p)``; 0 in every channel where the model did
+  not run). Lower levels: the rounded mean of each 2 x 2 block (:func:`mean_reduce`).
+
+Both carry OME-XML (what QuPath's Bio-Formats reader, napari's tifffile reader and ``tifffile`` read):
+``PhysicalSizeX/Y`` in um, one ``Channel`` per plane (probabilities: the class name and colour; labels: "Class
+label"), a ``MapAnnotation`` label -> class name (namespace :data:`CLASSES_NAMESPACE`) and one label -> colour
+(:data:`COLORS_NAMESPACE`), and a ``CommentAnnotation`` holding the same as JSON (:data:`INFO_NAMESPACE`), which
+:func:`read_raster_info` reads back. Reduced levels are SubIFDs of each plane (the OME-TIFF pyramid QuPath
+reads); TIFF ``XResolution`` / ``ResolutionUnit`` carry the pixel size too, for readers that ignore OME-XML
+(OpenSlide opens the files as ``generic-tiff``, level 0 only: it does not follow SubIFDs).
+
+The raster grid is the slide's level 0 scaled by ``mpp / slide mpp`` (origin at level-0 pixel (0, 0), not at
+QuPath's bounds offset, which the JSON records).
+
+Example
+-------
+>>> import tempfile, pathlib
+>>> from qpbridge.classes import DEEPBATCH_CLASSES
+>>> from qpbridge.tiling import Window
+>>> folder = pathlib.Path(tempfile.mkdtemp())
+>>> writer = RasterWriter(folder / "x.labels.ome.tif", folder / "x.probs.ome.tif", width_px=600, height_px=400,
+...                       mpp=1.0, classes=DEEPBATCH_CLASSES, tile_px=128)
+>>> probs = np.zeros((4, 100, 100), np.float32); probs[3] = 1.0
+>>> writer.write_block(Window(200, 100, 100, 100), np.full((100, 100), 3, np.uint8), probs)
+>>> [info.levels for info in writer.close()]
+[4, 4]
+>>> info = read_raster_info(folder / "x.labels.ome.tif")
+>>> info.kind, info.mpp, info.width_px, [c.name for c in info.classes]
+('labels', 1.0, 600, ['Normal', 'Benign', 'In situ carcinoma', 'Invasive carcinoma'])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import numpy as np
+
+from qpbridge import __version__
+from qpbridge.atomic import atomic_path
+from qpbridge.classes import ClassInfo
+from qpbridge.errors import FormatError, InputError, OutputError
+from qpbridge.tiling import Window
+
+__all__ = [
+    "CHUNK_TILES",
+    "CLASSES_NAMESPACE",
+    "COLORS_NAMESPACE",
+    "INFO_NAMESPACE",
+    "RASTER_SUFFIXES",
+    "TILE_PX",
+    "RasterInfo",
+    "RasterWriter",
+    "check_raster_targets",
+    "mean_reduce",
+    "mode_reduce",
+    "ome_color",
+    "pyramid_sizes",
+    "read_raster_info",
+]
+
+#: Names the raster outputs must end in (QuPath and Bio-Formats take a ``.ome.tif`` for an OME-TIFF).
+RASTER_SUFFIXES = (".ome.tif", ".ome.tiff")
+#: Side of the TIFF tiles, at every level; the pyramid stops at the first level that fits in one tile.
+TILE_PX = 512
+#: Tiles per chunk when the pyramid is built: a chunk (``tile_px`` rows x this many tiles) is what is held.
+CHUNK_TILES = 16
+#: OME ``MapAnnotation`` namespaces: class label -> class name, class label -> colour (``#rrggbb``).
+CLASSES_NAMESPACE = "qpbridge.org/classes"
+COLORS_NAMESPACE = "qpbridge.org/class-colors"
+#: OME ``CommentAnnotation`` namespace of the JSON that :func:`read_raster_info` reads back.
+INFO_NAMESPACE = "qpbridge.org/raster"
+
+_OME_NS = "{http://www.openmicroscopy.org/Schemas/OME/2016-06}"
+_BIGTIFF_ABOVE_BYTES = 3_500_000_000  # raw size of all levels above which the file is a BigTIFF
+
+
+def pyramid_sizes(width_px: int, height_px: int, tile_px: int = TILE_PX) -> list[tuple[int, int]]:
+    """(width, height) of each level: halved (rounded up) until a level fits in one tile.
+
+    >>> pyramid_sizes(5000, 3750)
+    [(5000, 3750), (2500, 1875), (1250, 938), (625, 469), (313, 235)]
+    >>> pyramid_sizes(300, 200)
+    [(300, 200)]
+    """
+    sizes = [(width_px, height_px)]
+    while max(sizes[-1]) > tile_px:
+        w, h = sizes[-1]
+        sizes.append((-(-w // 2), -(-h // 2)))
+    return sizes
+
+
+def _pad_even(a: np.ndarray) -> np.ndarray:
+    """``a`` (..., H, W) with its last row / column repeated where H / W is odd."""
+    pad_h, pad_w = a.shape[-2] % 2, a.shape[-1] % 2
+    if not (pad_h or pad_w):
+        return a
+    return np.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, pad_h), (0, pad_w)], mode="edge")
+
+
+def mode_reduce(labels: np.ndarray) -> np.ndarray:
+    """The most frequent label of each 2 x 2 block of ``labels`` (..., H, W) -> (..., ceil(H/2), ceil(W/2)).
+
+    A tie (2 + 2, or four different labels) goes to the block's top-left pixel (nearest sampling); an odd last
+    row or column is repeated.
+
+    >>> mode_reduce(np.array([[1, 2, 5, 5], [2, 0, 5, 3], [7, 7, 4, 4]], np.uint8)).tolist()
+    [[2, 5], [7, 4]]
+    """
+    a = _pad_even(labels)
+    tl, tr, bl, br = a[..., 0::2, 0::2], a[..., 0::2, 1::2], a[..., 1::2, 0::2], a[..., 1::2, 1::2]
+    tl_tr, tl_bl, tl_br = tl == tr, tl == bl, tl == br
+    tr_bl, tr_br, bl_br = tr == bl, tr == br, bl == br
+    out = tl.copy()
+    best = tl_tr.astype(np.uint8) + tl_bl + tl_br
+    for candidate, count in ((tr, tl_tr.astype(np.uint8) + tr_bl + tr_br), (bl, tl_bl.astype(np.uint8) + tr_bl + bl_br),
+                             (br, tl_br.astype(np.uint8) + tr_br + bl_br)):
+        better = count > best
+        out[better] = candidate[better]
+        np.maximum(best, count, out=best)
+    return out
+
+
+def mean_reduce(values: np.ndarray) -> np.ndarray:
+    """The rounded mean of each 2 x 2 block of uint8 ``values`` (..., H, W) -> (..., ceil(H/2), ceil(W/2));
+    an odd last row or column is repeated.
+
+    >>> mean_reduce(np.array([[0, 255, 10], [0, 255, 11]], np.uint8)).tolist()
+    [[128, 11]]
+    """
+    a = _pad_even(values)
+    total = a[..., 0::2, 0::2].astype(np.uint16)
+    total += a[..., 0::2, 1::2]
+    total += a[..., 1::2, 0::2]
+    total += a[..., 1::2, 1::2]
+    total += 2
+    total //= 4
+    return total.astype(np.uint8)
+
+
+def ome_color(rgb: Sequence[int]) -> int:
+    """An (r, g, b) colour as OME-XML's ``Color``: RGBA packed in a signed 32-bit integer (opaque).
+
+    >>> ome_color((255, 255, 255)), ome_color((215, 25, 35))
+    (-1, -686218241)
+    """
+    r, g, b = (int(v) for v in rgb)
+    packed = (r << 24) | (g << 16) | (b << 8) | 255
+    return packed - (1 << 32) if packed >= 1 << 31 else packed
+
+
+def _hex(rgb: Sequence[int]) -> str:
+    return "#" + "".join(f"{int(v):02x}" for v in rgb)
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What a raster output is (also the JSON in its OME-XML and in ``<out>.meta.json``)."""
+
+    kind: Literal["labels", "probabilities"]
+    path: str
+    mpp: float  #: um per pixel of level 0
+    width_px: int
+    height_px: int
+    levels: int  #: pyramid levels (level 0 and its SubIFDs), each half the one above (rounded up)
+    tile_px: int
+    classes: tuple[ClassInfo, ...]  #: the cell model's classes; probabilities: channel i is classes[i]
+    background_label: int = 0  #: the label where the model did not run
+    slide_mpp: float | None = None  #: um per pixel of the slide's level 0
+    qupath_offset_xy_px: tuple[int, int] = (0, 0)  #: level-0 px QuPath shows as (0, 0) (the raster starts at 0, 0)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (colours as ``[r, g, b]``)."""
+        return {
+            "kind": self.kind, "path": self.path, "mpp": self.mpp, "width_px": self.width_px,
+            "height_px": self.height_px, "levels": self.levels, "tile_px": self.tile_px,
+            "classes": [{"label": c.label, "name": c.name, "color": list(c.color)} for c in self.classes],
+            "background_label": self.background_label, "slide_mpp": self.slide_mpp,
+            "qupath_offset_xy_px": list(self.qupath_offset_xy_px), "qpbridge_version": __version__,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RasterInfo:
+        """The inverse of :meth:`to_json`."""
+        classes = tuple(ClassInfo(int(c["label"]), str(c["name"]), tuple(int(v) for v in c["color"]))  # type: ignore[arg-type]
+                        for c in data["classes"])
+        kind = data["kind"]
+        if kind not in ("labels", "probabilities"):
+            raise ValueError(f"unknown raster kind {kind!r}")
+        offset = data.get("qupath_offset_xy_px") or (0, 0)
+        return cls(kind=kind, path=str(data["path"]), mpp=float(data["mpp"]), width_px=int(data["width_px"]),
+                   height_px=int(data["height_px"]), levels=int(data["levels"]), tile_px=int(data["tile_px"]),
+                   classes=classes, background_label=int(data.get("background_label", 0)),
+                   slide_mpp=None if data.get("slide_mpp") is None else float(data["slide_mpp"]),
+                   qupath_offset_xy_px=(int(offset[0]), int(offset[1])))
+
+
+def read_raster_info(path: str | os.PathLike[str]) -> RasterInfo:
+    """The :class:`RasterInfo` a qpbridge raster output carries in its OME-XML; :class:`FormatError` for a file
+    that is not one. (See the module example.)"""
+    import tifffile
+
+    path = Path(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            xml = tif.ome_metadata
+    except (OSError, ValueError, tifffile.TiffFileError) as exc:
+        raise FormatError(f"{path}: not a readable TIFF ({exc})") from None
+    if not xml:
+        raise FormatError(f"{path}: no OME-XML: not a qpbridge label or probability raster")
+    try:
+        root = ET.fromstring(xml)
+        for note in root.iter(f"{_OME_NS}CommentAnnotation"):
+            if note.get("Namespace") == INFO_NAMESPACE:
+                value = note.find(f"{_OME_NS}Value")
+                if value is not None and value.text:
+                    return RasterInfo.from_json(json.loads(value.text))
+    except (ET.ParseError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise FormatError(f"{path}: unreadable qpbridge raster metadata ({exc})") from None
+    raise FormatError(f"{path}: its OME-XML has no {INFO_NAMESPACE} annotation: not a qpbridge raster")
+
+
+def check_raster_targets(
+    labels: Path | None, probabilities: Path | None, *, output: Path, overlay: Path | None = None
+) -> None:
+    """:class:`InputError` / :class:`OutputError` for raster outputs that clash with another output (``-o``,
+    ``--overlay``, each other), do not end in ``.ome.tif(f)`` or whose folder is missing.
+
+    >>> check_raster_targets(Path("a.ome.tif"), Path("a.ome.tif"), output=Path("a.geojson"))
+    Traceback (most recent call last):
+    ...
+    qpbridge.errors.InputError: --labels and --probabilities are the same file a.ome.tif: give each output its own path
+    """
+    others = [("-o", Path(output))] + ([("--overlay", Path(overlay))] if overlay is not None else [])
+    checked: list[tuple[str, Path]] = []
+    for flag, raw in (("--labels", labels), ("--probabilities", probabilities)):
+        if raw is None:
+            continue
+        path = Path(raw)
+        for other_flag, other in (*checked, *others):
+            if other.resolve() == path.resolve():
+                first, second = (other_flag, flag) if (other_flag, other) in checked else (flag, other_flag)
+                raise InputError(f"{first} and {second} are the same file {path}: give each output its own path")
+        checked.append((flag, path))
+        if not path.name.lower().endswith(RASTER_SUFFIXES):
+            raise InputError(f"{flag} {path} must end in .ome.tif or .ome.tiff (the OME-TIFF QuPath opens)")
+        folder = path.parent if str(path.parent) else Path(".")
+        if not folder.is_dir():
+            raise OutputError(f"{flag} folder {folder} does not exist: create it first or choose another path")
+
+
+class _RawLevel:
+    """One pyramid level of ``channels`` uint8 planes, raw and planar in a file (sparse until written)."""
+
+    def __init__(self, path: Path, width_px: int, height_px: int, channels: int) -> None:
+        self.path, self.width, self.height, self.channels = path, width_px, height_px, channels
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.ftruncate(self.fd, width_px * height_px * channels)  # zeros, without writing them
+
+    def write(self, channel: int, x: int, y: int, plane: np.ndarray) -> None:
+        """Store ``plane`` (h, w) of plane ``channel`` with its top-left at pixel (x, y)."""
+        plane = np.ascontiguousarray(plane, dtype=np.uint8)
+        h, w = plane.shape
+        base = (channel * self.height + y) * self.width + x
+        if x == 0 and w == self.width:  # whole rows: one write
+            os.pwrite(self.fd, plane.data, base)
+            return
+        for r in range(h):
+            os.pwrite(self.fd, plane[r].data, base + r * self.width)
+
+    def read(self, channel: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """The (h, w) pixels of plane ``channel`` from (x, y)."""
+        out = np.empty((h, w), np.uint8)
+        base = (channel * self.height + y) * self.width + x
+        if x == 0 and w == self.width:
+            os.preadv(self.fd, [out.data], base)
+            return out
+        for r in range(h):
+            os.preadv(self.fd, [out[r].data], base + r * self.width)
+        return out
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class _Raster:
+    """One raster output (labels or probabilities): its raw levels and how its pyramid is reduced."""
+
+    def __init__(self, kind: Literal["labels", "probabilities"], path: Path, workdir: Path, info: RasterInfo,
+                 sizes: list[tuple[int, int]]) -> None:
+        self.kind, self.path, self.info, self.sizes = kind, path, info, sizes
+        self.channels = len(info.classes) if kind == "probabilities" else 1
+        self.workdir = workdir
+        self.levels: list[_RawLevel | None] = [None] * len(sizes)
+        self.levels[0] = _RawLevel(workdir / f"{kind}.level0.raw", *sizes[0], self.channels)
+        self.reduce = mode_reduce if kind == "labels" else mean_reduce
+
+    def metadata(self) -> dict[str, Any]:
+        """tifffile's OME metadata of level 0."""
+        info = self.info
+        if self.kind == "labels":
+            channel = {"Name": ["Class label"], "Color": [ome_color((255, 255, 255))]}
+        else:
+            channel = {"Name": [c.name for c in info.classes], "Color": [ome_color(c.color) for c in info.classes]}
+        return {
+            "axes": "YX" if self.kind == "labels" else "CYX",
+            "Name": f"qpbridge {self.kind}",
+            "PhysicalSizeX": info.mpp, "PhysicalSizeXUnit": "µm",
+            "PhysicalSizeY": info.mpp, "PhysicalSizeYUnit": "µm",
+            "Channel": channel,
+            "MapAnnotation": [
+                {"Namespace": CLASSES_NAMESPACE, "Value": {str(c.label): c.name for c in info.classes}},
+                {"Namespace": COLORS_NAMESPACE, "Value": {str(c.label): _hex(c.color) for c in info.classes}},
+            ],
+            "CommentAnnotation": {"Namespace": INFO_NAMESPACE, "Value": json.dumps(info.to_json())},
+        }
+
+    def tiles(self, level: int, tile_px: int, chunk_px: int) -> Iterator[np.ndarray]:
+        """Level ``level``'s tiles in TIFF order (plane by plane, row-major), each chunk of tiles also reduced
+        into the next level's raw file before its tiles are yielded (tifffile closes the generator after the
+        last tile: nothing may follow the last yield)."""
+        source = self.levels[level]
+        assert source is not None
+        below = self.levels[level + 1] if level + 1 < len(self.levels) else None
+        for c in range(self.channels):
+            for y in range(0, source.height, tile_px):
+                h = min(tile_px, source.height - y)
+                for x0 in range(0, source.width, chunk_px):
+                    chunk = source.read(c, x0, y, min(chunk_px, source.width - x0), h)
+                    if below is not None:
+                        below.write(c, x0 // 2, y // 2, self.reduce(chunk))
+                    for tx in range(0, chunk.shape[1], tile_px):
+                        yield chunk[:, tx:tx + tile_px]
+
+    def write_tiff(self, tmp: Path, tile_px: int, chunk_px: int) -> None:
+        """Write the whole pyramid to ``tmp`` (an OME-TIFF), level by level, freeing each raw level when done."""
+        import tifffile
+
+        raw_bytes = sum(w * h for w, h in self.sizes) * self.channels
+        with tifffile.TiffWriter(tmp, ome=True, bigtiff=raw_bytes > _BIGTIFF_ABOVE_BYTES) as tif:
+            for level, (w, h) in enumerate(self.sizes):
+                if level + 1 < len(self.sizes):
+                    self.levels[level + 1] = _RawLevel(self.workdir / f"{self.kind}.level{level + 1}.raw",
+                                                       *self.sizes[level + 1], self.channels)
+                per_cm = 1e4 / (self.info.mpp * 2**level)  # pixels per cm at this level
+                tif.write(
+                    self.tiles(level, tile_px, chunk_px),
+                    shape=(h, w) if self.channels == 1 else (self.channels, h, w),
+                    dtype=np.uint8, tile=(tile_px, tile_px), photometric="minisblack", compression="zlib",
+                    resolution=(per_cm, per_cm), resolutionunit="CENTIMETER",
+                    subifds=len(self.sizes) - 1 if level == 0 else None,
+                    subfiletype=0 if level == 0 else 1,
+                    metadata=self.metadata() if level == 0 else None,
+                    software=f"qpbridge {__version__}",
+                )
+                self._drop(level)
+
+    def _drop(self, level: int) -> None:
+        raw = self.levels[level]
+        if raw is not None:
+            raw.close()
+            raw.path.unlink(missing_ok=True)
+            self.levels[level] = None
+
+    def close(self) -> None:
+        for level in range(len(self.levels)):
+            self._drop(level)
+
+
+class RasterWriter:
+    """Label and/or probability OME-TIFFs (``labels``, ``probabilities``: their paths, either may be None) of a
+    ``width_px x height_px`` raster at ``mpp``, written block by block; see the module docstring.
+
+    ``classes`` is the cell model's class table (label, name, colour; probabilities: channel i is
+    ``classes[i]``). As a context manager it :meth:`close`\\ s on a clean exit and :meth:`abort`\\ s on an
+    exception. ``close_s`` is the time :meth:`close` took (building the pyramids).
+    """
+
+    def __init__(
+        self, labels: str | os.PathLike[str] | None, probabilities: str | os.PathLike[str] | None, *,
+        width_px: int, height_px: int, mpp: float, classes: Sequence[Any], slide_mpp: float | None = None,
+        qupath_offset_xy_px: tuple[int, int] = (0, 0), tile_px: int = TILE_PX, chunk_tiles: int = CHUNK_TILES,
+    ) -> None:
+        targets: list[tuple[Literal["labels", "probabilities"], Path]] = []
+        if labels is not None:
+            targets.append(("labels", Path(labels)))
+        if probabilities is not None:
+            targets.append(("probabilities", Path(probabilities)))
+        if not targets:
+            raise ValueError("RasterWriter needs a labels or a probabilities path")
+        if tile_px < 16 or tile_px % 16:
+            raise ValueError(f"tile_px must be a multiple of 16 (TIFF tiles), got {tile_px}")
+        self.classes = tuple(ClassInfo(int(c.label), str(c.name), (int(c.color[0]), int(c.color[1]), int(c.color[2])))
+                             for c in classes)
+        if not self.classes or max(c.label for c in self.classes) > 255 or min(c.label for c in self.classes) < 0:
+            raise ValueError(f"class labels must be 0-255 (uint8), got {[c.label for c in self.classes]}")
+        self.width_px, self.height_px, self.mpp = int(width_px), int(height_px), float(mpp)
+        self.tile_px, self.chunk_px = tile_px, tile_px * max(1, chunk_tiles)
+        self.sizes = pyramid_sizes(self.width_px, self.height_px, tile_px)
+        self.close_s = 0.0
+        anchor = targets[0][1]
+        try:  # the raw levels live beside the output (same disk as the result; removed by close and abort)
+            self._workdir: Path | None = Path(tempfile.mkdtemp(prefix=f".{anchor.name}.", suffix=".tmp",
+                                                               dir=anchor.parent if str(anchor.parent) else "."))
+        except OSError as exc:
+            raise OutputError(f"cannot write in {anchor.parent}: {exc.strerror}; choose another folder") from None
+        self._rasters: list[_Raster] = []
+        try:
+            for kind, path in targets:
+                info = RasterInfo(kind=kind, path=str(path), mpp=self.mpp, width_px=self.width_px,
+                                  height_px=self.height_px, levels=len(self.sizes), tile_px=tile_px,
+                                  classes=self.classes, slide_mpp=slide_mpp, qupath_offset_xy_px=qupath_offset_xy_px)
+                self._rasters.append(_Raster(kind, path, self._workdir, info, self.sizes))
+        except BaseException:
+            self.abort()
+            raise
+
+    @property
+    def infos(self) -> list[RasterInfo]:
+        """What each output is (labels first)."""
+        return [r.info for r in self._rasters]
+
+    def write_block(
+        self, window: Window, labels: np.ndarray, probabilities: np.ndarray | None = None,
+        active: np.ndarray | None = None,
+    ) -> None:
+        """Store a block: its ``window`` on the raster's grid, its uint8 ``labels`` (H, W) and float class
+        ``probabilities`` (C, H, W) in [0, 1] (needed when writing probabilities); ``active`` (H, W): where the
+        model ran (elsewhere the probabilities are written as 0). Each pixel is written at most once: what no
+        block covers stays background (0). Memory: the block's uint8 copy."""
+        if self._workdir is None:
+            raise ValueError("write_block after close or abort")
+        if window.x_px < 0 or window.y_px < 0 or window.x_end_px > self.width_px or window.y_end_px > self.height_px:
+            raise ValueError(f"{window} is outside the {self.width_px} x {self.height_px} px raster")
+        if labels.shape != window.shape:
+            raise ValueError(f"labels of shape {labels.shape} for a window of shape {window.shape}")
+        for raster in self._rasters:
+            raw = raster.levels[0]
+            assert raw is not None
+            if raster.kind == "labels":
+                raw.write(0, window.x_px, window.y_px, labels.astype(np.uint8, copy=False))
+                continue
+            if probabilities is None or probabilities.shape != (raster.channels, *window.shape):
+                shape = None if probabilities is None else probabilities.shape
+                raise ValueError(f"probabilities of shape {shape}, expected {(raster.channels, *window.shape)}")
+            for channel in range(raster.channels):
+                scaled = np.multiply(probabilities[channel], 255.0, dtype=np.float32)
+                np.clip(scaled, 0.0, 255.0, out=scaled)
+                plane = np.rint(scaled, out=scaled).astype(np.uint8)
+                if active is not None:
+                    plane[~active] = 0
+                raw.write(channel, window.x_px, window.y_px, plane)
+
+    def close(self) -> list[RasterInfo]:
+        """Build each output's pyramid and commit it (all written before any is renamed into place); the raw
+        files are removed. Returns :attr:`infos`."""
+        if self._workdir is None:
+            raise ValueError("close after close or abort")
+        clock = time.perf_counter()
+        try:
+            with ExitStack() as stack:
+                temporaries = [stack.enter_context(atomic_path(r.path)) for r in self._rasters]
+                for raster, tmp in zip(self._rasters, temporaries, strict=True):
+                    try:
+                        raster.write_tiff(tmp, self.tile_px, self.chunk_px)
+                    except OSError as exc:
+                        raise OutputError(f"cannot write {raster.path}: {exc.strerror or exc}; free disk space or "
+                                          "choose another folder") from None
+        finally:
+            self.abort()  # the raw files
+        self.close_s = time.perf_counter() - clock
+        return self.infos
+
+    def abort(self) -> None:
+        """Remove the raw files and any temporary output; the targets are left as they were. Idempotent."""
+        for raster in self._rasters:
+            raster.close()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    def __enter__(self) -> RasterWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    @classmethod
+    def for_slide(
+        cls, labels: str | os.PathLike[str] | None, probabilities: str | os.PathLike[str] | None, slide: Any,
+        mpp: float, classes: Sequence[Any], **kw: Any,
+    ) -> RasterWriter:
+        """A writer for the rasters of ``slide`` (a :class:`qpbridge.slide.Slide`) at ``mpp``: the whole slide
+        on the grid of ``slide.size_at_mpp(mpp)`` / ``slide.affine_at(mpp)``; ``kw`` as for the constructor."""
+        width_px, height_px = slide.size_at_mpp(mpp)
+        return cls(labels, probabilities, width_px=width_px, height_px=height_px, mpp=mpp, classes=classes,
+                   slide_mpp=slide.mpp, qupath_offset_xy_px=tuple(slide.qupath_offset_xy_px), **kw)
