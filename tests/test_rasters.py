@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tracemalloc
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -365,4 +366,23 @@ def test_failed_run_leaves_no_raster(tmp_path: Path, synth_slide: Path, monkeypa
                            probabilities=tmp_path / "p.ome.tif")
     with pytest.raises(KeyboardInterrupt):
         predict_slide(synth_slide, tmp_path / "s.geojson", config)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_is_an_output_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    import qpbridge.predict.rasters as rasters
+
+    def full(*args: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer = RasterWriter(tmp_path / "l.ome.tif", None, width_px=64, height_px=64, mpp=1.0, classes=DEEPBATCH_CLASSES)
+    monkeypatch.setattr(rasters.os, "pwrite", full)
+    message = f"cannot write the rasters' temporary files in {tmp_path}: No space left on device; free disk space or "
+    with pytest.raises(OutputError, match="^" + re.escape(message + "choose another folder") + "$"):
+        writer.write_block(Window(0, 0, 8, 8), np.ones((8, 8), np.uint8))
+    monkeypatch.setattr(rasters.os, "pwrite", os.pwrite)
+    writer.abort()
     assert list(tmp_path.iterdir()) == []

@@ -18,13 +18,17 @@ The files:
 - **probabilities** (``uint8``, one plane per class, ``round(255 p)``; 0 in every channel where the model did
   not run). Lower levels: the rounded mean of each 2 x 2 block (:func:`mean_reduce`).
 
-Both carry OME-XML (what QuPath's Bio-Formats reader, napari's tifffile reader and ``tifffile`` read):
+Both are OME-TIFF pyramids as the OME-TIFF specification has them since 2019 (reduced levels in SubIFDs; read by
+Bio-Formats 6+, which is QuPath's OME-TIFF reader, and by tifffile, which napari's TIFF readers use), with OME-XML:
 ``PhysicalSizeX/Y`` in um, one ``Channel`` per plane (probabilities: the class name and colour; labels: "Class
 label"), a ``MapAnnotation`` label -> class name (namespace :data:`CLASSES_NAMESPACE`) and one label -> colour
 (:data:`COLORS_NAMESPACE`), and a ``CommentAnnotation`` holding the same as JSON (:data:`INFO_NAMESPACE`), which
-:func:`read_raster_info` reads back. Reduced levels are SubIFDs of each plane (the OME-TIFF pyramid QuPath
-reads); TIFF ``XResolution`` / ``ResolutionUnit`` carry the pixel size too, for readers that ignore OME-XML
-(OpenSlide opens the files as ``generic-tiff``, level 0 only: it does not follow SubIFDs).
+:func:`read_raster_info` reads back. TIFF ``XResolution`` / ``ResolutionUnit`` carry the pixel size too, for
+readers that ignore OME-XML (OpenSlide opens the files as ``generic-tiff``, level 0 only: it does not follow
+SubIFDs; probabilities: their first channel).
+
+Disk: the raw level 0 is sparse, so it takes (1 + classes) bytes per pixel the cell model ran on, beside the
+output, until :meth:`RasterWriter.close` (or :meth:`RasterWriter.abort`) removes it.
 
 The raster grid is the slide's level 0 scaled by ``mpp / slide mpp`` (origin at level-0 pixel (0, 0), not at
 QuPath's bounds offset, which the JSON records).
@@ -463,6 +467,15 @@ class RasterWriter:
             raise ValueError(f"{window} is outside the {self.width_px} x {self.height_px} px raster")
         if labels.shape != window.shape:
             raise ValueError(f"labels of shape {labels.shape} for a window of shape {window.shape}")
+        try:
+            self._write(window, labels, probabilities, active)
+        except OSError as exc:
+            raise OutputError(f"cannot write the rasters' temporary files in {self._workdir.parent}: "
+                              f"{exc.strerror or exc}; free disk space or choose another folder") from None
+
+    def _write(
+        self, window: Window, labels: np.ndarray, probabilities: np.ndarray | None, active: np.ndarray | None
+    ) -> None:
         for raster in self._rasters:
             raw = raster.levels[0]
             assert raw is not None
