@@ -101,7 +101,8 @@ def _blocks(width: int, height: int, block_px: int, seed: int = 0) -> tuple[np.n
 
 
 def test_writer_pyramid_equals_the_whole_array_reduced(tmp_path: Path) -> None:
-    """Blocks written out of tiles' order, odd sizes, chunks of two tiles: every level equals the whole array
+    """Blocks written out of tiles' order and across tiles, odd sizes at every level, tiles of one value and of
+    zeros (encoded once): every level equals the whole array
     reduced level by level; OME-XML, SubIFDs and the TIFF resolution say the same."""
     import tifffile
 
@@ -109,7 +110,7 @@ def test_writer_pyramid_equals_the_whole_array_reduced(tmp_path: Path) -> None:
     labels, probs, blocks = _blocks(width, height, 70)
     out_labels, out_probs = tmp_path / "x.labels.ome.tif", tmp_path / "x.probs.ome.tif"
     with RasterWriter(out_labels, out_probs, width_px=width, height_px=height, mpp=1.5, classes=DEEPBATCH_CLASSES,
-                      slide_mpp=0.25, tile_px=32, chunk_tiles=2) as writer:
+                      slide_mpp=0.25, tile_px=32) as writer:
         for window, lab, p, active in reversed(blocks):
             writer.write_block(window, lab, p, active)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.labels.ome.tif", "x.probs.ome.tif"]
@@ -180,7 +181,7 @@ def test_openslide_and_qpbridge_label_reader_open_level_zero(tmp_path: Path) -> 
 
 def test_blocks_without_work_cost_no_memory(tmp_path: Path) -> None:
     """A 6000 x 5000 raster with one block of work: the rest is background, and neither writing the block nor
-    building both pyramids allocates more than a few blocks (a whole level 0 of probabilities is 120 MB)."""
+    building both pyramids allocates more than the block itself (a whole level 0 of probabilities is 120 MB)."""
     import tifffile
 
     writer = RasterWriter(tmp_path / "l.ome.tif", tmp_path / "p.ome.tif", width_px=6000, height_px=5000, mpp=1.0,
@@ -197,7 +198,7 @@ def test_blocks_without_work_cost_no_memory(tmp_path: Path) -> None:
         _, close_peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert block_peak < 12e6 and close_peak < 40e6, (block_peak, close_peak)
+    assert block_peak < probs.nbytes and close_peak < 16e6, (block_peak, close_peak)  # less than the block's input
     with tifffile.TiffFile(tmp_path / "l.ome.tif") as tif:
         level0 = tif.series[0].levels[0].asarray()
     assert level0.sum() == 2 * 1024 * 1024 and level0[1024:2048, 2048:3072].min() == 2

@@ -2,13 +2,14 @@
 block at the cell model's um/px (``qpbridge predict --labels OUT.ome.tif --probabilities OUT.ome.tif``).
 
 :class:`RasterWriter` is opened with the raster's size (the slide at the cell model's um/px) and the model's class
-table. :meth:`RasterWriter.write_block` stores each block the cell stage finishes into a raw level-0 file on disk
-beside the output (sparse: a block that never arrives reads as background, and costs neither memory nor disk);
-:meth:`RasterWriter.close` then streams that file into the TIFF tile row by tile row, each chunk of tiles also
-reduced 2 x 2 into the raw file of the level below, and so on down the pyramid; the TIFF is written through
-:func:`qpbridge.atomic.atomic_path` and appears only when complete. :meth:`RasterWriter.abort` removes
-everything. Memory is bounded by a block (writing) and by a chunk of ``tile_px`` rows x ``CHUNK_TILES`` tiles
-(building the pyramid): never a whole-slide array at the model's resolution.
+table. :meth:`RasterWriter.write_block` stores each block the cell stage finishes into the tiles of a raw level-0
+file on disk beside the output (sparse: a tile no block reaches reads as background, and costs neither memory nor
+disk); :meth:`RasterWriter.close` then streams those tiles into the TIFF, each one also reduced 2 x 2 into a row of
+tiles of the level below, whose finished rows are encoded into a small temporary file and reduced again, and so on
+down the pyramid; the TIFF is written through :func:`qpbridge.atomic.atomic_path` and appears only when complete.
+:meth:`RasterWriter.abort` removes everything. Memory is bounded by a block (writing) and by a row of tiles per
+level, about ``tile_px`` rows of level 0 in all (building the pyramid): never a whole-slide array at the model's
+resolution. Tiles of one value (most of them: background, or inside a region) are encoded once.
 
 The files:
 
@@ -27,8 +28,8 @@ label"), a ``MapAnnotation`` label -> class name (namespace :data:`CLASSES_NAMES
 readers that ignore OME-XML (OpenSlide opens the files as ``generic-tiff``, level 0 only: it does not follow
 SubIFDs; probabilities: their first channel).
 
-Disk: the raw level 0 is sparse, so it takes (1 + classes) bytes per pixel the cell model ran on, beside the
-output, until :meth:`RasterWriter.close` (or :meth:`RasterWriter.abort`) removes it.
+Disk: the raw level 0 is sparse, so it takes (1 + classes) bytes per pixel of the tiles the cell model's blocks
+touched, beside the output, until :meth:`RasterWriter.close` (or :meth:`RasterWriter.abort`) removes it.
 
 The raster grid is the slide's level 0 scaled by ``mpp / slide mpp`` (origin at level-0 pixel (0, 0), not at
 QuPath's bounds offset, which the JSON records).
@@ -52,15 +53,18 @@ Example
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import cache, partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -74,12 +78,12 @@ from qpbridge.errors import FormatError, InputError, OutputError
 from qpbridge.tiling import Window
 
 __all__ = [
-    "CHUNK_TILES",
     "CLASSES_NAMESPACE",
     "COLORS_NAMESPACE",
     "INFO_NAMESPACE",
     "RASTER_SUFFIXES",
     "TILE_PX",
+    "ZLIB_LEVEL",
     "RasterInfo",
     "RasterWriter",
     "check_raster_targets",
@@ -94,8 +98,9 @@ __all__ = [
 RASTER_SUFFIXES = (".ome.tif", ".ome.tiff")
 #: Side of the TIFF tiles, at every level; the pyramid stops at the first level that fits in one tile.
 TILE_PX = 512
-#: Tiles per chunk when the pyramid is built: a chunk (``tile_px`` rows x this many tiles) is what is held.
-CHUNK_TILES = 16
+#: zlib level of the tiles (zlib-ng at 3 is ~2x faster than libdeflate at tifffile's 6, for ~10% larger
+#: probability tiles; constant tiles are encoded once).
+ZLIB_LEVEL = 3
 #: OME ``MapAnnotation`` namespaces: class label -> class name, class label -> colour (``#rrggbb``).
 CLASSES_NAMESPACE = "qpbridge.org/classes"
 COLORS_NAMESPACE = "qpbridge.org/class-colors"
@@ -280,53 +285,121 @@ def check_raster_targets(
             raise OutputError(f"{flag} folder {folder} does not exist: create it first or choose another path")
 
 
-class _RawLevel:
-    """One pyramid level of ``channels`` uint8 planes, raw and planar in a file (sparse until written)."""
+@cache
+def _zlib_encoder() -> Callable[[np.ndarray], bytes]:
+    """zlib-format (TIFF deflate) encoding at :data:`ZLIB_LEVEL`: zlib-ng, else libdeflate, else zlib."""
+    import imagecodecs
 
-    def __init__(self, path: Path, width_px: int, height_px: int, channels: int) -> None:
-        self.path, self.width, self.height, self.channels = path, width_px, height_px, channels
+    if imagecodecs.ZLIBNG.available:
+        return partial(imagecodecs.zlibng_encode, level=ZLIB_LEVEL)  # type: ignore[return-value]
+    if imagecodecs.DEFLATE.available:
+        return partial(imagecodecs.deflate_encode, level=ZLIB_LEVEL)  # type: ignore[return-value]
+    return lambda tile: zlib.compress(tile.tobytes(), ZLIB_LEVEL)
+
+
+def _encode(tile: np.ndarray) -> bytes:
+    return bytes(_zlib_encoder()(np.ascontiguousarray(tile)))
+
+
+def _encode_tile(tile: np.ndarray, tile_px: int, uniform: dict[int, bytes]) -> bytes:
+    """A tile padded with zeros to ``tile_px`` square, encoded; tiles of one value are encoded once (``uniform``:
+    value -> its encoded tile)."""
+    if tile.shape != (tile_px, tile_px):
+        padded = np.zeros((tile_px, tile_px), np.uint8)
+        padded[:tile.shape[0], :tile.shape[1]] = tile
+        tile = padded
+    first = int(tile[0, 0])
+    if not (tile != first).any():
+        if first not in uniform:
+            uniform[first] = _encode(tile)
+        return uniform[first]
+    return _encode(tile)
+
+
+class _TileStore:
+    """Level 0 of one raster: ``planes`` uint8 planes cut into ``tile_px`` tiles, each stored whole (zero-padded
+    past the raster's edge) and contiguous in a sparse file, plane by plane, tiles row-major. A tile never
+    written is a hole: it reads as zeros and takes no disk. (Whole tiles, not rows: rows scattered over a
+    sparse file cost one extent each, and freeing ~10^6 extents took a minute on ext4 with ``discard``.)"""
+
+    def __init__(self, path: Path, width_px: int, height_px: int, planes: int, tile_px: int) -> None:
+        self.path, self.width, self.height, self.planes, self.tile_px = path, width_px, height_px, planes, tile_px
+        self.cols, self.rows = -(-width_px // tile_px), -(-height_px // tile_px)
+        self.tile_bytes = tile_px * tile_px
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.ftruncate(self.fd, width_px * height_px * channels)  # zeros, without writing them
+        os.ftruncate(self.fd, planes * self.rows * self.cols * self.tile_bytes)  # zeros, without writing them
 
-    def write(self, channel: int, x: int, y: int, plane: np.ndarray) -> None:
-        """Store ``plane`` (h, w) of plane ``channel`` with its top-left at pixel (x, y)."""
-        plane = np.ascontiguousarray(plane, dtype=np.uint8)
-        h, w = plane.shape
-        base = (channel * self.height + y) * self.width + x
-        if x == 0 and w == self.width:  # whole rows: one write
-            os.pwrite(self.fd, plane.data, base)
-            return
-        for r in range(h):
-            os.pwrite(self.fd, plane[r].data, base + r * self.width)
+    def _offset(self, plane: int, row: int, col: int) -> int:
+        return ((plane * self.rows + row) * self.cols + col) * self.tile_bytes
 
-    def read(self, channel: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        """The (h, w) pixels of plane ``channel`` from (x, y)."""
-        out = np.empty((h, w), np.uint8)
-        base = (channel * self.height + y) * self.width + x
-        if x == 0 and w == self.width:
-            os.preadv(self.fd, [out.data], base)
-            return out
-        for r in range(h):
-            os.preadv(self.fd, [out[r].data], base + r * self.width)
-        return out
+    def read(self, plane: int, row: int, col: int) -> np.ndarray | None:
+        """The tile at (row, col) of ``plane``; None if it was never written (zeros), which is not read."""
+        offset = self._offset(plane, row, col)
+        if self._hole(offset, self.tile_bytes):
+            return None
+        tile = np.empty((self.tile_px, self.tile_px), np.uint8)
+        os.preadv(self.fd, [tile.data], offset)
+        return tile
+
+    def paste(self, x: int, y: int, planes: np.ndarray) -> None:
+        """Store ``planes`` (planes, h, w) uint8 with its top-left at pixel (x, y): each tile it touches is read
+        (unless it covers the tile's pixels whole), patched and written back whole."""
+        t = self.tile_px
+        _, h, w = planes.shape
+        for row in range(y // t, (y + h - 1) // t + 1):
+            y0, y1 = max(y, row * t), min(y + h, (row + 1) * t)
+            for col in range(x // t, (x + w - 1) // t + 1):
+                x0, x1 = max(x, col * t), min(x + w, (col + 1) * t)
+                whole = (y0, y1, x0, x1) == (row * t, min((row + 1) * t, self.height), col * t,
+                                             min((col + 1) * t, self.width))
+                for plane in range(self.planes):
+                    tile = None if whole else self.read(plane, row, col)
+                    if tile is None:
+                        tile = np.zeros((t, t), np.uint8)
+                    tile[y0 - row * t:y1 - row * t, x0 - col * t:x1 - col * t] = planes[plane, y0 - y:y1 - y,
+                                                                                        x0 - x:x1 - x]
+                    os.pwrite(self.fd, tile.data, self._offset(plane, row, col))
+
+    def _hole(self, start: int, length: int) -> bool:
+        """Whether bytes [start, start + length) are all in a hole of the sparse file (``SEEK_DATA``; False where
+        the system cannot tell)."""
+        seek_data = getattr(os, "SEEK_DATA", None)
+        if seek_data is None:
+            return False
+        try:
+            return os.lseek(self.fd, start, seek_data) >= start + length
+        except OSError as exc:  # ENXIO: no data at or after start
+            return exc.errno == errno.ENXIO
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        self.path.unlink(missing_ok=True)
 
 
 class _Raster:
-    """One raster output (labels or probabilities): its raw levels and how its pyramid is reduced."""
+    """One raster output (labels or probabilities): its level 0 on disk and how its pyramid is built.
+
+    :meth:`level0_tiles` reads level 0 tile by tile in TIFF order; each tile is also reduced 2 x 2 into a row
+    of tiles of level 1 held in memory, and each finished row of level ``k`` is encoded into a temporary file
+    (small: compressed) and reduced into level ``k + 1``. Memory: a row of tiles per level (together about
+    ``tile_px`` rows of level 0)."""
 
     def __init__(self, kind: Literal["labels", "probabilities"], path: Path, workdir: Path, info: RasterInfo,
-                 sizes: list[tuple[int, int]]) -> None:
-        self.kind, self.path, self.info, self.sizes = kind, path, info, sizes
-        self.channels = len(info.classes) if kind == "probabilities" else 1
+                 sizes: list[tuple[int, int]], tile_px: int) -> None:
+        self.kind, self.path, self.info, self.sizes, self.tile_px = kind, path, info, sizes, tile_px
+        self.planes = len(info.classes) if kind == "probabilities" else 1
         self.workdir = workdir
-        self.levels: list[_RawLevel | None] = [None] * len(sizes)
-        self.levels[0] = _RawLevel(workdir / f"{kind}.level0.raw", *sizes[0], self.channels)
+        self.store = _TileStore(workdir / f"{kind}.level0.raw", *sizes[0], self.planes, tile_px)
         self.reduce = mode_reduce if kind == "labels" else mean_reduce
+        self.uniform: dict[int, bytes] = {}  # value -> its encoded tile of that one value
+        self.zero = _encode_tile(np.zeros((tile_px, tile_px), np.uint8), tile_px, self.uniform)
+        self.grid = [(-(-w // tile_px), -(-h // tile_px)) for w, h in sizes]  # (cols, rows) of tiles per level
+        # Levels >= 1: encoded tiles in a temporary file, (offset, length) per (level, plane), length 0: zeros.
+        self.lower: Any = None
+        self.index: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        self.rows: dict[int, np.ndarray] = {}  # level -> the row of tiles being filled (of the current plane)
 
     def metadata(self) -> dict[str, Any]:
         """tifffile's OME metadata of level 0."""
@@ -348,56 +421,92 @@ class _Raster:
             "CommentAnnotation": {"Namespace": INFO_NAMESPACE, "Value": json.dumps(info.to_json())},
         }
 
-    def tiles(self, level: int, tile_px: int, chunk_px: int) -> Iterator[np.ndarray]:
-        """Level ``level``'s tiles in TIFF order (plane by plane, row-major), each chunk of tiles also reduced
-        into the next level's raw file before its tiles are yielded (tifffile closes the generator after the
-        last tile: nothing may follow the last yield)."""
-        source = self.levels[level]
-        assert source is not None
-        below = self.levels[level + 1] if level + 1 < len(self.levels) else None
-        for c in range(self.channels):
-            for y in range(0, source.height, tile_px):
-                h = min(tile_px, source.height - y)
-                for x0 in range(0, source.width, chunk_px):
-                    chunk = source.read(c, x0, y, min(chunk_px, source.width - x0), h)
-                    if below is not None:
-                        below.write(c, x0 // 2, y // 2, self.reduce(chunk))
-                    for tx in range(0, chunk.shape[1], tile_px):
-                        yield chunk[:, tx:tx + tile_px]
+    def _feed(self, level: int, row: int, col: int, tile: np.ndarray) -> None:
+        """Reduce the tile at (row, col) of ``level - 1`` into the row of tiles of ``level`` (an odd last column
+        or row of the image is repeated first, as :func:`mode_reduce` / :func:`mean_reduce` do)."""
+        t, (width, height) = self.tile_px, self.sizes[level - 1]
+        valid_w, valid_h = min(t, width - col * t), min(t, height - row * t)
+        if valid_w % 2:
+            tile[:, valid_w] = tile[:, valid_w - 1]
+        if valid_h % 2:
+            tile[valid_h, :] = tile[valid_h - 1, :]
+        if level not in self.rows:
+            self.rows[level] = np.zeros((t, self.grid[level][0] * t), np.uint8)
+        half = t // 2
+        self.rows[level][row % 2 * half:row % 2 * half + half, col * half:col * half + half] = self.reduce(tile)
 
-    def write_tiff(self, tmp: Path, tile_px: int, chunk_px: int) -> None:
-        """Write the whole pyramid to ``tmp`` (an OME-TIFF), level by level, freeing each raw level when done."""
+    def _row_done(self, level: int, plane: int, row: int) -> None:
+        """Row ``row`` of tiles of ``level - 1`` is finished: when it completes a row of ``level``, encode that row
+        and pass it on down."""
+        if level >= len(self.sizes) or not (row % 2 or row == self.grid[level - 1][1] - 1):
+            return
+        t, buffer = self.tile_px, self.rows.pop(level, None)
+        entries = self.index.setdefault((level, plane), [])
+        for col in range(self.grid[level][0]):
+            tile = None if buffer is None else buffer[:, col * t:(col + 1) * t]
+            if tile is None or not tile.any():
+                entries.append((0, 0))
+                continue
+            data = _encode_tile(tile, t, self.uniform)
+            entries.append((self.lower.tell(), len(data)))
+            self.lower.write(data)
+            if level + 1 < len(self.sizes):
+                self._feed(level + 1, row // 2, col, np.array(tile))
+        self._row_done(level + 1, plane, row // 2)
+
+    def level0_tiles(self) -> Iterator[bytes]:
+        """Level 0's encoded tiles in TIFF order (plane by plane, row-major), building the lower levels on the
+        way (before each yield: tifffile closes the generator after the last tile)."""
+        cols, rows = self.grid[0]
+        for plane in range(self.planes):
+            for row in range(rows):
+                for col in range(cols):
+                    tile = self.store.read(plane, row, col)
+                    data = self.zero
+                    if tile is not None and tile.any():
+                        data = _encode_tile(tile, self.tile_px, self.uniform)
+                        if len(self.sizes) > 1:
+                            self._feed(1, row, col, tile)
+                    if col == cols - 1:
+                        self._row_done(1, plane, row)
+                    yield data
+
+    def lower_tiles(self, level: int) -> Iterator[bytes]:
+        """Level ``level``'s encoded tiles (``level >= 1``), from the temporary file."""
+        for plane in range(self.planes):
+            for offset, length in self.index[(level, plane)]:
+                if not length:
+                    yield self.zero
+                    continue
+                self.lower.seek(offset)
+                yield self.lower.read(length)
+
+    def write_tiff(self, tmp: Path) -> None:
+        """Write the whole pyramid to ``tmp`` (an OME-TIFF), level 0 first (building the others), then each
+        lower level from its encoded tiles."""
         import tifffile
 
-        raw_bytes = sum(w * h for w, h in self.sizes) * self.channels
-        with tifffile.TiffWriter(tmp, ome=True, bigtiff=raw_bytes > _BIGTIFF_ABOVE_BYTES) as tif:
+        raw_bytes = sum(w * h for w, h in self.sizes) * self.planes
+        t = self.tile_px
+        with open(self.workdir / f"{self.kind}.lower.tiles", "w+b") as self.lower, tifffile.TiffWriter(
+                tmp, ome=True, bigtiff=raw_bytes > _BIGTIFF_ABOVE_BYTES) as tif:
             for level, (w, h) in enumerate(self.sizes):
-                if level + 1 < len(self.sizes):
-                    self.levels[level + 1] = _RawLevel(self.workdir / f"{self.kind}.level{level + 1}.raw",
-                                                       *self.sizes[level + 1], self.channels)
                 per_cm = 1e4 / (self.info.mpp * 2**level)  # pixels per cm at this level
                 tif.write(
-                    self.tiles(level, tile_px, chunk_px),
-                    shape=(h, w) if self.channels == 1 else (self.channels, h, w),
-                    dtype=np.uint8, tile=(tile_px, tile_px), photometric="minisblack", compression="zlib",
+                    self.level0_tiles() if level == 0 else self.lower_tiles(level),
+                    shape=(h, w) if self.planes == 1 else (self.planes, h, w),
+                    dtype=np.uint8, tile=(t, t), photometric="minisblack", compression="zlib",
                     resolution=(per_cm, per_cm), resolutionunit="CENTIMETER",
                     subifds=len(self.sizes) - 1 if level == 0 else None,
                     subfiletype=0 if level == 0 else 1,
                     metadata=self.metadata() if level == 0 else None,
                     software=f"qpbridge {__version__}",
                 )
-                self._drop(level)
-
-    def _drop(self, level: int) -> None:
-        raw = self.levels[level]
-        if raw is not None:
-            raw.close()
-            raw.path.unlink(missing_ok=True)
-            self.levels[level] = None
+                if level == 0:
+                    self.store.close()  # level 0 is in the TIFF: its raw file goes
 
     def close(self) -> None:
-        for level in range(len(self.levels)):
-            self._drop(level)
+        self.store.close()
 
 
 class RasterWriter:
@@ -412,7 +521,7 @@ class RasterWriter:
     def __init__(
         self, labels: str | os.PathLike[str] | None, probabilities: str | os.PathLike[str] | None, *,
         width_px: int, height_px: int, mpp: float, classes: Sequence[Any], slide_mpp: float | None = None,
-        qupath_offset_xy_px: tuple[int, int] = (0, 0), tile_px: int = TILE_PX, chunk_tiles: int = CHUNK_TILES,
+        qupath_offset_xy_px: tuple[int, int] = (0, 0), tile_px: int = TILE_PX,
     ) -> None:
         targets: list[tuple[Literal["labels", "probabilities"], Path]] = []
         if labels is not None:
@@ -428,7 +537,7 @@ class RasterWriter:
         if not self.classes or max(c.label for c in self.classes) > 255 or min(c.label for c in self.classes) < 0:
             raise ValueError(f"class labels must be 0-255 (uint8), got {[c.label for c in self.classes]}")
         self.width_px, self.height_px, self.mpp = int(width_px), int(height_px), float(mpp)
-        self.tile_px, self.chunk_px = tile_px, tile_px * max(1, chunk_tiles)
+        self.tile_px = tile_px
         self.sizes = pyramid_sizes(self.width_px, self.height_px, tile_px)
         self.close_s = 0.0
         anchor = targets[0][1]
@@ -443,7 +552,7 @@ class RasterWriter:
                 info = RasterInfo(kind=kind, path=str(path), mpp=self.mpp, width_px=self.width_px,
                                   height_px=self.height_px, levels=len(self.sizes), tile_px=tile_px,
                                   classes=self.classes, slide_mpp=slide_mpp, qupath_offset_xy_px=qupath_offset_xy_px)
-                self._rasters.append(_Raster(kind, path, self._workdir, info, self.sizes))
+                self._rasters.append(_Raster(kind, path, self._workdir, info, self.sizes, tile_px))
         except BaseException:
             self.abort()
             raise
@@ -467,6 +576,11 @@ class RasterWriter:
             raise ValueError(f"{window} is outside the {self.width_px} x {self.height_px} px raster")
         if labels.shape != window.shape:
             raise ValueError(f"labels of shape {labels.shape} for a window of shape {window.shape}")
+        planes = len(self.classes)
+        if any(r.kind == "probabilities" for r in self._rasters) and (
+                probabilities is None or probabilities.shape != (planes, *window.shape)):
+            shape = None if probabilities is None else probabilities.shape
+            raise ValueError(f"probabilities of shape {shape}, expected {(planes, *window.shape)}")
         try:
             self._write(window, labels, probabilities, active)
         except OSError as exc:
@@ -477,21 +591,18 @@ class RasterWriter:
         self, window: Window, labels: np.ndarray, probabilities: np.ndarray | None, active: np.ndarray | None
     ) -> None:
         for raster in self._rasters:
-            raw = raster.levels[0]
-            assert raw is not None
             if raster.kind == "labels":
-                raw.write(0, window.x_px, window.y_px, labels.astype(np.uint8, copy=False))
+                raster.store.paste(window.x_px, window.y_px, labels.astype(np.uint8, copy=False)[None])
                 continue
-            if probabilities is None or probabilities.shape != (raster.channels, *window.shape):
-                shape = None if probabilities is None else probabilities.shape
-                raise ValueError(f"probabilities of shape {shape}, expected {(raster.channels, *window.shape)}")
-            for channel in range(raster.channels):
+            assert probabilities is not None  # checked by write_block
+            quantized = np.empty(probabilities.shape, np.uint8)
+            for channel in range(raster.planes):
                 scaled = np.multiply(probabilities[channel], 255.0, dtype=np.float32)
                 np.clip(scaled, 0.0, 255.0, out=scaled)
-                plane = np.rint(scaled, out=scaled).astype(np.uint8)
+                quantized[channel] = np.rint(scaled, out=scaled)
                 if active is not None:
-                    plane[~active] = 0
-                raw.write(channel, window.x_px, window.y_px, plane)
+                    quantized[channel][~active] = 0
+            raster.store.paste(window.x_px, window.y_px, quantized)
 
     def close(self) -> list[RasterInfo]:
         """Build each output's pyramid and commit it (all written before any is renamed into place); the raw
@@ -504,7 +615,7 @@ class RasterWriter:
                 temporaries = [stack.enter_context(atomic_path(r.path)) for r in self._rasters]
                 for raster, tmp in zip(self._rasters, temporaries, strict=True):
                     try:
-                        raster.write_tiff(tmp, self.tile_px, self.chunk_px)
+                        raster.write_tiff(tmp)
                     except OSError as exc:
                         raise OutputError(f"cannot write {raster.path}: {exc.strerror or exc}; free disk space or "
                                           "choose another folder") from None
