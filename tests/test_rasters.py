@@ -372,18 +372,15 @@ def test_failed_run_leaves_no_raster(tmp_path: Path, synth_slide: Path, monkeypa
 
 def test_a_full_disk_is_an_output_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
-    import os
-
-    import qpbridge.predict.rasters as rasters
 
     def full(*args: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     writer = RasterWriter(tmp_path / "l.ome.tif", None, width_px=64, height_px=64, mpp=1.0, classes=DEEPBATCH_CLASSES)
-    monkeypatch.setattr(rasters.os, "pwrite", full)
+    monkeypatch.setattr("qpbridge.predict.rasters._TileStore.paste", full)
     message = f"cannot write the rasters' temporary files in {tmp_path}: No space left on device; free disk space or "
     with pytest.raises(OutputError, match="^" + re.escape(message + "choose another folder") + "$"):
         writer.write_block(Window(0, 0, 8, 8), np.ones((8, 8), np.uint8))
-    monkeypatch.setattr(rasters.os, "pwrite", os.pwrite)
+    monkeypatch.undo()
     writer.abort()
     assert list(tmp_path.iterdir()) == []

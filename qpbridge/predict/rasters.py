@@ -326,8 +326,8 @@ class _TileStore:
         self.path, self.width, self.height, self.planes, self.tile_px = path, width_px, height_px, planes, tile_px
         self.cols, self.rows = -(-width_px // tile_px), -(-height_px // tile_px)
         self.tile_bytes = tile_px * tile_px
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.ftruncate(self.fd, planes * self.rows * self.cols * self.tile_bytes)  # zeros, without writing them
+        self.file = open(path, "w+b", buffering=0)  # noqa: SIM115 (closed in close)
+        self.file.truncate(planes * self.rows * self.cols * self.tile_bytes)  # zeros, without writing them
 
     def _offset(self, plane: int, row: int, col: int) -> int:
         return ((plane * self.rows + row) * self.cols + col) * self.tile_bytes
@@ -338,7 +338,8 @@ class _TileStore:
         if self._hole(offset, self.tile_bytes):
             return None
         tile = np.empty((self.tile_px, self.tile_px), np.uint8)
-        os.preadv(self.fd, [tile.data], offset)
+        self.file.seek(offset)
+        self.file.readinto(tile.data)
         return tile
 
     def paste(self, x: int, y: int, planes: np.ndarray) -> None:
@@ -358,7 +359,8 @@ class _TileStore:
                         tile = np.zeros((t, t), np.uint8)
                     tile[y0 - row * t:y1 - row * t, x0 - col * t:x1 - col * t] = planes[plane, y0 - y:y1 - y,
                                                                                         x0 - x:x1 - x]
-                    os.pwrite(self.fd, tile.data, self._offset(plane, row, col))
+                    self.file.seek(self._offset(plane, row, col))
+                    self.file.write(tile.data)
 
     def _hole(self, start: int, length: int) -> bool:
         """Whether bytes [start, start + length) are all in a hole of the sparse file (``SEEK_DATA``; False where
@@ -367,14 +369,12 @@ class _TileStore:
         if seek_data is None:
             return False
         try:
-            return os.lseek(self.fd, start, seek_data) >= start + length
+            return os.lseek(self.file.fileno(), start, seek_data) >= start + length
         except OSError as exc:  # ENXIO: no data at or after start
             return exc.errno == errno.ENXIO
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self.file.close()
         self.path.unlink(missing_ok=True)
 
 
@@ -568,8 +568,8 @@ class RasterWriter:
     ) -> None:
         """Store a block: its ``window`` on the raster's grid, its uint8 ``labels`` (H, W) and float class
         ``probabilities`` (C, H, W) in [0, 1] (needed when writing probabilities); ``active`` (H, W): where the
-        model ran (elsewhere the probabilities are written as 0). Each pixel is written at most once: what no
-        block covers stays background (0). Memory: the block's uint8 copy."""
+        model ran (elsewhere the probabilities are written as 0). Where blocks overlap, the later one wins; what
+        no block covers stays background (0). Memory: the block's uint8 copy."""
         if self._workdir is None:
             raise ValueError("write_block after close or abort")
         if window.x_px < 0 or window.y_px < 0 or window.x_end_px > self.width_px or window.y_end_px > self.height_px:
