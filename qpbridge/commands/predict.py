@@ -47,6 +47,8 @@ def register(app: typer.Typer) -> None:
             "  qpbridge predict slide.svs -o slide.geojson --overlay slide.png\n\n"
             "  qpbridge predict slides/ -o predictions/ --device cuda\n\n"
             "  qpbridge predict slide.svs -o slide.geojson --no-roi --min-area-um2 50\n\n"
+            "  qpbridge predict slide.svs -o slide.geojson --labels slide.labels.ome.tif "
+            "--probabilities slide.probs.ome.tif\n\n"
             "Many slides at once, on a Dask cluster of this machine (--workers: on 4 GPUs, one worker each) or a "
             "running one (--scheduler); needs pip install 'qpbridge[distributed]'; the run's summary goes to "
             "<folder>/qpbridge-run.json:\n\n"
@@ -87,6 +89,14 @@ def register(app: typer.Typer) -> None:
         simplify_um: float = typer.Option(0.0, "--simplify-um", help="Simplify outlines (tolerance in um)."),
         heatmap: bool = typer.Option(False, "--heatmap", help="Also write tiles with class probabilities."),
         overlay: Path | None = typer.Option(None, "--overlay", help="Write a thumbnail PNG with predictions."),
+        labels: Path | None = typer.Option(
+            None, "--labels",
+            help="Also write the cell model's class labels as a pyramidal OME-TIFF (.ome.tif) at its um/px "
+                 "(uint8; 0 where it did not run; class names and colours in the OME-XML). One slide only."),
+        probabilities: Path | None = typer.Option(
+            None, "--probabilities",
+            help="Also write the cell model's class probabilities as a pyramidal OME-TIFF (.ome.tif) at its um/px: "
+                 "one uint8 channel (0-255) per class, named and coloured as the class. One slide only."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace finished outputs."),
         workers: int = typer.Option(
             1, "--workers",
@@ -105,7 +115,7 @@ def register(app: typer.Typer) -> None:
                 threads=threads, use_roi=not no_roi, roi_only=roi_only, roi_margin_um=roi_margin_um,
                 roi_min_area_um2=roi_min_area_um2, context_um=context_um, layout=layout, precision=precision,
                 object_type=object_type, min_area_um2=min_area_um2, simplify_um=simplify_um, heatmap=heatmap,
-                overlay=overlay,
+                overlay=overlay, labels=labels, probabilities=probabilities,
             )
             with _SlidesBar() as slides_bar:  # lines go above it while it shows (a batch on Dask)
                 batch = predict_slides(slides, output, config, overwrite=overwrite, progress=_progress_bar,

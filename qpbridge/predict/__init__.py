@@ -10,6 +10,8 @@
 ``sampling``       nearest-neighbour sampling between grids (tissue mask -> block, labels -> overlay)
 ``segmenter``      :class:`~qpbridge.predict.segmenter.BlockSegmenter`: device, precision, layout, batching
 ``overlay``        the thumbnail overlay
+``rasters``        ``--labels`` / ``--probabilities``: pyramidal OME-TIFFs at the cell model's um/px, block by block
+``distributed``    many slides on Dask (``--workers``, ``--scheduler``): one task per slide, the run summary
 =================  ===========================================================================================
 
 Importing this package does not import torch: the composer (and with it torch) loads on first use of

@@ -45,6 +45,7 @@ __all__ = [
     "CellResult",
     "ProbabilityLedger",
     "cell_features",
+    "cell_mpp",
     "heatmap_features",
     "segment_cells",
 ]
@@ -279,19 +280,35 @@ class _CellBlocks:
         return part, labels, probabilities, active
 
 
+def cell_mpp(slide: Slide, card: ModelCard) -> float:
+    """The um/px the cell stage runs at: the card's, or the slide's level 0 where that is coarser (never
+    upsampled). Its grid is the slide at this um/px (``slide.size_at_mpp``, ``slide.affine_at``).
+
+    >>> from types import SimpleNamespace
+    >>> cell_mpp(SimpleNamespace(mpp=0.25), SimpleNamespace(mpp=1.0)), cell_mpp(SimpleNamespace(mpp=2.0),
+    ...                                                                          SimpleNamespace(mpp=1.0))
+    (1.0, 2.0)
+    """
+    return max(card.mpp, slide.mpp)
+
+
 def segment_cells(
     slide: Slide, model: LoadedModel, tissue: TissueMask, gate: RoiGate | None, settings: SegmenterSettings,
     options: CellOptions, *, emit: Callable[[list[Feature]], None],
     paint: Callable[[np.ndarray, Affine], None] | None = None, progress: Progress | None = None,
     trim: Callable[[], object] | None = None,
+    write_block: Callable[[Window, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
 ) -> CellResult:
     """Cell U-Net block by block inside ``gate`` (None: over all tissue); features stream to ``emit``.
 
-    ``paint`` gets each block's labels and their affine (the overlay); ``progress`` hears
-    ``("cells", blocks done, blocks to read, windows run)``; ``trim`` is called after each block.
+    ``paint`` gets each block's labels and their affine (the overlay); ``write_block`` gets the part of each
+    block the network worked on (a window of the grid at :func:`cell_mpp`), its labels, class probabilities and
+    active mask (the label and probability rasters, :class:`qpbridge.predict.rasters.RasterWriter`); blocks
+    without work are not passed. ``progress`` hears ``("cells", blocks done, blocks to read, windows run)``;
+    ``trim`` is called after each block.
     """
     card = model.card
-    mpp = max(card.mpp, slide.mpp)
+    mpp = cell_mpp(slide, card)
     segmenter = settings.segmenter(model, mpp)
     heat_px = None if options.heatmap_um is None else max(1, int(round(options.heatmap_um / mpp)))
     blocks = _CellBlocks(slide, mpp, segmenter, tissue, gate, options.block_px, heat_px)
@@ -324,6 +341,8 @@ def segment_cells(
                 emit(heatmap_features(probabilities, active, part_affine, heat_px, card, limit))
             if paint is not None:
                 paint(labels, part_affine)
+            if write_block is not None:
+                write_block(part, labels, probabilities, active)
             out.blocks_read += 1
             out.read_px += read_px
             del rgb, probabilities, labels, block_labels

@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from qpbridge.errors import InputError
 from qpbridge.slide import check_slide_mpp
@@ -83,6 +84,8 @@ class PredictConfig:
     heatmap_um: float = 64.0
     overlay: Path | None = None
     overlay_max_px: int = 1600
+    labels: Path | None = None  #: label OME-TIFF at the cell model's um/px (:mod:`qpbridge.predict.rasters`)
+    probabilities: Path | None = None  #: probability OME-TIFF, one channel per class of the cell model
 
     def check(self) -> None:
         """Raise :class:`InputError` for out-of-range options."""
@@ -90,6 +93,11 @@ class PredictConfig:
             check_slide_mpp(self.mpp)
         if self.roi_only and not self.use_roi:
             raise InputError("--roi-only and --no-roi exclude each other: choose one")
+        if self.roi_only and (self.labels is not None or self.probabilities is not None):
+            flags = " and ".join(f for f, v in (("--labels", self.labels), ("--probabilities", self.probabilities))
+                                 if v is not None)
+            verb = "need" if " and " in flags else "needs"
+            raise InputError(f"{flags} {verb} the cell model, which --roi-only does not run: leave out --roi-only")
         if self.object_type not in ("detection", "annotation"):
             raise InputError(f"--object-type must be detection or annotation, got {self.object_type!r}")
         for name, value in (("--min-area-um2", self.min_area_um2), ("--simplify-um", self.simplify_um),
@@ -142,4 +150,5 @@ class PredictSummary:
     tissue_network_mpx: float = 0.0  #: what the cell model's work over all tissue would be (``--no-roi``)
     roi_network_mpx: float = 0.0  #: ROI-model input megapixels
     layouts: dict[str, str] = field(default_factory=dict)  #: memory layout each model ran in (timed on the CPU)
+    rasters: list[dict[str, Any]] = field(default_factory=list)  #: the label / probability OME-TIFFs written
     warnings: list[str] = field(default_factory=list)

@@ -41,9 +41,10 @@ from qpbridge.device import configure_threads, resolve_device
 from qpbridge.errors import InputError, OutputError, QpbridgeError
 from qpbridge.memory import HeapTrimmer
 from qpbridge.models import LoadedModel, inference_network, load_model
-from qpbridge.predict.cells import CellOptions, CellResult, segment_cells
+from qpbridge.predict.cells import CellOptions, CellResult, cell_mpp, segment_cells
 from qpbridge.predict.config import PredictConfig, PredictSummary, Progress
 from qpbridge.predict.overlay import Overlay
+from qpbridge.predict.rasters import RasterWriter, check_raster_targets
 from qpbridge.predict.roi import RoiGate, RoiResult, detect_roi
 from qpbridge.predict.segmenter import SegmenterSettings, native_bf16
 from qpbridge.qupath import Feature, GeoJSONWriter, prediction_filename, prediction_properties
@@ -100,7 +101,7 @@ def _check_output(output: Path, overlay: Path | None) -> None:
 
 #: Options that do not change what a run writes into the GeoJSON: left out of its run id (the same slide predicted
 #: serially or by a Dask worker with fewer threads is the same prediction).
-_NOT_IN_RUN_ID = ("threads", "overlay", "overlay_max_px")
+_NOT_IN_RUN_ID = ("threads", "overlay", "overlay_max_px", "labels", "probabilities")
 
 
 def run_id(slide_path: Path, config: PredictConfig, models: Sequence[LoadedModel]) -> str:
@@ -163,7 +164,7 @@ class _Emitter:
 def _run_stages(
     slide: Slide, tissue: TissueMask, models: _Models, config: PredictConfig, settings: SegmenterSettings,
     emit: _Emitter, overlay: Overlay | None, progress: Progress | None, trimmer: HeapTrimmer,
-    timings: dict[str, float],
+    timings: dict[str, float], rasters: RasterWriter | None = None,
 ) -> tuple[RoiResult | None, CellResult | None]:
     """ROI -> gate -> cells over a slide with tissue; features go to ``emit`` as the stages make them."""
     roi = cells = None
@@ -186,7 +187,8 @@ def _run_stages(
                               min_area_um2=config.min_area_um2, simplify_um=config.simplify_um,
                               heatmap_um=config.heatmap_um if config.heatmap else None)
         cells = segment_cells(slide, models.cell, tissue, gate, settings, options, emit=emit,
-                              paint=overlay.paint if overlay is not None else None, progress=progress, trim=trimmer)
+                              paint=overlay.paint if overlay is not None else None, progress=progress, trim=trimmer,
+                              write_block=rasters.write_block if rasters is not None else None)
         timings["cells_s"] = time.perf_counter() - clock
     return roi, cells
 
@@ -222,9 +224,11 @@ def predict_slide(
         config = replace(config, overlay=Path(config.overlay))
     slide_path, output = Path(slide_path), Path(output)
     _check_output(output, config.overlay)
+    check_raster_targets(config.labels, config.probabilities, output=output, overlay=config.overlay)
+    extra = [path for path in (config.overlay, config.labels, config.probabilities) if path is not None]
     with output_lock(output, "qpbridge predict"):
         # Under the lock no live run writes these: what a killed run left is removed.
-        remove_stale_temporaries(output, meta_path_for(output), *([config.overlay] if config.overlay else []))
+        remove_stale_temporaries(output, meta_path_for(output), *extra)
         return _predict_locked(slide_path, output, config, progress, warn, model_loader)
 
 
@@ -277,18 +281,25 @@ def _predict_locked(
             colors.update({c.name: c.color for c in model.card.classes})
         roi: RoiResult | None = None
         cells: CellResult | None = None
-        with GeoJSONWriter(output, default_color=colors) as writer:
+        rasters = (RasterWriter.for_slide(config.labels, config.probabilities, slide, cell_mpp(slide, models.cell.card),
+                                          models.cell.card.classes)
+                   if models.cell is not None and (config.labels or config.probabilities) else None)
+        # The rasters' pyramids are built and committed after the GeoJSON is (and removed if anything fails).
+        with rasters if rasters is not None else nullcontext(), GeoJSONWriter(output, default_color=colors) as writer:
             emit = _Emitter(writer, offset, prediction_properties(run))
             if tissue.tissue.any():
                 roi, cells = _run_stages(slide, tissue, models, config, settings, emit, overlay, progress, trimmer,
-                                         timings)
+                                         timings, rasters)
             meta_path_for(output).unlink(missing_ok=True)  # an earlier run's output stops being finished now
+        if rasters is not None:
+            timings["rasters_s"] = rasters.close_s
         if overlay is not None and config.overlay is not None:
             _save_overlay(overlay, config.overlay, models)
 
     timings["total_s"] = sum(timings.values())
     summary = _summary(slide_path, output, slide_mpp, (width, height), tissue, roi, cells, config,
                        writer.summary.written, emit.by_class, timings, warnings)
+    summary.rasters = [info.to_json() for info in rasters.infos] if rasters is not None else []
     _write_meta(output, run, slide_path, config, threads, device, models, offset, summary)
     return summary
 
@@ -468,6 +479,8 @@ def predict_slides(
         distributed.require_distributed(workers, scheduler)
     plan = plan_batch(slides, output, overlay=config.overlay is not None)
     config.check()
+    if plan.several and (config.labels is not None or config.probabilities is not None):
+        raise InputError("--labels and --probabilities take one slide; several were given")
     if plan.several and (workers > 1 or scheduler):
         from qpbridge.predict.distributed import predict_batch
 
