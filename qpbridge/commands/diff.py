@@ -202,7 +202,7 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
         as_json: bool = typer.Option(False, "--json", help="Print everything as JSON on stdout."),
     ) -> None:
-        with reported_errors():
+        with reported_errors(output):
             paths = list(paths or [])
             class_list = _parse_classes(classes)
             types = tuple(object_type) if object_type else ("annotation", "detection")

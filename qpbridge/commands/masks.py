@@ -197,7 +197,7 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace this slide's tiles if DIR has them."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
-        with reported_errors():
+        with reported_errors(out_dir or old_out_dir):
             out_dir = merge_deprecated(out_dir, old_out_dir, "--out", "-o/--output")
             warn_mpp_meaning("masks", mpp, "tile um/px", "--tile-mpp")
             mpp = merge_deprecated(mpp, old_slide_mpp, "--slide-mpp", "--mpp")

@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
         max_lines: int = typer.Option(50, "--max-lines", min=0, help="Issues listed before '... and N more'."),
     ) -> None:
-        with reported_errors():
+        with reported_errors(output):
             versions = parse_qupath_versions(qupath)
             if fix and output is None:
                 raise InputError("--fix needs an output file: add -o FIXED.geojson")
