@@ -220,25 +220,88 @@ def _open_existing(out_dir: Path, config: MaskConfig, slide_id: str, slide_path:
 
 
 # --------------------------------------------------------------------------------------------- the build
-def _check_extent(features: Sequence[Feature], slide: Slide, geojson_path: Path, warnings: list[str]) -> None:
-    """Fail clearly when no object lies on the slide (a GeoJSON of another slide); warn about strays."""
+def _px(value: float) -> str:
+    """A level-0 coordinate for a message: whole pixels, or ``1e+300`` for absurd ones."""
+    return f"{value:.0f}" if abs(value) < 1e7 else f"{value:g}"
+
+
+def _slide_box(slide: Slide) -> tuple[float, float, float, float]:
+    """The slide's level 0 in the GeoJSON's (QuPath's) coordinates."""
+    width, height = slide.dimensions
+    ox, oy = slide.qupath_offset_xy_px
+    return (-ox, -oy, width - ox, height - oy)
+
+
+def _check_extent(
+    features: Sequence[Feature], slide: Slide, geojson_path: Path, warnings: list[str], allow_off_slide: bool
+) -> list[Feature]:
+    """Fail clearly when no object lies on the slide (a GeoJSON of another slide), or when an object reaches
+    far outside it (another slide's or another unit's coordinates: an error naming it; left out with a warning
+    under ``allow_off_slide``); warn about strays. Returns the features to label."""
+    from qpbridge.qupath.read import far_outside, far_outside_message, feature_label
+
     geoms = np.empty(len(features), dtype=object)
     geoms[:] = [f.geometry for f in features]
     width, height = slide.dimensions
-    ox, oy = slide.qupath_offset_xy_px
-    slide_box = shapely.box(-ox, -oy, width - ox, height - oy)
-    on_slide = shapely.intersects(geoms, slide_box)
+    box = _slide_box(slide)
+    on_slide = shapely.intersects(geoms, shapely.box(*box))
+    b = shapely.bounds(geoms)
     if not on_slide.any():
-        b = shapely.bounds(geoms)
         raise GeoJSONError(
             f"none of the {len(features)} objects in {geojson_path} lie on the slide {slide.path} "
-            f"({width} x {height} px at level 0): the objects span x {np.nanmin(b[:, 0]):.0f} to "
-            f"{np.nanmax(b[:, 2]):.0f}, y {np.nanmin(b[:, 1]):.0f} to {np.nanmax(b[:, 3]):.0f} px. "
+            f"({width} x {height} px at level 0): the objects span x {_px(np.nanmin(b[:, 0]))} to "
+            f"{_px(np.nanmax(b[:, 2]))}, y {_px(np.nanmin(b[:, 1]))} to {_px(np.nanmax(b[:, 3]))} px. "
             "Is the GeoJSON from another slide? Export it from this slide's QuPath image"
         )
-    off = int((~on_slide).sum())
+    far, reach = far_outside(b, box)
+    if far.any():
+        where = np.flatnonzero(far).tolist()
+        first = features[where[0]]
+        label = feature_label(int(first.source_index if first.source_index is not None else where[0]), first.id,
+                              first.class_name)  # fmt: skip
+        what = f"{label}: {far_outside_message(float(reach[where[0]]), (width, height))}"
+        more = f" (and {len(where) - 1} more object{'s' * (len(where) > 2)})" if len(where) > 1 else ""
+        if not allow_off_slide:
+            raise GeoJSONError(
+                f"{geojson_path}: {what}{more}: is the GeoJSON from another slide, or in another unit? Fix or delete "
+                "the object, or give --allow-off-slide to leave such objects out"
+            )
+        warnings.append(f"{what}{more}: left out (--allow-off-slide)")
+    off = int((~on_slide & ~far).sum())
     if off:
         warnings.append(f"{off} of {len(features)} objects lie wholly outside the slide ({width} x {height} px)")
+    return [f for f, out in zip(features, far, strict=True) if not out]
+
+
+def _check_labelled_area(
+    rasterizer: LabelRasterizer, slide: Slide, geojson_path: Path, warnings: list[str], allow_off_slide: bool
+) -> None:
+    """Refuse a GeoJSON whose labelled area lies mostly off the slide (more than half: another slide's objects),
+    unless ``allow_off_slide`` (then a warning)."""
+    geoms, values = rasterizer.painted()
+    geoms = geoms[values != IGNORE_LABEL]
+    if not len(geoms):
+        return
+    box = shapely.box(*_slide_box(slide))
+    areas = shapely.area(geoms)
+    total = float(areas.sum())
+    if not total > 0:
+        return
+    on = areas.copy()
+    partly = ~shapely.covered_by(geoms, box)
+    on[partly] = shapely.area(shapely.intersection(geoms[partly], box))
+    share = 1.0 - float(on.sum()) / total
+    if share <= 0.5:
+        return
+    width, height = slide.dimensions
+    where = f"{share:.0%} of the labelled area in {geojson_path} lies off the slide {slide.path} ({width} x {height} px"
+    if not allow_off_slide:
+        raise GeoJSONError(
+            f"{where} at level 0): is the GeoJSON from another slide? Export it from this slide's QuPath image, or "
+            "give --allow-off-slide to label only the part on the slide"
+        )
+    warnings.append(f"{share:.0%} of the labelled area lies off the slide ({width} x {height} px): only the part on "
+                    "it is labelled (--allow-off-slide)")
 
 
 def _majority(counts: np.ndarray, labels: Sequence[int], background: int) -> int:
@@ -387,7 +450,8 @@ def build_tile_dataset(
     InputError
         Missing files, bad options, unknown classes (listed with counts), no pixel size.
     GeoJSONError
-        An empty GeoJSON, no area objects, or objects that all lie off the slide.
+        An empty GeoJSON, no area objects, objects that all lie off the slide, an object far outside it, or
+        more than half of the labelled area off it (the last two: warnings with ``allow_off_slide``).
     OutputError
         DIR is a file, holds something else, holds a dataset of other settings or this slide already.
 
@@ -430,10 +494,10 @@ def build_tile_dataset(
         warnings.extend(result.warnings[:20])
         if len(result.warnings) > 20:
             warnings.append(f"... and {len(result.warnings) - 20} more GeoJSON warnings")
-        _check_extent(result.features, slide, geojson_path, warnings)
-        _check_export(geojson_path, result.features)
+        features = _check_extent(result.features, slide, geojson_path, warnings, config.allow_off_slide)
+        _check_export(geojson_path, features)
         rasterizer = LabelRasterizer(
-            result.features,
+            features,
             config.class_map,
             overlap=config.overlap,
             reviewed=config.reviewed,
@@ -442,6 +506,7 @@ def build_tile_dataset(
             source=str(geojson_path),
         )
         warnings.extend(rasterizer.report.notes())
+        _check_labelled_area(rasterizer, slide, geojson_path, warnings, config.allow_off_slide)
         if rasterizer.n_painted == 0 and rasterizer.n_regions == 0:
             raise GeoJSONError(
                 f"{geojson_path} holds no area objects to make labels from ({len(result.features)} objects, "
