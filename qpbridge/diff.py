@@ -877,7 +877,7 @@ def diff_files(
     >>> from shapely import box
     >>> from qpbridge.qupath import Feature, write_geojson
     >>> folder = pathlib.Path(tempfile.mkdtemp())
-    >>> square = Feature(box(0, 0, 100, 100), "Benign", object_type="detection")
+    >>> square = Feature(box(0, 0, 100, 100), "Benign")
     >>> _ = write_geojson(folder / "p.geojson", [square])
     >>> _ = write_geojson(folder / "c.geojson", [Feature(box(0, 0, 100, 50), "Benign")])
     >>> d = diff_files(folder / "p.geojson", folder / "c.geojson", mpp=0.5)

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 import typer
@@ -44,7 +46,13 @@ def register(app: typer.Typer) -> None:
             "Examples:\n\n"
             "  qpbridge predict slide.svs -o slide.geojson --overlay slide.png\n\n"
             "  qpbridge predict slides/ -o predictions/ --device cuda\n\n"
-            "  qpbridge predict slide.svs -o slide.geojson --no-roi --min-area-um2 50"
+            "  qpbridge predict slide.svs -o slide.geojson --no-roi --min-area-um2 50\n\n"
+            "Many slides at once, on a Dask cluster of this machine (--workers: on 4 GPUs, one worker each) or a "
+            "running one (--scheduler); needs pip install 'qpbridge[distributed]'; the run's summary goes to "
+            "<folder>/qpbridge-run.json:\n\n"
+            "  qpbridge predict slides/ -o predictions/ --workers 4\n\n"
+            "  qpbridge predict slides/ -o predictions/ --device cuda --workers 4\n\n"
+            "  qpbridge predict slides/ -o predictions/ --scheduler tcp://head-node:8786"
         ),
     )
     def predict_cmd(
@@ -80,6 +88,14 @@ def register(app: typer.Typer) -> None:
         heatmap: bool = typer.Option(False, "--heatmap", help="Also write tiles with class probabilities."),
         overlay: Path | None = typer.Option(None, "--overlay", help="Write a thumbnail PNG with predictions."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace finished outputs."),
+        workers: int = typer.Option(
+            1, "--workers",
+            help="Slides at a time, each in a worker process of a Dask cluster started on this machine (needs "
+                 "qpbridge[distributed]). Each worker gets cores // N threads (or --threads); with --device cuda, "
+                 "worker i gets GPU i mod (GPUs). 1: one slide after the other, in this process."),
+        scheduler: str | None = typer.Option(
+            None, "--scheduler", envvar="QPBRIDGE_SCHEDULER",
+            help="Run the slides on a running Dask cluster: its scheduler's address (e.g. tcp://head-node:8786)."),
     ) -> None:
         from qpbridge.predict import PredictConfig, predict_slides
 
@@ -91,8 +107,11 @@ def register(app: typer.Typer) -> None:
                 object_type=object_type, min_area_um2=min_area_um2, simplify_um=simplify_um, heatmap=heatmap,
                 overlay=overlay,
             )
-            batch = predict_slides(slides, output, config, overwrite=overwrite, progress=_progress_bar, warn=warn,
-                                   report=_report)
+            with _SlidesBar() as slides_bar:  # lines go above it while it shows (a batch on Dask)
+                batch = predict_slides(slides, output, config, overwrite=overwrite, progress=_progress_bar,
+                                       warn=slides_bar.warn, report=lambda o: _report(o, slides_bar.echo),
+                                       workers=workers, scheduler=scheduler or None,
+                                       slides_progress=slides_bar.update)
             if failures := batch.count("failed"):
                 typer.echo(f"{failures} of {len(batch.outcomes)} slides failed", err=True)
                 raise typer.Exit(1)
@@ -119,25 +138,73 @@ def _progress_bar(job: SlideJob) -> Iterator[StageProgress]:
         yield progress
 
 
-def _report(outcome: SlideOutcome) -> None:
+class _SlidesBar:
+    """Progress across slides (a batch on Dask): slides done / to run, slides per minute, ETA; started by the
+    first update, so that a serial batch (which shows each slide's stages instead) never opens it. While it
+    shows, :meth:`echo` and :meth:`warn` print above it (stdout lines too, when stdout is the terminal)."""
+
+    def __init__(self) -> None:
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
+        self.began = 0.0
+
+    def __enter__(self) -> _SlidesBar:
+        return self
+
+    def update(self, done: int, total: int) -> None:
+        if self.bar is None:
+            columns = (TextColumn("slides"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                       TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+            self.bar = Progress(*columns, console=err_console, transient=True, redirect_stdout=False,
+                                redirect_stderr=False)
+            self.bar.start()
+            self.task = self.bar.add_task("slides", total=total, rate="")
+            self.began = time.perf_counter()
+        assert self.task is not None
+        minutes = max(time.perf_counter() - self.began, 1e-9) / 60
+        self.bar.update(self.task, completed=done, total=total, rate=f"{done / minutes:.1f} slides/min")
+
+    def echo(self, line: str, err: bool = False) -> None:
+        """``typer.echo(line, err=err)``, above the bar while it shows."""
+        if self.bar is not None and (err or sys.stdout.isatty()):
+            self.bar.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        else:
+            typer.echo(line, err=err)
+
+    def warn(self, message: str) -> None:
+        """One warning line on stderr (above the bar while it shows)."""
+        if self.bar is not None:
+            self.echo(f"warning: {message}", err=True)
+        else:
+            warn(message)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _report(outcome: SlideOutcome, echo: Callable[..., None] = typer.echo) -> None:
     """One line per slide: what it wrote (stdout), or why it was skipped or failed (stderr)."""
     slide_path, target = outcome.job.slide, outcome.job.output
     if outcome.status == "skipped":
         err_console.print(f"skip {slide_path}: {target} is finished (use --overwrite to redo it)")
         return
     if outcome.status == "failed":
-        typer.echo(f"error: {slide_path}: {outcome.error}", err=True)
+        echo(f"error: {slide_path}: {outcome.error}", err=True)
         return
     summary = outcome.summary
     assert summary is not None
+    where = f" on {outcome.worker}" if outcome.worker else ""
     by_class = ", ".join(f"{name} {count}" for name, count in sorted(summary.features_by_class.items())) or "none"
     roi = (f", ROI {summary.roi_fraction_of_tissue:.1%} of tissue" if summary.roi_fraction_of_tissue is not None
            else "")
     saved = (f", ROI gate saved {summary.high_mag_saved_frac:.0%} of the high-mag work"
              if summary.high_mag_saved_frac is not None else "")
-    typer.echo(
+    echo(
         f"{slide_path} -> {target}: {summary.features_written} features ({by_class}); tissue "
         f"{summary.tissue_fraction:.1%} of slide{roi}{saved}; {summary.windows_run} windows "
         f"({summary.network_mpx:.1f} MP) in "
-        f"{summary.timings_s.get('total_s', 0):.1f} s"
+        f"{summary.timings_s.get('total_s', 0):.1f} s{where}"
     )

@@ -98,6 +98,11 @@ def _check_output(output: Path, overlay: Path | None) -> None:
         raise OutputError(f"output {output} must end in .geojson or .geojson.gz (what QuPath imports)")
 
 
+#: Options that do not change what a run writes into the GeoJSON: left out of its run id (the same slide predicted
+#: serially or by a Dask worker with fewer threads is the same prediction).
+_NOT_IN_RUN_ID = ("threads", "overlay", "overlay_max_px")
+
+
 def run_id(slide_path: Path, config: PredictConfig, models: Sequence[LoadedModel]) -> str:
     """The id every feature of a run carries (16 hex digits): the same slide, options and model weights give
     the same id, so a re-run marks its predictions alike.
@@ -107,7 +112,8 @@ def run_id(slide_path: Path, config: PredictConfig, models: Sequence[LoadedModel
     """
     digest = hashlib.sha256()
     digest.update(str(slide_path.resolve()).encode())
-    digest.update(json.dumps(asdict(config), default=str, sort_keys=True).encode())
+    options = {k: v for k, v in asdict(config).items() if k not in _NOT_IN_RUN_ID}
+    digest.update(json.dumps(options, default=str, sort_keys=True).encode())
     for model in models:
         digest.update(model.card.weights_sha256.encode())
     return digest.hexdigest()[:16]
@@ -123,9 +129,11 @@ class _Models:
         return [m for m in (self.roi, self.cell) if m is not None]
 
 
-def _load_models(config: PredictConfig, device: torch.device) -> _Models:
-    roi = load_model(config.model_roi, role="roi", device=device) if config.use_roi else None
-    cell = None if config.roi_only else load_model(config.model_cell, role="cell", device=device)
+def _load_models(
+    config: PredictConfig, device: torch.device, load: Callable[..., LoadedModel] = load_model
+) -> _Models:
+    roi = load(config.model_roi, role="roi", device=device) if config.use_roi else None
+    cell = None if config.roi_only else load(config.model_cell, role="cell", device=device)
     models = _Models(roi, cell)
     for model in models.loaded:
         model.network = inference_network(model.card, model.network)
@@ -196,6 +204,7 @@ def predict_slide(
     *,
     progress: Progress | None = None,
     warn: Callable[[str], None] | None = None,
+    model_loader: Callable[..., LoadedModel] | None = None,
 ) -> PredictSummary:
     """Run the DeepBatch cascade over one slide and write QuPath GeoJSON (+ ``<output>.meta.json``).
 
@@ -204,6 +213,8 @@ def predict_slide(
     looks finished. The output is locked while the run writes it: a second run on the same output fails at
     once (:class:`qpbridge.atomic.OutputLocked`); temporaries a killed run left are removed. ``progress`` hears
     each stage's blocks (:data:`qpbridge.predict.config.Progress`); ``warn`` each warning (also in the summary).
+    ``model_loader`` replaces :func:`qpbridge.models.load_model` (a worker's cache of loaded models:
+    :class:`qpbridge.predict.distributed.ModelCache`).
     """
     config = config or PredictConfig()
     config.check()
@@ -214,12 +225,12 @@ def predict_slide(
     with output_lock(output, "qpbridge predict"):
         # Under the lock no live run writes these: what a killed run left is removed.
         remove_stale_temporaries(output, meta_path_for(output), *([config.overlay] if config.overlay else []))
-        return _predict_locked(slide_path, output, config, progress, warn)
+        return _predict_locked(slide_path, output, config, progress, warn, model_loader)
 
 
 def _predict_locked(
     slide_path: Path, output: Path, config: PredictConfig, progress: Progress | None,
-    warn: Callable[[str], None] | None,
+    warn: Callable[[str], None] | None, model_loader: Callable[..., LoadedModel] | None,
 ) -> PredictSummary:
     warnings: list[str] = []
 
@@ -235,7 +246,7 @@ def _predict_locked(
     if config.precision == "bf16" and device.type == "cpu" and not native_bf16():
         _warn("--precision bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX), so it runs slower than "
               "fp32; leave --precision out for fp32")
-    models = _load_models(config, device)
+    models = _load_models(config, device, model_loader or load_model)
     timings["load_models_s"] = time.perf_counter() - clock
     synthetic = [m.card.name for m in models.loaded if m.card.domain == "synthetic"]
     if synthetic:
@@ -405,6 +416,9 @@ class SlideOutcome:
     status: Literal["done", "skipped", "failed"]
     summary: PredictSummary | None = None
     error: QpbridgeError | None = None
+    seconds: float | None = None  #: wall time of the slide's run (None: skipped)
+    worker: str | None = None  #: the Dask worker's address (None: run in this process)
+    attempts: int = 0  #: runs of the slide (a failed slide is tried twice on Dask)
 
 
 @dataclass
@@ -427,21 +441,39 @@ def predict_slides(
     progress: Callable[[SlideJob], AbstractContextManager[Progress | None]] | None = None,
     warn: Callable[[str], None] | None = None,
     report: Callable[[SlideOutcome], None] | None = None,
+    workers: int = 1,
+    scheduler: str | None = None,
+    slides_progress: Callable[[int, int], None] | None = None,
 ) -> BatchSummary:
     """Run :func:`predict_slide` over slides and folders of slides (see :func:`plan_batch` for the outputs).
 
     Finished outputs are skipped unless ``overwrite``; with several slides, a slide's :class:`QpbridgeError`
     is reported and counted and the batch goes on (with one slide, both raise). ``progress`` opens, per slide,
     the context of that slide's progress callback (the CLI's progress bar); ``report`` hears each outcome as
-    it happens.
+    it happens. A batch into a folder writes ``qpbridge-run.json`` there
+    (:func:`qpbridge.predict.distributed.write_run_summary`).
+
+    Several slides with ``workers > 1`` or a ``scheduler`` run on Dask, one slide per task
+    (:func:`qpbridge.predict.distributed.predict_batch`: ``slides_progress`` hears slides done / to run, and
+    ``progress`` is not used); otherwise, here, one after the other, and Dask is not imported.
 
     >>> batch = predict_slides(["slides/"], "predictions/", report=print)            # doctest: +SKIP
     >>> batch.count("failed")                                                         # doctest: +SKIP
     0
     """
     config = config or PredictConfig()
+    if workers != 1 or scheduler:
+        from qpbridge.predict import distributed  # imports Dask only if the batch goes there
+
+        distributed.require_distributed(workers, scheduler)
     plan = plan_batch(slides, output, overlay=config.overlay is not None)
     config.check()
+    if plan.several and (workers > 1 or scheduler):
+        from qpbridge.predict.distributed import predict_batch
+
+        return predict_batch(plan, config, workers=workers, scheduler=scheduler, overwrite=overwrite, warn=warn,
+                             report=report, slides_progress=slides_progress)
+    started = time.time()
     outcomes: list[SlideOutcome] = []
     for job in plan.jobs:
         if is_finished(job.output) and not overwrite:
@@ -449,6 +481,7 @@ def predict_slides(
                 raise OutputError(f"{job.output} exists and is finished: use --overwrite to replace it")
             outcome = SlideOutcome(job, "skipped")
         else:
+            clock = time.perf_counter()
             try:
                 with progress(job) if progress is not None else nullcontext(None) as stage_progress:
                     summary = predict_slide(job.slide, job.output, config, progress=stage_progress, warn=warn)
@@ -457,7 +490,12 @@ def predict_slides(
                 if not plan.several:
                     raise
                 outcome = SlideOutcome(job, "failed", error=exc)
+            outcome.seconds, outcome.attempts = time.perf_counter() - clock, 1
         outcomes.append(outcome)
         if report is not None:
             report(outcome)
+    if Path(output).is_dir():
+        from qpbridge.predict.distributed import write_run_summary
+
+        write_run_summary(output, outcomes, engine="serial", started=started)
     return BatchSummary(outcomes)
