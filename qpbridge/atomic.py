@@ -38,9 +38,13 @@ __all__ = [
     "commit",
     "output_lock",
     "remove_stale_temporaries",
+    "target_of_temporary",
     "temporaries_of",
     "temporary_path",
 ]
+
+
+_TEMPORARY = re.compile(r"\.(.+)\.[0-9]+-[0-9a-f]{8}\.tmp")
 
 
 def _umask() -> int:
@@ -53,6 +57,17 @@ def temporary_path(target: str | os.PathLike[str]) -> Path:
     """A fresh temporary name beside ``target`` (same folder, so the final rename is atomic)."""
     target = Path(target)
     return target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def target_of_temporary(path: str | os.PathLike[str]) -> Path | None:
+    """The target a :func:`temporary_path` stands for, or ``None`` when ``path`` is no such temporary.
+
+    >>> target_of_temporary("out/.slide.geojson.4242-0a1b2c3d.tmp"), target_of_temporary("out/slide.geojson")
+    (PosixPath('out/slide.geojson'), None)
+    """
+    path = Path(path)
+    match = _TEMPORARY.fullmatch(path.name)
+    return None if match is None else path.with_name(match[1])
 
 
 def temporaries_of(target: str | os.PathLike[str]) -> list[Path]:

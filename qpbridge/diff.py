@@ -24,8 +24,10 @@ How the two files are compared
    * ``added``: predicted nothing, corrected ``b`` (a newly drawn region, a grown one).
 
    The ``changed`` area is ``added + removed + relabelled``; a class's ``changed_share`` is
-   ``(removed + relabelled away) / predicted area of that class``, the slide's ``changed_share`` is
-   ``changed / total predicted area`` (``None`` when nothing was predicted).
+   ``(added + removed + relabelled in + relabelled out) / predicted area of that class`` (a class that only
+   gained area changed too; the share may exceed 1), the slide's ``changed_share`` is
+   ``changed / total predicted area``; both ``None`` when nothing was predicted (of the class), the areas
+   being reported all the same.
 
 Areas are computed with shapely 2's vectorized overlay over the parts of each union (an STRtree pairs the
 parts that meet), never on one huge multipolygon, so 10^5 objects take seconds. They are in um^2 when the
@@ -131,12 +133,14 @@ class ClassDiff:
 
     @property
     def changed_px2(self) -> float:
-        """Predicted area of this class that the pathologist removed or relabelled."""
-        return self.removed_px2 + self.relabelled_out_px2
+        """Area of this class that the pathologist changed: ``added + removed + relabelled in + relabelled out``
+        (what the class gained as well as what it lost)."""
+        return self.added_px2 + self.removed_px2 + self.relabelled_in_px2 + self.relabelled_out_px2
 
     @property
     def changed_share(self) -> float | None:
-        """``changed_px2 / predicted_px2``; ``None`` when the class was not predicted."""
+        """``changed_px2 / predicted_px2`` (above 1 when the class gained more than was predicted of it);
+        ``None`` when the class was not predicted (its added area is still in ``added_px2``)."""
         return self.changed_px2 / self.predicted_px2 if self.predicted_px2 > 0 else None
 
     @property
@@ -309,6 +313,7 @@ class DiffResult:
                 f"removed_{s}": self.area(c.removed_px2),
                 f"relabelled_out_{s}": self.area(c.relabelled_out_px2),
                 f"relabelled_in_{s}": self.area(c.relabelled_in_px2),
+                f"changed_{s}": self.area(c.changed_px2),
                 "changed_share": c.changed_share,
                 "added_share": c.added_share,
             }

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -584,10 +584,22 @@ def _labels_from_geojson(path: str | os.PathLike[str], class_map: Mapping[str, i
     return (rasterizer.window, cmap.labels, {c.label: c.name for c in cmap.classes}, rasterizer.bounds())
 
 
+def _check_grid(grid_mpp: float, slide_mpp: float, what: str) -> None:
+    """A comparison grid finer than the slide's pixels only multiplies the work (by ``(slide/grid)^2``)."""
+    if grid_mpp < slide_mpp * (1 - 1e-6):
+        factor = (slide_mpp / grid_mpp) ** 2
+        raise InputError(
+            f"--grid-mpp {grid_mpp:g} is finer than {what}: it multiplies the work ({factor:,.0f}x here) and finds "
+            f"nothing more; give --grid-mpp {slide_mpp:g} or coarser (2 is plenty for regions), or leave it out for "
+            "full resolution"
+        )
+
+
 def evaluate_geojson(pred_path: str | os.PathLike[str], truth_path: str | os.PathLike[str], *,
                      class_map: Mapping[str, int | str] | None = None, slide: str | os.PathLike[str] | None = None,
                      slide_mpp: float | None = None, grid_mpp: float | None = None, block_px: int = 4096,
-                     role: str = "cell", mpp: float | None = None) -> SegmentationMetrics:
+                     role: str = "cell", mpp: float | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> SegmentationMetrics:
     """Compare two QuPath GeoJSON files, rasterized block by block on a grid of ``grid_mpp`` um/px.
 
     Parameters
@@ -612,8 +624,12 @@ def evaluate_geojson(pred_path: str | os.PathLike[str], truth_path: str | os.Pat
         counts as ROI); ``"cell"`` the tissue classes.
     mpp
         Deprecated name of ``grid_mpp`` (a DeprecationWarning; it goes in the next release).
+    progress
+        Called as ``progress(done, total)`` after each block compared.
 
-    Memory is bounded by one block of ``block_px`` x ``block_px`` pixels.
+    Memory is bounded by one block of ``block_px`` x ``block_px`` pixels. A grid finer than the slide's pixels
+    is refused (:class:`InputError`: it only multiplies the work), and so, without ``slide``, are objects whose
+    coordinates no slide has (beyond :data:`qpbridge.qupath.read.ABSURD_COORDINATE_PX`).
     """
     if mpp is not None:
         import warnings
@@ -627,6 +643,7 @@ def evaluate_geojson(pred_path: str | os.PathLike[str], truth_path: str | os.Pat
         raise InputError(f"--role must be cell or roi, got {role!r}")
     from affine import Affine
 
+    from qpbridge.qupath.read import ABSURD_COORDINATE_PX
     from qpbridge.slide import check_mpp
 
     if grid_mpp is not None:
@@ -638,6 +655,8 @@ def evaluate_geojson(pred_path: str | os.PathLike[str], truth_path: str | os.Pat
 
         with open_slide(Path(slide), mpp=slide_mpp) as opened:
             scale = 1.0 if grid_mpp is None else opened.scale_for_mpp(grid_mpp)
+            if grid_mpp is not None:
+                _check_grid(grid_mpp, opened.mpp, f"the slide's pixels ({opened.mpp:g} um/px)")
             qupath_width, qupath_height = opened.qupath_size_px
         width, height = math.ceil(qupath_width / scale - 1e-9), math.ceil(qupath_height / scale - 1e-9)
         x0 = y0 = 0.0
@@ -646,20 +665,30 @@ def evaluate_geojson(pred_path: str | os.PathLike[str], truth_path: str | os.Pat
             raise InputError("--grid-mpp needs the slide's pixel size (the scale of GeoJSON coordinates): give --slide "
                              "or --mpp")
         scale = 1.0 if grid_mpp is None else grid_mpp / check_mpp(float(slide_mpp or 0.0))
+        if grid_mpp is not None and slide_mpp is not None:
+            _check_grid(grid_mpp, slide_mpp, f"the slide's pixels (--mpp {slide_mpp:g})")
         boxes = [b for b in (pred_bounds, truth_bounds) if b is not None]
         if not boxes:
             raise InputError(f"no area features in {pred_path} or {truth_path}: nothing to compare (give --slide "
                              "to compare over a whole slide)")
+        reach = max(abs(v) for b in boxes for v in b)
+        if reach > ABSURD_COORDINATE_PX:
+            raise InputError(f"objects in {pred_path} or {truth_path} reach {reach:g} px, which no slide has: give "
+                             "--slide SLIDE to compare over the slide only (qpbridge validate lists such objects)")
         x0 = float(math.floor(min(b[0] for b in boxes)))
         y0 = float(math.floor(min(b[1] for b in boxes)))
         width = math.ceil((math.ceil(max(b[2] for b in boxes)) - x0) / scale - 1e-9)
         height = math.ceil((math.ceil(max(b[3] for b in boxes)) - y0) / scale - 1e-9)
     accumulator = ConfusionAccumulator(list(labels), [names[v] for v in labels])
+    total, done = math.ceil(height / block_px) * math.ceil(width / block_px), 0
     for top in range(0, height, block_px):
         for left in range(0, width, block_px):
             shape = (min(block_px, height - top), min(block_px, width - left))
             affine = Affine(scale, 0.0, x0 + left * scale, 0.0, scale, y0 + top * scale)
             accumulator.update(pred_window(shape, affine), truth_window(shape, affine))
+            done += 1
+            if progress is not None:
+                progress(done, total)
     result = accumulator.result()
     result.extra.update({"prediction": str(pred_path), "truth": str(truth_path), "size_px": [width, height],
                          "level0_px_per_px": scale})

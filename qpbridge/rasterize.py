@@ -691,6 +691,10 @@ class LabelRasterizer:
         xmin, ymin, xmax, ymax = shapely.total_bounds(self._geoms)
         return float(xmin), float(ymin), float(xmax), float(ymax)
 
+    def painted(self) -> tuple[np.ndarray, np.ndarray]:
+        """The objects that carry a label, in paint order, and their labels (255: ignore objects)."""
+        return self._geoms.copy(), self._values.copy()
+
     @property
     def n_painted(self) -> int:
         """Objects that carry a label (or ignore)."""

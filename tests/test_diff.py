@@ -138,7 +138,7 @@ def test_shifted_region_gives_exact_slivers() -> None:
     d = diff_geojson([pred(box(0, 0, 100, 100), BENIGN)], [Feature(box(10, 0, 110, 100), BENIGN)], mpp=None)
     c = d.per_class[BENIGN]
     assert (c.unchanged_px2, c.added_px2, c.removed_px2) == (9000.0, 1000.0, 1000.0)
-    assert c.changed_share == 0.1 and c.added_share == 0.1
+    assert c.changed_share == 0.2 and c.added_share == 0.1  # gained 1000 and lost 1000 of 10000
     pieces = d.pieces()
     assert [k for k, _ in pieces.added] == [BENIGN] and [k for k, _ in pieces.removed] == [BENIGN]
     assert_geometries_equal(pieces.added[0][1], box(100, 0, 110, 100), normalize=True)

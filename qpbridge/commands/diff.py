@@ -58,6 +58,11 @@ def _pct(share: float | None) -> str:
     return "-" if share is None else f"{100 * share:.1f}%"
 
 
+def _share(share: float | None, changed_px2: float) -> str:
+    """A changed share; ``new`` for a change where nothing was predicted (no share of nothing)."""
+    return "new" if share is None and changed_px2 > 0 else _pct(share)
+
+
 def _table(rows: list[list[str]], right_from: int = 1) -> list[str]:
     widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
     lines = []
@@ -82,7 +87,7 @@ def _print_result(result: DiffResult) -> None:
         for name, c in result.per_class.items():
             values = [c.predicted_px2, c.corrected_px2, c.unchanged_px2, c.added_px2, c.removed_px2]
             values += [c.relabelled_out_px2, c.relabelled_in_px2]
-            rows.append([name, *(_fmt(a(v)) for v in values), _pct(c.changed_share)])
+            rows.append([name, *(_fmt(a(v)) for v in values), _share(c.changed_share, c.changed_px2)])
         for line in _table(rows):
             typer.echo(line)
     for before, row in result.relabelled_px2.items():
@@ -140,7 +145,7 @@ def _print_batch(batch: BatchResult) -> None:
                 _fmt(a(r.predicted_px2)),
                 _fmt(a(r.corrected_px2)),
                 _fmt(a(r.changed_px2)),
-                _pct(r.changed_share) if r.changed_share is not None or r.changed_px2 == 0 else "new",
+                _share(r.changed_share, r.changed_px2),
                 _fmt(a(r.added_px2)),
                 _fmt(a(r.removed_px2)),
                 _fmt(a(r.relabelled_total_px2)),
@@ -202,7 +207,7 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
         as_json: bool = typer.Option(False, "--json", help="Print everything as JSON on stdout."),
     ) -> None:
-        with reported_errors():
+        with reported_errors(output):
             paths = list(paths or [])
             class_list = _parse_classes(classes)
             types = tuple(object_type) if object_type else ("annotation", "detection")

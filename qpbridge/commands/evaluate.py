@@ -3,14 +3,41 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
-from qpbridge.commands._common import reported_errors
+from qpbridge.commands._common import err_console, reported_errors
 from qpbridge.commands._options import class_map_option, grid_mpp_option, mpp_option, warn_mpp_meaning
 from qpbridge.errors import InputError
+
+__all__ = ["register"]
+
+
+@contextmanager
+def _block_progress() -> Iterator[Callable[[int, int], None]]:
+    """A transient bar on stderr for comparisons of more than one block (only on a terminal)."""
+    bar = Progress(TextColumn("comparing"), BarColumn(), MofNCompleteColumn(), TextColumn("blocks, ETA"),
+                   TimeRemainingColumn(), console=err_console, transient=True, disable=not err_console.is_terminal)
+    task: list[TaskID] = []
+
+    def progress(done: int, total: int) -> None:
+        if total < 2:
+            return
+        if not task:
+            bar.start()  # only once there is something to show
+            task.append(bar.add_task("compare", total=total))
+        bar.update(task[0], completed=done)
+
+    try:
+        yield progress
+    finally:
+        if task:
+            bar.stop()
 
 
 def register(app: typer.Typer) -> None:
@@ -39,7 +66,8 @@ def register(app: typer.Typer) -> None:
         slide: Path | None = typer.Option(None, "--slide", help="The slide (GeoJSON inputs: extent and um/px)."),
         mpp: float | None = mpp_option(),
         grid_mpp: float | None = grid_mpp_option(
-            "GeoJSON inputs: compare on a grid of this um/px (default: full resolution); needs --slide or --mpp."
+            "GeoJSON inputs: compare on a grid of this um/px, not finer than the slide (default: full resolution); "
+            "needs --slide or --mpp."
         ),
         class_map: str | None = class_map_option(),
         probs: Path | None = typer.Option(None, "--probs", help="Masks: class probabilities (C x H x W .npy/TIFF)."),
@@ -65,9 +93,11 @@ def register(app: typer.Typer) -> None:
             if all(geo):
                 if probs is not None:
                     raise InputError("--probs applies to label masks, not annotation files")
-                result = evaluate_geojson(
-                    pred, truth, class_map=mapping, slide=slide, slide_mpp=mpp, grid_mpp=grid_mpp, role=role
-                )
+                with _block_progress() as progress:
+                    result = evaluate_geojson(
+                        pred, truth, class_map=mapping, slide=slide, slide_mpp=mpp, grid_mpp=grid_mpp, role=role,
+                        progress=progress,
+                    )
             else:
                 if slide is not None or mpp is not None or grid_mpp is not None:
                     raise InputError(

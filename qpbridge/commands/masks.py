@@ -195,9 +195,14 @@ def register(app: typer.Typer) -> None:
         ),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print pixel and tile counts; write nothing."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace this slide's tiles if DIR has them."),
+        allow_off_slide: bool = typer.Option(
+            False, "--allow-off-slide",
+            help="Label the part on the slide even when most of the labelled area lies off it, and leave out "
+            "objects far outside it (warnings instead of errors: a GeoJSON of another slide is refused otherwise).",
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
-        with reported_errors():
+        with reported_errors(out_dir or old_out_dir):
             out_dir = merge_deprecated(out_dir, old_out_dir, "--out", "-o/--output")
             warn_mpp_meaning("masks", mpp, "tile um/px", "--tile-mpp")
             mpp = merge_deprecated(mpp, old_slide_mpp, "--slide-mpp", "--mpp")
@@ -268,6 +273,7 @@ def register(app: typer.Typer) -> None:
                 qa_mpp=None if qa_mpp == 0 else qa_mpp,
                 dry_run=dry_run,
                 overwrite=overwrite,
+                allow_off_slide=allow_off_slide,
             )
             bar = Progress(
                 TextColumn("{task.description}"),

@@ -109,7 +109,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from qpbridge.predict import PredictConfig, predict_slides
 
-        with reported_errors():
+        with reported_errors(output):
             config = PredictConfig(
                 model_roi=model_roi, model_cell=model_cell, mpp=mpp, device=device, batch_size=batch_size,
                 threads=threads, use_roi=not no_roi, roi_only=roi_only, roi_margin_um=roi_margin_um,

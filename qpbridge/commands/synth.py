@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         nuclei: bool = typer.Option(False, "--nuclei", help="Also write OUT.nuclei.geojson (every nucleus)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing slide and truth."),
     ) -> None:
-        with reported_errors():
+        with reported_errors(out):
             progress = Progress(
                 TextColumn("writing {task.description}"),
                 BarColumn(),

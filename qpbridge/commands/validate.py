@@ -33,7 +33,8 @@ def register(app: typer.Typer) -> None:
             "Examples:\n\n  qpbridge validate out.geojson\n\n"
             "  qpbridge validate export.geojson --qupath 0.5+\n\n"
             "  qpbridge validate tiatoolbox.json --fix -o fixed.geojson\n\n"
-            "  qpbridge validate out.geojson.gz --json"
+            "  qpbridge validate out.geojson.gz --json\n\n"
+            "  qpbridge validate corrected.geojson --slide slide.svs"
         ),
     )
     def validate_cmd(
@@ -51,18 +52,33 @@ def register(app: typer.Typer) -> None:
             False, "--fix", help="Write a copy repaired for the versions asked to -o (never over FILE)."
         ),
         output: Path | None = output_option("Output of --fix (.geojson[.gz])."),
+        slide: Path | None = typer.Option(
+            None, "--slide", metavar="SLIDE",
+            help="The slide the file belongs to: objects far outside its image are errors (without it, only "
+            "coordinates larger than any slide are, as warnings).",
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
         max_lines: int = typer.Option(50, "--max-lines", min=0, help="Issues listed before '... and N more'."),
     ) -> None:
-        with reported_errors():
+        with reported_errors(output):
             versions = parse_qupath_versions(qupath)
             if fix and output is None:
                 raise InputError("--fix needs an output file: add -o FIXED.geojson")
             if output is not None and not fix:
                 raise InputError(f"-o {output} is only used with --fix: add --fix or drop -o")
             require_geojson(file)  # another format: one line that suggests qpbridge convert
-            report = validate_geojson(file, versions)
-            fixed = fix_geojson(file, output, versions) if fix and output is not None else None
+            size = None
+            if slide is not None:
+                from qpbridge.slide import open_slide
+
+                with open_slide(slide) as opened:
+                    size = opened.qupath_size_px
+            report = validate_geojson(file, versions, image_size_px=size)
+            fixed = None
+            if fix and output is not None:
+                fixed = fix_geojson(file, output, versions)
+                if size is not None:  # the repaired file, judged against the slide too
+                    fixed.report = validate_geojson(output, versions, image_size_px=size)
         if as_json:
             data = report.to_dict()
             if fixed is not None:

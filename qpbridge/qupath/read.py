@@ -32,11 +32,14 @@ from qpbridge.qupath.objects import LEGACY_TYPE_IDS, legacy_type, normalize_obje
 from qpbridge.qupath.write import Feature
 
 __all__ = [
+    "ABSURD_COORDINATE_PX",
     "GEOMETRY_TYPES",
     "JsonDocument",
     "ReadResult",
     "ReadSummary",
     "feature_label",
+    "far_outside",
+    "far_outside_message",
     "flatten_features",
     "gc_paused",
     "iter_feature_objects",
@@ -61,6 +64,10 @@ GEOMETRY_TYPES = (
 
 _MAX_WARNINGS = 200
 _AREA_TYPES = ("Polygon", "MultiPolygon")
+
+#: No slide is this large (level-0 px; the largest whole-slide scans are ~200,000 px on a side): coordinates
+#: beyond it are another unit or a broken transform, never a place on a slide.
+ABSURD_COORDINATE_PX = 1e7
 
 
 @dataclass
@@ -521,6 +528,49 @@ def _polygonal_part(geom: shapely.Geometry) -> shapely.Geometry:
     if not parts:
         return shapely.Polygon()
     return parts[0] if len(parts) == 1 else shapely.union_all(parts)
+
+
+# --- coordinates far from the image ---------------------------------------------------------------------
+def far_outside(
+    bounds: np.ndarray, image_box: tuple[float, float, float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which features reach far outside an image, and the coordinate of each that reaches farthest.
+
+    ``bounds`` is ``(n, 4)``: each feature's ``xmin, ymin, xmax, ymax`` (``shapely.bounds``; NaN rows, empty
+    geometries, never count); ``image_box`` the image in the same coordinates (QuPath's level-0 pixels).
+    *Far* is farther from the image than its own width (x) or height (y): an object drawn past the edge of
+    a slide stays within that, one placed by another slide's or another unit's coordinates does not. Returns
+    a boolean mask and, per feature, the coordinate farthest beyond the allowed band (NaN where not far).
+
+    Examples
+    --------
+    >>> bounds = np.array([[10, 10, 90, 90], [-50, 0, 150, 40], [0, 0, 1e300, 5], [np.nan] * 4])
+    >>> far, reach = far_outside(bounds, (0, 0, 100, 50))
+    >>> far.tolist(), float(reach[2])
+    ([False, False, True, False], 1e+300)
+    """
+    x0, y0, x1, y1 = (float(v) for v in image_box)
+    width, height = x1 - x0, y1 - y0
+    b = np.asarray(bounds, dtype=float).reshape(-1, 4)
+    with np.errstate(invalid="ignore", over="ignore"):
+        beyond = np.stack([
+            (x0 - width) - b[:, 0], (y0 - height) - b[:, 1], b[:, 2] - (x1 + width), b[:, 3] - (y1 + height),
+        ], axis=1)
+        far = np.nan_to_num(beyond, nan=-np.inf).max(axis=1) > 0
+    reach = np.full(len(b), np.nan)
+    if far.any():
+        which = np.nan_to_num(beyond[far], nan=-np.inf).argmax(axis=1)
+        reach[far] = b[far][np.arange(int(far.sum())), which]
+    return far, reach
+
+
+def far_outside_message(reach_px: float, size_px: tuple[int, int]) -> str:
+    """What :func:`far_outside` found, in words (the caller names the feature).
+
+    >>> far_outside_message(1e300, (4096, 3072))
+    'coordinates reach 1e+300 px, far outside the 4096 x 3072 px image'
+    """
+    return f"coordinates reach {reach_px:g} px, far outside the {size_px[0]} x {size_px[1]} px image"
 
 
 # --- reading ------------------------------------------------------------------------------------------

@@ -45,10 +45,13 @@ from qpbridge.errors import GeoJSONError, InputError
 from qpbridge.qupath.objects import legacy_type, normalize_object_type, qupath_object_type
 from qpbridge.qupath.project import QUPATH_IMPORT_SUFFIXES
 from qpbridge.qupath.read import (
+    ABSURD_COORDINATE_PX,
     GEOMETRY_TYPES,
     JsonDocument,
     ReadResult,
     ReadSummary,
+    far_outside,
+    far_outside_message,
     feature_label,
     flatten_features,
     gc_paused,
@@ -163,6 +166,11 @@ ISSUE_EFFECTS: dict[str, dict[str, Effect]] = {
     "bad-geometry": _every(Effect("reject", "a geometry of a type GeoJSON does not have")),
     "bad-coordinates": _every(Effect("reject", "coordinates that are not [x, y] positions")),
     "nonfinite-coordinate": _every(Effect("reject", "a NaN or infinite coordinate")),
+    "huge-coordinates": _every(_OK),
+    "off-image": _every(
+        Effect("mangle", "{n} object{s} far outside the image {lies|lie} where it has no pixels (unseen, measuring "
+                         "nothing)")
+    ),
     "unclosed-ring": _every(Effect("reject", "an unclosed ring")),
     "short-ring": _every(Effect("reject", "a ring of fewer than 4 positions")),
     "geometry-collection": _by(v06=Effect("reject", "a GeometryCollection")),
@@ -342,6 +350,9 @@ class ValidationReport:
     versions: tuple[str, ...] = QUPATH_VERSIONS
     notes: list[Issue] = field(default_factory=list)
     _pending: list[tuple[int, str, np.ndarray]] = field(default_factory=list, repr=False, compare=False)
+    _bounds: list[tuple[int, str, tuple[float, float, float, float]]] = field(
+        default_factory=list, repr=False, compare=False
+    )
 
     @property
     def errors(self) -> list[Issue]:
@@ -994,10 +1005,58 @@ def _check_geometry(gj: Any, where: str, report: ValidationReport, index: int, l
     except _GeomProblem as exc:
         report.add(index, exc.code, exc.message if where == "geometry" else f"{where}: {exc.message}", label)
         return
+    if where == "geometry":
+        bounds = _raw_bounds(gj)
+        if bounds is not None:
+            report._bounds.append((index, label, bounds))
     found = _classify_invalid(geom)
     if found is not None:
         rule, message = found
         report.add(index, rule, message if where == "geometry" else f"{where}: {message}", label)
+
+
+def _raw_bounds(gj: dict[str, Any]) -> tuple[float, float, float, float] | None:
+    """``xmin, ymin, xmax, ymax`` of a geometry :func:`_build` took (its positions are ``[x, y, ...]`` lists)."""
+    kind, coords = gj["type"], gj.get("coordinates")
+    positions: Any
+    coords = coords if coords is not None else []
+    try:
+        if kind == "Point":
+            positions = [coords]
+        elif kind in ("MultiPoint", "LineString"):
+            positions = coords
+        elif kind in ("MultiLineString", "Polygon"):
+            positions = [p for part in coords for p in part]
+        else:  # MultiPolygon
+            positions = [p for polygon in coords for ring in polygon for p in ring]
+        xy = np.asarray([p[:2] for p in positions], dtype=np.float64)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if xy.ndim != 2 or not len(xy):
+        return None
+    (xmin, ymin), (xmax, ymax) = xy.min(axis=0), xy.max(axis=0)
+    return float(xmin), float(ymin), float(xmax), float(ymax)
+
+
+def _check_extent(report: ValidationReport, image_size_px: tuple[int, int] | None) -> None:
+    """Coordinates far outside the image (with its size), or larger than any slide (without)."""
+    found, report._bounds = report._bounds, []
+    if not found:
+        return
+    bounds = np.array([b for _, _, b in found], dtype=float)
+    if image_size_px is not None:
+        far, reach = far_outside(bounds, (0.0, 0.0, float(image_size_px[0]), float(image_size_px[1])))
+        for k in np.flatnonzero(far).tolist():
+            index, label, _ = found[k]
+            report.add(index, "off-image", f"{far_outside_message(float(reach[k]), image_size_px)}: QuPath places it "
+                       "where the image has no pixels; is it from another slide, or in another unit?", label)
+        return
+    largest = np.abs(bounds).argmax(axis=1)
+    for k in np.flatnonzero(np.abs(bounds).max(axis=1) > ABSURD_COORDINATE_PX).tolist():
+        index, label, _ = found[k]
+        report.add(index, "huge-coordinates",
+                   f"coordinates reach {bounds[k, largest[k]]:g} px: no slide is that big (the largest are ~200,000 "
+                   "px on a side); in another unit, or from a broken transform? Check with --slide SLIDE", label)
 
 
 def _closed_simple_ring(gj: Any) -> np.ndarray | None:
@@ -1017,9 +1076,12 @@ def _check_pending(report: ValidationReport) -> None:
         return
     rings = [ring for _, _, ring in pending]
     lengths = np.fromiter((len(r) for r in rings), dtype=np.intp, count=len(rings))
-    polys = shapely.polygons(
-        shapely.linearrings(np.concatenate(rings), indices=np.repeat(np.arange(len(rings)), lengths))
-    )
+    coords = np.concatenate(rings)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    low, high = np.minimum.reduceat(coords, starts), np.maximum.reduceat(coords, starts)
+    report._bounds.extend((index, label, (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])))
+                          for (index, label, _), lo, hi in zip(pending, low, high, strict=True))
+    polys = shapely.polygons(shapely.linearrings(coords, indices=np.repeat(np.arange(len(rings)), lengths)))
     for k in np.flatnonzero(~shapely.is_valid(polys)).tolist():
         found = _classify_invalid(polys[k])
         if found is not None:
@@ -1027,10 +1089,18 @@ def _check_pending(report: ValidationReport) -> None:
             report.add(index, found[0], found[1], label)
 
 
-def validate_geojson(path: str | os.PathLike[str], versions: Sequence[str] = QUPATH_VERSIONS) -> ValidationReport:
+def validate_geojson(
+    path: str | os.PathLike[str],
+    versions: Sequence[str] = QUPATH_VERSIONS,
+    *,
+    image_size_px: tuple[int, int] | None = None,
+) -> ValidationReport:
     """List everything in ``path`` that the QuPath ``versions`` would reject or import differently than intended.
 
     ``versions`` are some of :data:`QUPATH_VERSIONS` (default: all; see :func:`parse_qupath_versions`).
+    ``image_size_px`` is the ``(width, height)`` of the image QuPath shows (``validate --slide``): a feature
+    that reaches far outside it (:func:`qpbridge.qupath.read.far_outside`) is an ``off-image`` error; without
+    it, coordinates beyond :data:`qpbridge.qupath.read.ABSURD_COORDINATE_PX` are a ``huge-coordinates`` warning.
     Raises :class:`qpbridge.errors.GeoJSONError` when the file is missing, not JSON (not even the lenient
     JSON QuPath reads) or not GeoJSON.
 
@@ -1052,10 +1122,10 @@ def validate_geojson(path: str | os.PathLike[str], versions: Sequence[str] = QUP
     True
     """
     with gc_paused():
-        return _validate(Path(path), _check_versions(versions))
+        return _validate(Path(path), _check_versions(versions), image_size_px)
 
 
-def _validate(path: Path, versions: tuple[str, ...]) -> ValidationReport:
+def _validate(path: Path, versions: tuple[str, ...], image_size_px: tuple[int, int] | None = None) -> ValidationReport:
     report = ValidationReport(str(path), versions=versions)
     docs, lenient = _load(path)
     name = path.name.lower()
@@ -1097,6 +1167,7 @@ def _validate(path: Path, versions: tuple[str, ...]) -> ValidationReport:
             _check_feature(obj, index, report, seen_ids)
             index += 1
     _check_pending(report)
+    _check_extent(report, image_size_px)
     report.issues.sort(key=lambda issue: -1 if issue.index is None else issue.index)  # stable: file order
     report.notes.sort(key=lambda issue: -1 if issue.index is None else issue.index)
     report.features = index

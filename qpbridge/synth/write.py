@@ -3,6 +3,7 @@ truth written."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from qpbridge.atomic import commit, temporary_path
+from qpbridge.atomic import commit
 from qpbridge.errors import InputError, OutputError
 from qpbridge.synth.common import MIN_SIDE_PX, U8
 from qpbridge.synth.layout import make_layout
@@ -139,29 +140,51 @@ def write_synthetic_slide(
     """
     path = Path(path)
     _check_args(path, width_px, height_px, seed, stain, tile_px, quality, lesion_fraction, overwrite)
+    made = _missing_folders(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)  # a new demo folder is fine to create
     truth_path, meta_path, nuclei_path = synth_paths(path)
     dims = level_dimensions_for(width_px, height_px)
     layout = make_layout(width_px, height_px, seed, lesion_fraction)
     renderer = Renderer.create(layout, seed, stain, collect_nuclei=nuclei)
-    tmp_slide = temporary_path(path)
     try:
-        _write_pyramid(tmp_slide, renderer, dims, _Writing(tile_px, quality, path.name, seed, stain, progress))
-        # The truth files first (each atomic), the slide last: a slide never appears without its truth.
-        write_truth_geojson(truth_path, layout)
-        nuclei_count = None
-        if nuclei:
-            found = np.concatenate(renderer.nuclei_out) if renderer.nuclei_out else np.empty((0, 6), np.float32)
-            write_nuclei_geojson(nuclei_path, found)
-            nuclei_count = int(found.shape[0])
-        result = synth_result(
-            path, truth_path, meta_path, nuclei_path if nuclei else None, layout, seed, stain, dims, nuclei_count
-        )
-        write_meta(meta_path, result, lesion_fraction)
-        commit(tmp_slide, path)
-    finally:
-        tmp_slide.unlink(missing_ok=True)
+        # Every file is written into a staging folder beside the outputs (a full disk shows there), then
+        # renamed into place: the truth files first, the slide last, so a slide never appears without its truth
+        # and a failed run leaves the folder as it was.
+        with tempfile.TemporaryDirectory(prefix=".synth-", dir=path.parent) as staging_dir:
+            staging = Path(staging_dir)
+            _write_pyramid(staging / "slide.tif", renderer, dims,
+                           _Writing(tile_px, quality, path.name, seed, stain, progress))  # fmt: skip
+            staged = [(staging / truth_path.name, truth_path)]
+            write_truth_geojson(staged[-1][0], layout)
+            nuclei_count = None
+            if nuclei:
+                found = np.concatenate(renderer.nuclei_out) if renderer.nuclei_out else np.empty((0, 6), np.float32)
+                staged.append((staging / nuclei_path.name, nuclei_path))
+                write_nuclei_geojson(staged[-1][0], found)
+                nuclei_count = int(found.shape[0])
+            result = synth_result(
+                path, truth_path, meta_path, nuclei_path if nuclei else None, layout, seed, stain, dims, nuclei_count
+            )
+            staged.append((staging / meta_path.name, meta_path))
+            write_meta(staged[-1][0], result, lesion_fraction)
+            staged.append((staging / "slide.tif", path))
+            for tmp, target in staged:
+                commit(tmp, target)
+    except BaseException:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when left empty
+        raise
     return result
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, outermost first."""
+    missing: list[Path] = []
+    while not folder.exists() and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    return missing[::-1]
 
 
 @dataclass

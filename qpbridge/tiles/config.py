@@ -47,6 +47,9 @@ class MaskConfig:
         Count pixels and tiles, write nothing.
     overwrite
         Replace this slide's tiles when DIR already holds them.
+    allow_off_slide
+        Label what lies on the slide even when most of the labelled area lies off it (a warning, not an error),
+        and leave out objects far outside it (a warning each) instead of failing.
 
     Example
     -------
@@ -72,6 +75,7 @@ class MaskConfig:
     tissue_mpp: float = DEFAULT_TISSUE_MPP
     dry_run: bool = False
     overwrite: bool = False
+    allow_off_slide: bool = False
     png_compress_level: int = 1
 
     @property

@@ -28,9 +28,12 @@ Appending and atomicity
 Several runs into one DIR make one dataset (multiple slides): mpp, tile and stride size, role and classes
 must match the DIR's ``dataset.json``. A slide already in DIR is refused unless ``overwrite=True`` (its tiles
 are then replaced). Tile PNGs are written first; ``manifest.csv`` and then ``dataset.json`` are written last,
-each to a temporary file renamed over the target, so an interrupted run leaves the previous dataset as it was:
-tiles it wrote are listed nowhere (manifest rows of a slide that ``dataset.json`` does not list are dropped on
-the next run) and are overwritten when the run is repeated.
+each to a temporary file renamed over the target. A run that fails (a full disk, an unreadable region, Ctrl-C)
+removes what it wrote (its tiles, QA mask, temporaries and the folders it created), so DIR is left as it was;
+tiles that replace existing files (``overwrite``) are written to temporaries and renamed over them only once
+every tile and the manifest are written (:class:`TileWriter`). Only a killed run leaves tiles behind: they are
+listed nowhere (manifest rows of a slide that ``dataset.json`` does not list are dropped on the next run) and
+are overwritten when the run is repeated.
 
 Example
 -------
@@ -43,6 +46,7 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -61,7 +65,7 @@ import shapely
 from PIL import Image
 
 from qpbridge import __version__
-from qpbridge.atomic import atomic_write_text
+from qpbridge.atomic import commit, temporary_path
 from qpbridge.classes import IGNORE_LABEL
 from qpbridge.errors import GeoJSONError, InputError, OutputError
 from qpbridge.rasterize import LabelRasterizer
@@ -216,25 +220,88 @@ def _open_existing(out_dir: Path, config: MaskConfig, slide_id: str, slide_path:
 
 
 # --------------------------------------------------------------------------------------------- the build
-def _check_extent(features: Sequence[Feature], slide: Slide, geojson_path: Path, warnings: list[str]) -> None:
-    """Fail clearly when no object lies on the slide (a GeoJSON of another slide); warn about strays."""
+def _px(value: float) -> str:
+    """A level-0 coordinate for a message: whole pixels, or ``1e+300`` for absurd ones."""
+    return f"{value:.0f}" if abs(value) < 1e7 else f"{value:g}"
+
+
+def _slide_box(slide: Slide) -> tuple[float, float, float, float]:
+    """The slide's level 0 in the GeoJSON's (QuPath's) coordinates."""
+    width, height = slide.dimensions
+    ox, oy = slide.qupath_offset_xy_px
+    return (-ox, -oy, width - ox, height - oy)
+
+
+def _check_extent(
+    features: Sequence[Feature], slide: Slide, geojson_path: Path, warnings: list[str], allow_off_slide: bool
+) -> list[Feature]:
+    """Fail clearly when no object lies on the slide (a GeoJSON of another slide), or when an object reaches
+    far outside it (another slide's or another unit's coordinates: an error naming it; left out with a warning
+    under ``allow_off_slide``); warn about strays. Returns the features to label."""
+    from qpbridge.qupath.read import far_outside, far_outside_message, feature_label
+
     geoms = np.empty(len(features), dtype=object)
     geoms[:] = [f.geometry for f in features]
     width, height = slide.dimensions
-    ox, oy = slide.qupath_offset_xy_px
-    slide_box = shapely.box(-ox, -oy, width - ox, height - oy)
-    on_slide = shapely.intersects(geoms, slide_box)
+    box = _slide_box(slide)
+    on_slide = shapely.intersects(geoms, shapely.box(*box))
+    b = shapely.bounds(geoms)
     if not on_slide.any():
-        b = shapely.bounds(geoms)
         raise GeoJSONError(
             f"none of the {len(features)} objects in {geojson_path} lie on the slide {slide.path} "
-            f"({width} x {height} px at level 0): the objects span x {np.nanmin(b[:, 0]):.0f} to "
-            f"{np.nanmax(b[:, 2]):.0f}, y {np.nanmin(b[:, 1]):.0f} to {np.nanmax(b[:, 3]):.0f} px. "
+            f"({width} x {height} px at level 0): the objects span x {_px(np.nanmin(b[:, 0]))} to "
+            f"{_px(np.nanmax(b[:, 2]))}, y {_px(np.nanmin(b[:, 1]))} to {_px(np.nanmax(b[:, 3]))} px. "
             "Is the GeoJSON from another slide? Export it from this slide's QuPath image"
         )
-    off = int((~on_slide).sum())
+    far, reach = far_outside(b, box)
+    if far.any():
+        where = np.flatnonzero(far).tolist()
+        first = features[where[0]]
+        label = feature_label(int(first.source_index if first.source_index is not None else where[0]), first.id,
+                              first.class_name)  # fmt: skip
+        what = f"{label}: {far_outside_message(float(reach[where[0]]), (width, height))}"
+        more = f" (and {len(where) - 1} more object{'s' * (len(where) > 2)})" if len(where) > 1 else ""
+        if not allow_off_slide:
+            raise GeoJSONError(
+                f"{geojson_path}: {what}{more}: is the GeoJSON from another slide, or in another unit? Fix or delete "
+                "the object, or give --allow-off-slide to leave such objects out"
+            )
+        warnings.append(f"{what}{more}: left out (--allow-off-slide)")
+    off = int((~on_slide & ~far).sum())
     if off:
         warnings.append(f"{off} of {len(features)} objects lie wholly outside the slide ({width} x {height} px)")
+    return [f for f, out in zip(features, far, strict=True) if not out]
+
+
+def _check_labelled_area(
+    rasterizer: LabelRasterizer, slide: Slide, geojson_path: Path, warnings: list[str], allow_off_slide: bool
+) -> None:
+    """Refuse a GeoJSON whose labelled area lies mostly off the slide (more than half: another slide's objects),
+    unless ``allow_off_slide`` (then a warning)."""
+    geoms, values = rasterizer.painted()
+    geoms = geoms[values != IGNORE_LABEL]
+    if not len(geoms):
+        return
+    box = shapely.box(*_slide_box(slide))
+    areas = shapely.area(geoms)
+    total = float(areas.sum())
+    if not total > 0:
+        return
+    on = areas.copy()
+    partly = ~shapely.covered_by(geoms, box)
+    on[partly] = shapely.area(shapely.intersection(geoms[partly], box))
+    share = 1.0 - float(on.sum()) / total
+    if share <= 0.5:
+        return
+    width, height = slide.dimensions
+    where = f"{share:.0%} of the labelled area in {geojson_path} lies off the slide {slide.path} ({width} x {height} px"
+    if not allow_off_slide:
+        raise GeoJSONError(
+            f"{where} at level 0): is the GeoJSON from another slide? Export it from this slide's QuPath image, or "
+            "give --allow-off-slide to label only the part on the slide"
+        )
+    warnings.append(f"{share:.0%} of the labelled area lies off the slide ({width} x {height} px): only the part on "
+                    "it is labelled (--allow-off-slide)")
 
 
 def _majority(counts: np.ndarray, labels: Sequence[int], background: int) -> int:
@@ -252,7 +319,13 @@ def _save_png(path: Path, array: np.ndarray, compress_level: int) -> None:
 
 class TileWriter:
     """Writes tile PNGs on a small thread pool (PNG encoding dominates; zlib runs without the GIL) and collects
-    manifest rows. At most ``_MAX_PENDING`` tiles wait, so memory stays bounded."""
+    manifest rows. At most ``_MAX_PENDING`` tiles wait, so memory stays bounded.
+
+    Nothing it writes is left when the run fails: a tile whose name is new is written under that name and
+    removed again by :meth:`abort`; a tile that replaces an existing file (``--overwrite``) is written to a
+    temporary beside it and renamed over it by :meth:`publish`, after every tile and the manifest are written,
+    so the previous dataset stays whole until then. The folders it creates go too when they are left empty.
+    """
 
     def __init__(self, out_dir: Path, slide_id: str, config: MaskConfig, labels: Sequence[int], scale: float):
         self.out_dir = out_dir
@@ -261,10 +334,33 @@ class TileWriter:
         self.labels = labels
         self.scale = scale
         self.rows: list[dict[str, str]] = []
-        (out_dir / "images").mkdir(parents=True, exist_ok=True)
-        (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+        self._created: list[Path] = []  # files written where none was: removed by abort()
+        self._deferred: list[tuple[Path, Path]] = []  # (temporary, target): renamed over target by publish()
+        self._made_dirs: list[Path] = []
+        self.make_dir(out_dir / "images")
+        self.make_dir(out_dir / "masks")
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
         self._pending: deque[Future[None]] = deque()
+
+    def make_dir(self, folder: Path) -> None:
+        """Create ``folder`` (and its parents); those created are removed by :meth:`abort` when left empty."""
+        missing: list[Path] = []
+        here = folder
+        while not here.exists() and here.parent != here:
+            missing.append(here)
+            here = here.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        self._made_dirs.extend(reversed(missing))  # outermost first
+
+    def path_for(self, target: Path) -> Path:
+        """Where to write ``target``: itself when nothing is there (removed by :meth:`abort`), else a temporary
+        beside it that :meth:`publish` renames over it."""
+        if os.path.lexists(target):
+            tmp = temporary_path(target)
+            self._deferred.append((tmp, target))
+            return tmp
+        self._created.append(target)
+        return target
 
     def write(self, x_t: int, y_t: int, rgb: np.ndarray, mask: np.ndarray, counts: np.ndarray) -> None:
         """Queue one tile (image and mask copied, so the caller may reuse its arrays) and record its row."""
@@ -274,7 +370,8 @@ class TileWriter:
         while len(self._pending) >= _MAX_PENDING:
             self._pending.popleft().result()
         for folder, array in (("images", rgb), ("masks", mask)):
-            self._pending.append(self._pool.submit(_save_png, self.out_dir / folder / name, array.copy(), level))
+            path = self.path_for(self.out_dir / folder / name)
+            self._pending.append(self._pool.submit(_save_png, path, array.copy(), level))
         row = {
             "slide": self.slide_id,
             "image": f"images/{name}",
@@ -296,6 +393,27 @@ class TileWriter:
                 self._pending.popleft().result()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def publish(self) -> None:
+        """Rename the tiles that replace existing files into place (call it once everything else is written)."""
+        deferred, self._deferred = self._deferred, []
+        for tmp, target in deferred:
+            os.replace(tmp, target)
+        self._created = []
+        self._made_dirs = []
+
+    def abort(self) -> None:
+        """Stop writing and remove everything written so far (the tiles of new names, the temporaries, the
+        folders created and left empty): the output is left as it was."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
+        for path in [*self._created, *(tmp for tmp, _ in self._deferred)]:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        for folder in reversed(self._made_dirs):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
+        self._created, self._deferred, self._made_dirs = [], [], []
 
 
 def build_tile_dataset(
@@ -332,7 +450,8 @@ def build_tile_dataset(
     InputError
         Missing files, bad options, unknown classes (listed with counts), no pixel size.
     GeoJSONError
-        An empty GeoJSON, no area objects, or objects that all lie off the slide.
+        An empty GeoJSON, no area objects, objects that all lie off the slide, an object far outside it, or
+        more than half of the labelled area off it (the last two: warnings with ``allow_off_slide``).
     OutputError
         DIR is a file, holds something else, holds a dataset of other settings or this slide already.
 
@@ -375,10 +494,10 @@ def build_tile_dataset(
         warnings.extend(result.warnings[:20])
         if len(result.warnings) > 20:
             warnings.append(f"... and {len(result.warnings) - 20} more GeoJSON warnings")
-        _check_extent(result.features, slide, geojson_path, warnings)
-        _check_export(geojson_path, result.features)
+        features = _check_extent(result.features, slide, geojson_path, warnings, config.allow_off_slide)
+        _check_export(geojson_path, features)
         rasterizer = LabelRasterizer(
-            result.features,
+            features,
             config.class_map,
             overlap=config.overlap,
             reviewed=config.reviewed,
@@ -387,6 +506,7 @@ def build_tile_dataset(
             source=str(geojson_path),
         )
         warnings.extend(rasterizer.report.notes())
+        _check_labelled_area(rasterizer, slide, geojson_path, warnings, config.allow_off_slide)
         if rasterizer.n_painted == 0 and rasterizer.n_regions == 0:
             raise GeoJSONError(
                 f"{geojson_path} holds no area objects to make labels from ({len(result.features)} objects, "
@@ -559,27 +679,30 @@ def _run(
                 _write_tiles(slide, writer, grid, tiles, scan.counts, rasterizer)
                 if progress is not None:
                     progress("write", done + 1, len(todo))
-    finally:
         if writer is not None:
             writer.close()
 
-    columns = [*labels, IGNORE_LABEL]
-    summary.tiles_kept = int(scan.keep.sum())
-    summary.tiles_selected = int(selected.sum())
-    summary.tiles_written = 0 if config.dry_run else summary.tiles_selected
-    summary.kept_by_class = {lab: int((majority == lab).sum()) for lab in labels}
-    summary.written_by_class = {lab: int((majority[selected] == lab).sum()) for lab in labels}
-    summary.pixels_by_label = {v: int(scan.pixel_totals[v]) for v in columns}
-    summary.written_pixels_by_label = {v: int(scan.counts[selected, j].sum()) for j, v in enumerate(columns)}
-    if writer is None:
-        return summary
-    qa_rel: str | None = None
-    if config.qa_mpp is not None:
-        (out_dir / "qa").mkdir(parents=True, exist_ok=True)
-        qa_rel = f"qa/{slide_id}_label_mask.tiff"
-        write_label_mask_tiff(out_dir / qa_rel, rasterizer, slide, config.qa_mpp)
-        summary.qa_mask = str(out_dir / qa_rel)
-    _commit(out_dir, config, slide, slide_id, summary, writer.rows, existing, qa_rel)
+        columns = [*labels, IGNORE_LABEL]
+        summary.tiles_kept = int(scan.keep.sum())
+        summary.tiles_selected = int(selected.sum())
+        summary.tiles_written = 0 if config.dry_run else summary.tiles_selected
+        summary.kept_by_class = {lab: int((majority == lab).sum()) for lab in labels}
+        summary.written_by_class = {lab: int((majority[selected] == lab).sum()) for lab in labels}
+        summary.pixels_by_label = {v: int(scan.pixel_totals[v]) for v in columns}
+        summary.written_pixels_by_label = {v: int(scan.counts[selected, j].sum()) for j, v in enumerate(columns)}
+        if writer is None:
+            return summary
+        qa_rel: str | None = None
+        if config.qa_mpp is not None:
+            writer.make_dir(out_dir / "qa")
+            qa_rel = f"qa/{slide_id}_label_mask.tiff"
+            write_label_mask_tiff(writer.path_for(out_dir / qa_rel), rasterizer, slide, config.qa_mpp)
+            summary.qa_mask = str(out_dir / qa_rel)
+        _commit(out_dir, config, slide, slide_id, summary, writer, existing, qa_rel)
+    except BaseException:
+        if writer is not None:
+            writer.abort()  # a full disk, a failed read, Ctrl-C: nothing of this run is left in DIR
+        raise
     return summary
 
 
@@ -622,11 +745,13 @@ def _commit(
     slide: Slide,
     slide_id: str,
     summary: DatasetSummary,
-    rows: list[dict[str, str]],
+    writer: TileWriter,
     existing: _Existing | None,
     qa_rel: str | None,
 ) -> None:
-    """Write manifest.csv, then dataset.json (temp + rename each); then drop a replaced slide's old tiles."""
+    """Write manifest.csv and dataset.json to temporaries (flushed to disk), rename the tiles that replace
+    existing ones into place, then the manifest, then dataset.json; then drop a replaced slide's old tiles."""
+    rows = writer.rows
     header = manifest_header(config.class_map.labels)
     slides: list[dict[str, Any]] = []
     old_rows: list[dict[str, str]] = []
@@ -677,8 +802,28 @@ def _commit(
         "qpbridge_version": __version__,
         "label_mask_legend": legend(config.class_map),
     }
-    atomic_write_text(out_dir / MANIFEST_FILE, buffer.getvalue())
-    atomic_write_text(out_dir / DATASET_FILE, json.dumps(meta, indent=2) + "\n")
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for target, text in ((out_dir / MANIFEST_FILE, buffer.getvalue()),
+                             (out_dir / DATASET_FILE, json.dumps(meta, indent=2) + "\n")):
+            tmp = temporary_path(target)
+            staged.append((tmp, target))
+            _write_synced(tmp, text)
+        # Everything that can run out of space is written: only renames follow.
+        writer.publish()
+        for tmp, target in staged:
+            commit(tmp, target)
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
     written = {r["image"] for r in rows} | {r["mask"] for r in rows} | ({qa_rel} if qa_rel else set())
     for rel in stale - written:
         (out_dir / rel).unlink(missing_ok=True)
+
+
+def _write_synced(path: Path, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` and flush it to disk (a full disk shows here, not at the rename)."""
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
