@@ -32,7 +32,13 @@ from qpbridge.commands._options import (
 )
 from qpbridge.errors import InputError
 from qpbridge.formats import pair_slides
-from qpbridge.qupath import corrections_sidecar_path, read_corrections_sidecar
+from qpbridge.qupath import (
+    corrections_dir,
+    corrections_sidecar_path,
+    find_project_file,
+    read_corrections_sidecar,
+    read_project,
+)
 from qpbridge.rasterize import ClassMap, parse_class_map, parse_class_option
 from qpbridge.slide import dicom_member
 from qpbridge.tiles import (
@@ -49,7 +55,9 @@ _HELP = f"""Turn a slide and its (corrected) QuPath GeoJSON into training tiles:
 manifest.csv and dataset.json (the tile dataset `qpbridge train` reads). The annotations may also be ASAP or
 ImageScope XML, DSA JSON or a class label image (read by content). SLIDE may be a folder of slides: each is
 paired with <slide>.geojson, .xml or .json beside it (or --annotations DIR or PATTERN, e.g. '{{stem}}.xml'),
-slides without one are skipped, and all go into one dataset.
+slides without one are skipped, and all go into one dataset. SLIDE may also be a QuPath project (project.qpproj
+or its folder): every image with corrections exported by groovy/export_corrections.groovy
+(<project>/qpbridge/corrections/<image>.geojson) goes into the dataset, the others are listed and skipped.
 
 Classes: a model card's classes and aliases (--model), else the DeepBatch classes (0 Normal, 1 Benign,
 2 In situ carcinoma, 3 Invasive carcinoma; "Tissue" = 0). Map other QuPath classes with --class "NAME=LABEL"
@@ -73,6 +81,8 @@ Examples:
   qpbridge masks slide.svs slide.geojson -o tiles/ --tile-mpp 1 --class-map "Tumor=3,Stroma=ignore"
 
   qpbridge masks WSI/ --annotations '{{stem}}.xml' -o tiles/ --class-map "Carcinoma in situ=2,Carcinoma invasive=3"
+
+  qpbridge masks study/project.qpproj -o tiles/
 """
 
 
@@ -120,6 +130,30 @@ def _print_summary(summary: DatasetSummary) -> None:
         if summary.qa_mask:
             lines.append(f"QA label mask: {summary.qa_mask}")
     typer.echo("\n".join(lines))
+
+
+def _project_jobs(project_file: Path) -> tuple[list[tuple[Path, Path]], int]:
+    """``(slide, corrections)`` of every image of a QuPath project with exported corrections; the images without
+    are listed in one warning, those whose slide is not here get one error line each (and are counted)."""
+    project = read_project(project_file)
+    found, without = project.corrections()
+    folder = corrections_dir(project.folder)
+    if not found:
+        raise InputError(f"no image of QuPath project {project.file} has exported corrections (looked for "
+                         f"{folder}/<image name>.geojson): run groovy/export_corrections.groovy in QuPath first "
+                         "(Run > Run for project exports every image)")
+    if without:
+        names = ", ".join(repr(image.name) for image in without)
+        warn(f"{len(without)} of {len(project.images)} images have no corrections in {folder}, skipped: {names}")
+    jobs: list[tuple[Path, Path]] = []
+    unresolved = 0
+    for item in found:
+        try:
+            jobs.append((item.slide(), item.geojson))
+        except InputError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            unresolved += 1
+    return jobs, unresolved
 
 
 def register(app: typer.Typer) -> None:
@@ -202,13 +236,20 @@ def register(app: typer.Typer) -> None:
         ),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
+        unresolved = 0  # images of a QuPath project whose slide is not here
         with reported_errors(out_dir or old_out_dir):
             out_dir = merge_deprecated(out_dir, old_out_dir, "--out", "-o/--output")
             warn_mpp_meaning("masks", mpp, "tile um/px", "--tile-mpp")
             mpp = merge_deprecated(mpp, old_slide_mpp, "--slide-mpp", "--mpp")
             jobs: list[tuple[Path, Path]] = []
-            folder_mode = slide_path.is_dir() and dicom_member(slide_path) is None
-            if folder_mode:
+            project_file = find_project_file(slide_path)
+            folder_mode = project_file is None and slide_path.is_dir() and dicom_member(slide_path) is None
+            if project_file is not None:
+                if geojson_path is not None or annotations is not None:
+                    raise InputError(f"{slide_path} is a QuPath project, whose corrections are in "
+                                     f"{corrections_dir(project_file.parent)}: give no GEOJSON or --annotations")
+                jobs, unresolved = _project_jobs(project_file)
+            elif folder_mode:
                 if geojson_path is not None:
                     raise InputError(
                         f"{slide_path} is a folder of slides: give its annotations with --annotations DIR or "
@@ -309,10 +350,13 @@ def register(app: typer.Typer) -> None:
                             bar.remove_task(task_id)
                         tasks.clear()
                 for message in summaries[-1].warnings:
-                    warn(f"{job_slide.name}: {message}" if folder_mode else message)
+                    warn(f"{job_slide.name}: {message}" if folder_mode or project_file else message)
         if as_json:
             data = [s.to_dict() for s in summaries]
-            typer.echo(json.dumps(data if folder_mode else data[0], indent=2))
+            typer.echo(json.dumps(data if folder_mode or project_file else data[0], indent=2))
         else:
             for summary in summaries:
                 _print_summary(summary)
+        if unresolved:
+            typer.echo(f"{unresolved} of {unresolved + len(summaries)} images with corrections failed", err=True)
+            raise typer.Exit(1)

@@ -49,6 +49,12 @@ def register(app: typer.Typer) -> None:
             "  qpbridge predict slide.svs -o slide.geojson --no-roi --min-area-um2 50\n\n"
             "  qpbridge predict slide.svs -o slide.geojson --labels slide.labels.ome.tif "
             "--probabilities slide.probs.ome.tif\n\n"
+            "A QuPath project (its project.qpproj, or its folder) predicts each of its images into "
+            "<project>/qpbridge/<image name>.geojson, where groovy/import_predictions.groovy looks (Run > Run for "
+            "project imports them all); --images NAME... predicts only those (exact image names). An image whose "
+            "file is missing or not on this machine (OMERO, http) fails alone, with the reason:\n\n"
+            "  qpbridge predict study/project.qpproj\n\n"
+            "  qpbridge predict study/ --images 'Case 1.svs' 'Case 7.ndpi' --workers 2\n\n"
             "Many slides at once, on a Dask cluster of this machine (--workers: on 4 GPUs, one worker each) or a "
             "running one (--scheduler); needs pip install 'qpbridge[distributed]'; the run's summary goes to "
             "<folder>/qpbridge-run.json:\n\n"
@@ -58,8 +64,16 @@ def register(app: typer.Typer) -> None:
         ),
     )
     def predict_cmd(
-        slides: list[Path] = typer.Argument(..., metavar="SLIDE...", help="Slide files or folders of slides."),
-        output: Path = output_option("Output .geojson(.gz) (one slide) or folder.", required=True),
+        slides: list[Path] = typer.Argument(
+            ..., metavar="SLIDE...",
+            help="Slide files or folders of slides, or a QuPath project (project.qpproj or its folder) alone."),
+        output: Path | None = output_option(
+            "Output .geojson(.gz) (one slide) or folder; a QuPath project: a folder, by default "
+            "<project>/qpbridge (where import_predictions.groovy looks)."),
+        images: list[str] | None = typer.Option(
+            None, "--images", metavar="NAME...",
+            help="A QuPath project: predict only the images of these exact names (as QuPath shows them; names "
+                 "after the first may follow it, or repeat --images)."),
         model_roi: str = typer.Option("deepbatch-synth-roi", "--model-roi", help="ROI model: name or path."),
         model_cell: str = typer.Option("deepbatch-synth-cell", "--model-cell", help="Cell model: name or path."),
         mpp: float | None = mpp_option(),
@@ -108,8 +122,14 @@ def register(app: typer.Typer) -> None:
             help="Run the slides on a running Dask cluster: its scheduler's address (e.g. tcp://head-node:8786)."),
     ) -> None:
         from qpbridge.predict import PredictConfig, predict_slides
+        from qpbridge.qupath import find_project_file
 
         with reported_errors(output):
+            projects = [path for path in slides if find_project_file(path) is not None]
+            if images and len(projects) == 1 and len(slides) > 1:
+                # `--images a.svs b.svs`: the names after the first land among SLIDE...
+                images = [*images, *(str(path) for path in slides if path is not projects[0])]
+                slides = projects
             config = PredictConfig(
                 model_roi=model_roi, model_cell=model_cell, mpp=mpp, device=device, batch_size=batch_size,
                 threads=threads, use_roi=not no_roi, roi_only=roi_only, roi_margin_um=roi_margin_um,
@@ -118,12 +138,14 @@ def register(app: typer.Typer) -> None:
                 overlay=overlay, labels=labels, probabilities=probabilities,
             )
             with _SlidesBar() as slides_bar:  # lines go above it while it shows (a batch on Dask)
-                batch = predict_slides(slides, output, config, overwrite=overwrite, progress=_progress_bar,
+                batch = predict_slides(slides, output, config, images=images, overwrite=overwrite,
+                                       progress=_progress_bar,
                                        warn=slides_bar.warn, report=lambda o: _report(o, slides_bar.echo),
                                        workers=workers, scheduler=scheduler or None,
                                        slides_progress=slides_bar.update)
             if failures := batch.count("failed"):
-                typer.echo(f"{failures} of {len(batch.outcomes)} slides failed", err=True)
+                what = "images" if any(o.job.image is not None for o in batch.outcomes) else "slides"
+                typer.echo(f"{failures} of {len(batch.outcomes)} {what} failed", err=True)
                 raise typer.Exit(1)
 
 
@@ -196,8 +218,9 @@ class _SlidesBar:
 
 
 def _report(outcome: SlideOutcome, echo: Callable[..., None] = typer.echo) -> None:
-    """One line per slide: what it wrote (stdout), or why it was skipped or failed (stderr)."""
-    slide_path, target = outcome.job.slide, outcome.job.output
+    """One line per slide (a project's: per image, by its name): what it wrote (stdout), or why it was skipped or
+    failed (stderr)."""
+    slide_path, target = outcome.job.image or outcome.job.slide, outcome.job.output
     if outcome.status == "skipped":
         err_console.print(f"skip {slide_path}: {target} is finished (use --overwrite to redo it)")
         return

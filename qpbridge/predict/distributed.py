@@ -490,7 +490,8 @@ def predict_batch(
     """Run a batch's slides as Dask tasks, one per slide (see the module's docstring), and write the run summary
     into the output folder.
 
-    Slides whose outputs are finished are skipped before anything is submitted (unless ``overwrite``); the rest
+    Slides whose outputs are finished are skipped before anything is submitted (unless ``overwrite``), and jobs
+    planned to fail (:attr:`SlideJob.error <qpbridge.predict.pipeline.SlideJob.error>`) fail there; the rest
     run on a local cluster of ``workers`` processes (``workers == 1`` included: one worker process), or on the
     cluster of ``scheduler``. A slide that fails is submitted again once; a slide whose worker is lost is rerun
     by Dask itself. ``report`` hears each outcome as it comes (completion order), ``slides_progress`` (slides
@@ -507,10 +508,11 @@ def predict_batch(
     outcomes: list[SlideOutcome | None] = [None] * len(plan.jobs)
     todo: list[int] = []
     for i, job in enumerate(plan.jobs):
-        if not overwrite and is_finished(job.output):
-            skipped = outcomes[i] = SlideOutcome(job, "skipped")
+        if job.error is not None or (not overwrite and is_finished(job.output)):  # planned to fail, or finished
+            planned = outcomes[i] = (SlideOutcome(job, "skipped") if job.error is None
+                                     else SlideOutcome(job, "failed", error=InputError(job.error)))
             if report is not None:
-                report(skipped)
+                report(planned)
         else:
             todo.append(i)
     address = scheduler

@@ -47,7 +47,15 @@ from qpbridge.predict.overlay import Overlay
 from qpbridge.predict.rasters import RasterWriter, check_raster_targets
 from qpbridge.predict.roi import RoiGate, RoiResult, detect_roi
 from qpbridge.predict.segmenter import SegmenterSettings, native_bf16
-from qpbridge.qupath import Feature, GeoJSONWriter, prediction_filename, prediction_properties
+from qpbridge.qupath import (
+    Feature,
+    GeoJSONWriter,
+    find_project_file,
+    prediction_filename,
+    prediction_properties,
+    predictions_dir,
+    read_project,
+)
 from qpbridge.qupath import meta_path as meta_path_for  # out.geojson -> out.geojson.meta.json
 from qpbridge.slide import SLIDE_SUFFIXES, Slide, dicom_member, has_slide_suffix, open_slide
 from qpbridge.tissue import TissueMask, detect_tissue
@@ -355,19 +363,23 @@ def _summary(
 # ------------------------------------------------------------------------------------------- many slides
 @dataclass(frozen=True)
 class SlideJob:
-    """One slide of a batch and the GeoJSON it writes."""
+    """One slide of a batch and the GeoJSON it writes; from a QuPath project, also the ``image`` name, and the
+    ``error`` that the planning found (a missing file, an OMERO image...): such a job fails without running."""
 
     slide: Path
     output: Path
+    image: str | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True)
 class BatchPlan:
-    """The slides of a batch; ``several``: several slides (or a folder) were given, so outputs go into a folder
-    and a slide's failure or finished output is reported, not raised."""
+    """The slides of a batch; ``several``: several slides (or a folder, or a QuPath project) were given, so outputs
+    go into a folder (``folder``, where known) and a slide's failure or finished output is reported, not raised."""
 
     jobs: list[SlideJob]
     several: bool
+    folder: Path | None = None
 
 
 def expand_slides(slides: Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -395,14 +407,28 @@ def expand_slides(slides: Sequence[str | os.PathLike[str]]) -> list[Path]:
 
 
 def plan_batch(
-    slides: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str], *, overlay: bool = False
+    slides: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str] | None, *, overlay: bool = False,
+    images: Sequence[str] | None = None,
 ) -> BatchPlan:
     """Which slide writes which file: one slide writes ``output`` (or ``<image name>.geojson`` into it when it
     is a folder); several slides, or a folder, write ``<image name>.geojson`` into the folder ``output``.
+    A QuPath project (its ``.qpproj`` file or folder, given alone) writes ``<image name>.geojson`` per image
+    (``images``: these only) into ``output``, by default ``<project>/qpbridge`` (:func:`_plan_project`).
 
     >>> plan_batch(["slide.svs"], "slide.geojson").jobs
-    [SlideJob(slide=PosixPath('slide.svs'), output=PosixPath('slide.geojson'))]
+    [SlideJob(slide=PosixPath('slide.svs'), output=PosixPath('slide.geojson'), image=None, error=None)]
     """
+    project = next((f for f in map(find_project_file, slides) if f is not None), None)
+    if project is not None:
+        if len(slides) > 1:
+            raise InputError(f"a QuPath project is predicted on its own: give {project} alone (select some of its "
+                             "images with --images NAME)")
+        return _plan_project(project, output, overlay=overlay, images=images)
+    if images is not None:
+        raise InputError("--images selects images of a QuPath project: give its project.qpproj (or its folder) "
+                         "as the only SLIDE")
+    if output is None:
+        raise InputError("give the output with -o: a .geojson file for one slide, a folder for several")
     paths, output = expand_slides(slides), Path(output)
     several = len(paths) > 1 or any(Path(p).is_dir() for p in slides)
     if several:
@@ -416,6 +442,29 @@ def plan_batch(
     else:
         targets = [output / prediction_filename(paths[0]) if output.is_dir() else output]
     return BatchPlan([SlideJob(p, t) for p, t in zip(paths, targets, strict=True)], several)
+
+
+def _plan_project(
+    project_file: Path, output: str | os.PathLike[str] | None, *, overlay: bool, images: Sequence[str] | None
+) -> BatchPlan:
+    """A QuPath project's images -> jobs (:meth:`qpbridge.qupath.QuPathProject.prediction_targets`); an image
+    without a local file becomes a job that fails with the reason."""
+    if overlay:
+        raise InputError("--overlay takes one slide, and a QuPath project gives one per image: leave --overlay out")
+    project = read_project(project_file)
+    folder = predictions_dir(project.folder) if output is None else Path(output)
+    if output is not None and not folder.is_dir():
+        raise OutputError(f"-o {folder}: a QuPath project writes one file per image into a folder, and this is none "
+                          f"(leave -o out for {predictions_dir(project.folder)}, where import_predictions.groovy "
+                          "looks)")
+    targets = project.prediction_targets(images, folder=folder)
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {folder}, where import_predictions.groovy looks: {exc}") from None
+    jobs = [SlideJob(t.image.path or Path(t.image.name), t.output, image=t.image.name, error=t.problem)
+            for t in targets]
+    return BatchPlan(jobs, several=True, folder=folder)
 
 
 @dataclass
@@ -445,9 +494,10 @@ class BatchSummary:
 
 def predict_slides(
     slides: Sequence[str | os.PathLike[str]],
-    output: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None,
     config: PredictConfig | None = None,
     *,
+    images: Sequence[str] | None = None,
     overwrite: bool = False,
     progress: Callable[[SlideJob], AbstractContextManager[Progress | None]] | None = None,
     warn: Callable[[str], None] | None = None,
@@ -461,7 +511,9 @@ def predict_slides(
     Finished outputs are skipped unless ``overwrite``; with several slides, a slide's :class:`QpbridgeError`
     is reported and counted and the batch goes on (with one slide, both raise). ``progress`` opens, per slide,
     the context of that slide's progress callback (the CLI's progress bar); ``report`` hears each outcome as
-    it happens. A batch into a folder writes ``qpbridge-run.json`` there
+    it happens. A QuPath project writes into ``<project>/qpbridge`` (``output`` None; ``images``: these images
+    only), and its images without a local file fail with the reason. A batch into a folder writes
+    ``qpbridge-run.json`` there
     (:func:`qpbridge.predict.distributed.write_run_summary`).
 
     Several slides with ``workers > 1`` or a ``scheduler`` run on Dask, one slide per task
@@ -477,7 +529,7 @@ def predict_slides(
         from qpbridge.predict import distributed  # imports Dask only if the batch goes there
 
         distributed.require_distributed(workers, scheduler)
-    plan = plan_batch(slides, output, overlay=config.overlay is not None)
+    plan = plan_batch(slides, output, overlay=config.overlay is not None, images=images)
     config.check()
     if plan.several and (config.labels is not None or config.probabilities is not None):
         raise InputError("--labels and --probabilities take one slide; several were given")
@@ -489,7 +541,9 @@ def predict_slides(
     started = time.time()
     outcomes: list[SlideOutcome] = []
     for job in plan.jobs:
-        if is_finished(job.output) and not overwrite:
+        if job.error is not None:
+            outcome = SlideOutcome(job, "failed", error=InputError(job.error))
+        elif is_finished(job.output) and not overwrite:
             if not plan.several:
                 raise OutputError(f"{job.output} exists and is finished: use --overwrite to replace it")
             outcome = SlideOutcome(job, "skipped")
@@ -507,8 +561,9 @@ def predict_slides(
         outcomes.append(outcome)
         if report is not None:
             report(outcome)
-    if Path(output).is_dir():
+    folder = plan.folder or (Path(output) if output is not None and Path(output).is_dir() else None)
+    if folder is not None:
         from qpbridge.predict.distributed import write_run_summary
 
-        write_run_summary(output, outcomes, engine="serial", started=started)
+        write_run_summary(folder, outcomes, engine="serial", started=started)
     return BatchSummary(outcomes)

@@ -11,7 +11,8 @@ reads, what makes it reject a whole file, what it mangles, and the rules qpbridg
 * :mod:`~qpbridge.qupath.objects`: object types (``annotation``, ``detection``...) and their spellings;
 * :mod:`~qpbridge.qupath.project`: the project layout, file names and endings, the prediction marker and the
   corrections sidecar (the rules the ``groovy/`` scripts share);
-* :mod:`~qpbridge.qupath.bounds`: what QuPath shows as the image of a slide with ``openslide.bounds-*``.
+* :mod:`~qpbridge.qupath.bounds`: what QuPath shows as the image of a slide with ``openslide.bounds-*``;
+* :mod:`~qpbridge.qupath.qpproj`: reading a QuPath project (``project.qpproj``): its images and their files.
 
 Import from here (``from qpbridge.qupath import Feature, read_geojson``); the names below are the public ones
 of those modules.
@@ -98,6 +99,16 @@ from qpbridge.qupath.project import (
     project_folder,
     read_corrections_sidecar,
 )
+from qpbridge.qupath.qpproj import (
+    PROJECT_FILENAME,
+    ImageCorrections,
+    PredictionTarget,
+    ProjectImage,
+    QuPathProject,
+    builder_uris,
+    find_project_file,
+    read_project,
+)
 from qpbridge.qupath.read import (
     GEOMETRY_TYPES,
     JsonDocument,
@@ -145,6 +156,7 @@ __all__ = [
     "LEGACY_TYPE_IDS",
     "OBJECT_TYPES",
     "PREDICTIONS_DIRNAME",
+    "PROJECT_FILENAME",
     "PREDICTION_MEASUREMENT",
     "META_SUFFIX",
     "PREDICTION_MEASUREMENT_VALUE",
@@ -174,12 +186,17 @@ __all__ = [
     "Feature",
     "FixResult",
     "GeoJSONWriter",
+    "ImageCorrections",
     "Issue",
     "JsonDocument",
+    "PredictionTarget",
+    "ProjectImage",
+    "QuPathProject",
     "ReadResult",
     "ReadSummary",
     "ValidationReport",
     "WriteSummary",
+    "builder_uris",
     "class_color",
     "class_name_candidates",
     "clean_geometry",
@@ -188,6 +205,7 @@ __all__ = [
     "corrections_sidecar_path",
     "describe_suffixes",
     "feature_label",
+    "find_project_file",
     "fix_geojson",
     "flatten_features",
     "gc_paused",
@@ -219,6 +237,7 @@ __all__ = [
     "qupath_object_type",
     "read_corrections_sidecar",
     "read_geojson",
+    "read_project",
     "require_features",
     "simple_ring",
     "split_class_name",
