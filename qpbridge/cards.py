@@ -27,7 +27,7 @@ import os
 import re
 import sysconfig
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,21 +35,25 @@ from qpbridge.classes import DEEPBATCH_CLASSES, ROI_CLASS, ClassInfo
 from qpbridge.errors import InputError, ModelError
 
 __all__ = [
+    "Architecture",
     "BLENDS",
     "CARD_FILE",
     "CARD_FORMAT",
     "COLOR_SPACES",
+    "CardClass",
     "DEFAULT_INTENDED_USE",
     "EXAMPLE_INTENDED_USE",
+    "ModelCard",
+    "ModelEntry",
     "NETWORKS",
+    "NUCLEI_CHANNELS",
+    "NUCLEUS_CLASSES",
+    "NucleiParams",
     "PICKLE_SUFFIXES",
+    "REPRESENTATIONS",
     "ROLES",
     "UNET_ARGUMENTS",
     "WEIGHTS_FILE",
-    "Architecture",
-    "CardClass",
-    "ModelCard",
-    "ModelEntry",
     "card_from_dict",
     "compact_json",
     "default_architecture",
@@ -71,7 +75,7 @@ CARD_FILE = "card.json"
 WEIGHTS_FILE = "weights.safetensors"
 #: Networks a card may name (the full import path, or its last part).
 NETWORKS: tuple[str, ...] = ("monai.networks.nets.UNet",)
-ROLES: tuple[str, ...] = ("roi", "cell")
+ROLES: tuple[str, ...] = ("roi", "cell", "nuclei")
 BLENDS: tuple[str, ...] = ("gaussian", "constant")
 #: File endings of pickled PyTorch checkpoints, which are never loaded.
 PICKLE_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
@@ -115,7 +119,7 @@ _REQUIRED_FIELDS: tuple[str, ...] = (
     "intended_use",
     "weights",
 )
-_OPTIONAL_FIELDS: tuple[str, ...] = ("format", "description", "threshold", "training", "metrics", "domain")
+_OPTIONAL_FIELDS: tuple[str, ...] = ("format", "description", "threshold", "training", "metrics", "domain", "nuclei")
 
 #: What a model was trained on: ``synthetic`` (``qpbridge synth`` slides: demonstration only; ``predict`` says so
 #: at run time), ``real`` (real H&E), ``unknown`` (a card that does not say).
@@ -125,6 +129,76 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 # --------------------------------------------------------------------------------------------- the card
+#: What a nuclei model's output channels are: ``contour``, the classes of :data:`NUCLEUS_CLASSES` (see
+#: :mod:`qpbridge.nuclei.postprocess`).
+REPRESENTATIONS: tuple[str, ...] = ("contour",)
+
+#: The classes of a nuclei model of the contour representation: (label, name, colour).
+NUCLEUS_CLASSES: tuple[tuple[int, str, tuple[int, int, int]], ...] = (
+    (0, "Background", (200, 200, 200)),
+    (1, "Nucleus", (40, 40, 160)),
+    (2, "Nucleus boundary", (160, 160, 230)),
+)
+
+
+@dataclass(frozen=True)
+class NucleiParams:
+    """How a nuclei model's outputs become nuclei (the ``nuclei`` section of its card).
+
+    Attributes
+    ----------
+    representation
+        What the output channels are (:data:`REPRESENTATIONS`): ``contour``, the three classes of
+        :data:`NUCLEUS_CLASSES`.
+    boundary_px
+        Width of the boundary band of the training targets, in the model's pixels (:func:`contour_targets`).
+    foreground_threshold, marker_threshold
+        A pixel is nucleus where 1 - P(background) reaches the first; watershed markers are where P(interior)
+        reaches the second.
+    min_area_um2, min_marker_um2
+        Nuclei and markers smaller than these are dropped (a marker dropped lets its nucleus be flooded from a
+        neighbour's, or stand alone).
+    """
+
+    representation: str = "contour"
+    boundary_px: int = 2
+    foreground_threshold: float = 0.5
+    marker_threshold: float = 0.5
+    min_area_um2: float = 8.0
+    min_marker_um2: float = 0.5
+
+    def check(self, where: str = "nuclei") -> NucleiParams:
+        """Raise :class:`InputError` naming the bad field; return ``self``."""
+        if self.representation not in REPRESENTATIONS:
+            raise InputError(f"{where}.representation must be one of {', '.join(REPRESENTATIONS)}, "
+                             f"got {self.representation!r}")
+        whole = isinstance(self.boundary_px, int) and not isinstance(self.boundary_px, bool)
+        if not whole or not 1 <= self.boundary_px <= 16:
+            raise InputError(f"{where}.boundary_px must be a whole number of pixels in 1-16, got {self.boundary_px!r}")
+        for name in ("foreground_threshold", "marker_threshold"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise InputError(f"{where}.{name} must be a probability in (0, 1), got {value!r}")
+        for name in ("min_area_um2", "min_marker_um2"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise InputError(f"{where}.{name} must be >= 0 um^2, got {value!r}")
+        return self
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], where: str = "nuclei") -> NucleiParams:
+        """From a card's ``nuclei`` object: unknown keys are an error, missing ones take the defaults."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise InputError(f"{where} has unknown keys {unknown}: it takes {', '.join(sorted(known))}")
+        return cls(**dict(raw)).check(where)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The card's ``nuclei`` object."""
+        return asdict(self)
+
+
 @dataclass(frozen=True)
 class CardClass:
     """One output class of a model: label in masks, QuPath class name, colour, and whether predict emits it."""
@@ -176,6 +250,8 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     domain: str = "unknown"  #: training domain, one of :data:`DOMAINS`
+    #: a nuclei model's post-processing (its ``nuclei`` section); None for the other roles
+    nuclei: NucleiParams | None = None
 
     @property
     def out_channels(self) -> int:
@@ -229,6 +305,8 @@ class ModelCard:
             "training": _jsonable(self.training),
             "metrics": _jsonable(self.metrics),
         }
+        if self.nuclei is not None:
+            out["nuclei"] = self.nuclei.to_dict()
         return out
 
     def to_json(self) -> str:
@@ -518,6 +596,7 @@ def card_from_dict(raw: Any, source: str = "<card>") -> ModelCard:
     training = f.obj(raw.get("training", {}), "training", "an object")
     metrics = f.obj(raw.get("metrics", {}), "metrics", "an object")
     domain = f.choice(raw.get("domain", "unknown"), "domain", DOMAINS)
+    nuclei = _parse_nuclei(raw.get("nuclei"), role, f)
     card = ModelCard(
         name=name,
         role=role,
@@ -540,6 +619,7 @@ def card_from_dict(raw: Any, source: str = "<card>") -> ModelCard:
         training=training,
         metrics=metrics,
         domain=domain,
+        nuclei=nuclei,
     )
     _check_consistency(card, f)
     return card
@@ -573,6 +653,21 @@ def _parse_threshold(raw: Any, role: str, f: _Fields) -> float | None:
     return None
 
 
+def _parse_nuclei(raw: Any, role: str, f: _Fields) -> NucleiParams | None:
+    """A nuclei model's ``nuclei`` section (its post-processing); the other roles have none."""
+    if role != "nuclei":
+        if raw is not None:
+            raise f.fail("nuclei", raw, f"no 'nuclei' section for a {role} model (only nuclei models have one)")
+        return None
+    if raw is None:
+        return NucleiParams()
+    section = f.obj(raw, "nuclei", "an object of post-processing settings")
+    try:
+        return NucleiParams.from_dict(section)
+    except InputError as exc:
+        raise ModelError(f"{f.source}: {exc}") from None
+
+
 def _check_consistency(card: ModelCard, f: _Fields) -> None:
     n = len(card.classes)
     if card.role == "roi":
@@ -584,8 +679,11 @@ def _check_consistency(card: ModelCard, f: _Fields) -> None:
         raise f.fail(
             "architecture.args.out_channels",
             card.out_channels,
-            f"{n}, the number of classes of a cell model (one softmax channel per class)",
+            f"{n}, the number of classes of a {card.role} model (one softmax channel per class)",
         )
+    if card.role == "nuclei" and [(c.label, c.name) for c in card.classes] != [(c[0], c[1]) for c in NUCLEUS_CLASSES]:
+        wanted = ", ".join(f"{label} {name}" for label, name, _ in NUCLEUS_CLASSES)
+        raise f.fail("classes", [c.name for c in card.classes], f"the classes of the contour representation: {wanted}")
     factor = math.prod(card.architecture.args["strides"])
     if card.tile_px % factor:
         raise f.fail("tile_px", card.tile_px, f"a multiple of {factor} (the product of the U-Net's strides)")
@@ -624,20 +722,34 @@ def load_card(path: str | os.PathLike[str]) -> ModelCard:
 
 
 # --------------------------------------------------------------------------------------------- new cards
-def default_architecture(role: str, n_classes: int, channels: Sequence[int] = (16, 32, 64, 128)) -> Architecture:
+#: The U-Net of qpbridge's nuclei models: deeper and with two residual units per level (touching nuclei are
+#: split by a thin boundary class, which needs the capacity; ~24 GFLOP per megapixel).
+NUCLEI_CHANNELS: tuple[int, ...] = (16, 32, 64, 128, 256)
+
+
+def default_architecture(
+    role: str, n_classes: int, channels: Sequence[int] | None = None, num_res_units: int | None = None
+) -> Architecture:
     """The architecture of qpbridge's own models: a small, fast MONAI U-Net with batch norm.
 
     ``UNet(spatial_dims=2, in_channels=3, out_channels=C, channels=(16, 32, 64, 128), strides=(2, 2, 2),
     num_res_units=1, norm="batch")`` (~0.2 M parameters, < 1 MB of weights); ``C`` is 1 for a roi model
-    (one sigmoid), else the number of classes.
+    (one sigmoid), else the number of classes. A nuclei model defaults to :data:`NUCLEI_CHANNELS` with two
+    residual units.
 
     Examples
     --------
     >>> default_architecture("roi", 2).args["out_channels"], default_architecture("cell", 4).args["out_channels"]
     (1, 4)
+    >>> default_architecture("nuclei", 3).args["channels"], default_architecture("nuclei", 3).args["num_res_units"]
+    ([16, 32, 64, 128, 256], 2)
     """
     if role not in ROLES:
-        raise InputError(f"unknown model role {role!r}: use 'roi' or 'cell'")
+        raise InputError(f"unknown model role {role!r}: use {', '.join(repr(r) for r in ROLES)}")
+    if channels is None:
+        channels = NUCLEI_CHANNELS if role == "nuclei" else (16, 32, 64, 128)
+    if num_res_units is None:
+        num_res_units = 2 if role == "nuclei" else 1
     if len(channels) < 2:
         raise InputError(f"a U-Net needs at least 2 channel levels, got {list(channels)}")
     return Architecture(
@@ -648,13 +760,13 @@ def default_architecture(role: str, n_classes: int, channels: Sequence[int] = (1
             "out_channels": 1 if role == "roi" else int(n_classes),
             "channels": [int(c) for c in channels],
             "strides": [2] * (len(channels) - 1),
-            "num_res_units": 1,
+            "num_res_units": int(num_res_units),
             "norm": "batch",
         },
     )
 
 
-def example_card(role: str, *, channels: Sequence[int] = (16, 32, 64, 128), name: str | None = None) -> ModelCard:
+def example_card(role: str, *, channels: Sequence[int] | None = None, name: str | None = None) -> ModelCard:
     """A complete card with qpbridge's defaults (DeepBatch classes for ``cell``; ROI for ``roi``), no weights.
 
     Training starts from such a card; tests use it. ``weights_sha256`` is filled in by
@@ -675,8 +787,11 @@ def example_card(role: str, *, channels: Sequence[int] = (16, 32, 64, 128), name
     elif role == "cell":
         classes = tuple(CardClass(c.label, c.name, c.color, c.label != 0) for c in DEEPBATCH_CLASSES)
         label0, threshold, mpp = "background/normal tissue", None, 0.5
+    elif role == "nuclei":
+        classes = tuple(CardClass(label, name, color, label == 1) for label, name, color in NUCLEUS_CLASSES)
+        label0, threshold, mpp = "no nucleus", None, 0.25
     else:
-        raise InputError(f"unknown model role {role!r}: use 'roi' or 'cell'")
+        raise InputError(f"unknown model role {role!r}: use {', '.join(repr(r) for r in ROLES)}")
     return ModelCard(
         name=name or f"example-{role}",
         role=role,
@@ -694,6 +809,7 @@ def example_card(role: str, *, channels: Sequence[int] = (16, 32, 64, 128), name
         intended_use=EXAMPLE_INTENDED_USE,
         weights_sha256="0" * 64,
         threshold=threshold,
+        nuclei=NucleiParams() if role == "nuclei" else None,
     )
 
 

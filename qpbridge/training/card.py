@@ -76,7 +76,7 @@ def new_card(
         card_classes.append(CardClass(c.label, c.name, c.color, c.label != 0, aliases))
     norm = (_rounded(norm[0]), _rounded(norm[1]))
     what0 = "outside the regions of interest" if config.role == "roi" else "background/normal tissue"
-    channels = config.channels or (16, 32, 64, 128)
+    channels = config.channels  # None: the role's default (qpbridge.cards.default_architecture)
     return ModelCard(
         name=name,
         role=config.role,
