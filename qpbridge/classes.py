@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+__all__ = ["ClassInfo", "DEEPBATCH_CLASSES", "IGNORE_LABEL", "PEN_CLASS", "ROI_CLASS", "TISSUE_CLASS"]
+
 IGNORE_LABEL = 255
 
 

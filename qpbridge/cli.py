@@ -22,6 +22,8 @@ import typer  # noqa: E402
 
 from qpbridge import __version__  # noqa: E402
 
+__all__ = ["COMMAND_MODULES", "app", "main"]
+
 app = typer.Typer(
     name="qpbridge",
     help=(

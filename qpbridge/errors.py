@@ -6,6 +6,8 @@ them into one readable line and a non-zero exit code (never a traceback).
 
 from __future__ import annotations
 
+__all__ = ["FormatError", "GeoJSONError", "InputError", "ModelError", "OutputError", "QpbridgeError", "SlideError"]
+
 
 class QpbridgeError(Exception):
     """Base class of every failure that qpbridge reports to a user."""

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
+__all__ = ["CACHE_ENV", "HeapTrimmer", "release_freed_memory", "rss_mb", "set_cache_defaults"]
+
 #: Environment defaults for oneDNN's primitive caches (the user's own settings win).
 CACHE_ENV = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024", "LRU_CACHE_CAPACITY": "1024"}
 

@@ -26,6 +26,15 @@ import torch
 from qpbridge.cards import COLOR_SPACES  # the names a card may give; each is converted here
 from qpbridge.errors import InputError
 
+__all__ = [
+    "CardPreprocessing",
+    "channel_statistics",
+    "check_color_space",
+    "convert_color",
+    "normalize_rgb01",
+    "to_network_input",
+]
+
 # sRGB (linear) -> CIE XYZ, D65 (IEC 61966-2-1), and the D65 2-degree reference white.
 _XYZ_FROM_LINEAR_RGB = (
     (0.412453, 0.357580, 0.180423),

@@ -60,7 +60,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import shapely
@@ -72,6 +72,9 @@ from qpbridge.errors import InputError, QpbridgeError
 from qpbridge.qupath.classes import DEFAULT_IGNORE_PATTERNS, DEFAULT_REGION_PATTERNS, UNCLASSIFIED, ClassMatcher
 from qpbridge.qupath.objects import REGION_OBJECT_TYPES
 from qpbridge.tiling import apply_affine
+
+if TYPE_CHECKING:
+    from qpbridge.cards import ModelCard
 
 __all__ = [
     "OVERLAP_MODES",
@@ -194,16 +197,16 @@ class ClassMap:
         return cls.from_classes((background, ROI_CLASS), aliases, role="roi")
 
     @classmethod
-    def from_card(cls, card: Any) -> ClassMap:
-        """The classes and aliases of a model card (:class:`qpbridge.models.ModelCard`), and its role."""
+    def from_card(cls, card: ModelCard) -> ClassMap:
+        """The classes and aliases of a model card (:class:`qpbridge.cards.ModelCard`), and its role."""
         infos: list[ClassInfo] = []
         aliases: dict[str, int] = {}
         for item in card.classes:
             r, g, b = (int(v) for v in item.color)
             infos.append(ClassInfo(int(item.label), str(item.name), (r, g, b)))
-            for alias in getattr(item, "aliases", ()):
+            for alias in item.aliases:
                 aliases.setdefault(str(alias), int(item.label))
-        return cls.from_classes(infos, aliases, role=str(getattr(card, "role", "cell")))
+        return cls.from_classes(infos, aliases, role=card.role)
 
     def with_overrides(self, overrides: Mapping[str, int | str]) -> ClassMap:
         """A copy where ``overrides`` (name -> label, ``"ignore"``, ``"region"``, ``"skip"``) replace entries.

@@ -37,6 +37,20 @@ from PIL import Image
 
 from qpbridge.errors import InputError, SlideError
 
+__all__ = [
+    "MAX_WHOLE_SLIDE_PX",
+    "SLIDE_MPP_RANGE",
+    "SLIDE_SUFFIXES",
+    "Slide",
+    "SlideInfo",
+    "WHOLE_SLIDE_ONLY_SUFFIXES",
+    "check_mpp",
+    "check_slide_mpp",
+    "dicom_member",
+    "has_slide_suffix",
+    "open_slide",
+]
+
 #: What :func:`open_slide` opens, by file name (any letter case; longest first where one ends another): the
 #: formats OpenSlide reads, then plain images (read with Pillow when OpenSlide does not open the file).
 #: A folder given as slides is searched for these (``.dcm`` files make their folder one DICOM slide).

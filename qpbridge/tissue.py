@@ -33,6 +33,17 @@ from skimage import color, filters, morphology
 from qpbridge.errors import InputError
 from qpbridge.slide import Slide, check_mpp
 
+__all__ = [
+    "DEFAULT_TISSUE_MPP",
+    "STRIP_PX",
+    "TissueMask",
+    "TissueParams",
+    "detect_tissue",
+    "pen_mask_from_rgb",
+    "saturation_otsu",
+    "tissue_mask_from_rgb",
+]
+
 #: Default working resolution of the tissue mask (um/px).
 DEFAULT_TISSUE_MPP = 8.0
 

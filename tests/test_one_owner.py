@@ -43,3 +43,16 @@ def test_one_default_intended_use_and_dataset_format() -> None:
     assert training_card.DEFAULT_INTENDED_USE is models.DEFAULT_INTENDED_USE is cards.DEFAULT_INTENDED_USE
     assert "not for diagnosis" in models.DEFAULT_INTENDED_USE
     assert loop.DATASET_FORMAT is tiles.DATASET_FORMAT
+
+
+def test_the_package_names_its_public_api_without_loading_torch() -> None:
+    import subprocess
+    import sys
+
+    import qpbridge
+
+    assert set(qpbridge.__all__) == {"QpbridgeError", "__version__", *qpbridge._PUBLIC}
+    code = "import sys, qpbridge; qpbridge.read_geojson; qpbridge.PredictConfig; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    for name in qpbridge.__all__:
+        assert getattr(qpbridge, name) is not None

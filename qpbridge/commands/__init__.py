@@ -1,1 +1,3 @@
 """One module per CLI command; each only parses options, calls the library and prints."""
+
+__all__ = []

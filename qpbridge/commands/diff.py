@@ -14,6 +14,8 @@ from qpbridge.diff import BatchResult, DiffResult, diff_files, diff_pairs, write
 from qpbridge.errors import InputError, OutputError
 from qpbridge.rasterize import ClassMap, parse_class_map
 
+__all__ = ["register"]
+
 HELP = """Compare a prediction with the pathologist's corrections: per tissue class, the area added (drawn
 where nothing was predicted), removed (predicted, then deleted), relabelled from one class to another (a
 matrix) and unchanged, in um^2 (px^2 when no pixel size is known) and as a share of the predicted class area;

@@ -11,6 +11,8 @@ from qpbridge.commands._common import reported_errors
 from qpbridge.commands._options import mpp_option
 from qpbridge.slide import open_slide
 
+__all__ = ["register"]
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``info`` command to ``app``."""

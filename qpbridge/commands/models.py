@@ -10,6 +10,8 @@ from rich.table import Table
 
 from qpbridge.commands._common import reported_errors
 
+__all__ = ["register"]
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``models`` command group to ``app``."""

@@ -10,6 +10,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from qpbridge.commands._common import err_console, reported_errors
 from qpbridge.synth import STAIN_NAMES, SynthResult, write_synthetic_slide
 
+__all__ = ["register"]
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``synth`` command to ``app``."""

@@ -315,10 +315,9 @@ def _model_key(name_or_path: Any, role: str | None, device: Any) -> tuple[Any, .
     return (directory, load_card(directory / CARD_FILE).weights_sha256, role, str(device))
 
 
-def _copy(model: Any) -> Any:
-    from dataclasses import is_dataclass
-
-    return replace(model) if is_dataclass(model) and not isinstance(model, type) else model
+def _copy(model: LoadedModel) -> LoadedModel:
+    """A shallow copy (the network shared): a slide may replace the copy's network (BatchNorm folded) freely."""
+    return replace(model)
 
 
 _WORKER_MODELS = ModelCache()
