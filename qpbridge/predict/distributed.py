@@ -315,9 +315,12 @@ def _model_key(name_or_path: Any, role: str | None, device: Any) -> tuple[Any, .
     return (directory, load_card(directory / CARD_FILE).weights_sha256, role, str(device))
 
 
-def _copy(model: LoadedModel) -> LoadedModel:
-    """A shallow copy (the network shared): a slide may replace the copy's network (BatchNorm folded) freely."""
-    return replace(model)
+def _copy(model: Any) -> Any:
+    """A shallow copy of a loaded model (the network shared), so that a slide may replace the copy's network
+    (BatchNorm folded) freely; anything else (a test's stand-in) as it is."""
+    from dataclasses import is_dataclass
+
+    return replace(model) if is_dataclass(model) and not isinstance(model, type) else model
 
 
 _WORKER_MODELS = ModelCache()
