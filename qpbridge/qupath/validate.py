@@ -586,7 +586,7 @@ def _raw_bounds(gj: dict[str, Any]) -> tuple[float, float, float, float] | None:
         xy = np.asarray([p[:2] for p in positions], dtype=np.float64)
     except (TypeError, ValueError, IndexError):
         return None
-    if xy.ndim != 2 or not len(xy):
+    if xy.ndim != 2 or not len(xy) or xy.shape[1] < 2:  # e.g. a Point with coordinates []
         return None
     (xmin, ymin), (xmax, ymax) = xy.min(axis=0), xy.max(axis=0)
     return float(xmin), float(ymin), float(xmax), float(ymax)
