@@ -152,6 +152,14 @@ def flatten_features(doc: JsonDocument) -> tuple[str, list[Any]]:
     child objects (``properties.childObjects``/``children``) follow their parent. Entries that are not
     objects are returned as they are (the caller reports them). Raises :class:`GeoJSONError` when the
     JSON is not GeoJSON at all.
+
+    Examples
+    --------
+    >>> child = {"type": "Feature", "geometry": None, "properties": {"name": "child"}}
+    >>> parent = {"type": "Feature", "geometry": None, "properties": {"name": "parent", "childObjects": [child]}}
+    >>> kind, objects = flatten_features(JsonDocument("a.geojson", [parent, {"type": "Point", "coordinates": [1, 2]}]))
+    >>> kind, [o["properties"].get("name") for o in objects]
+    ('array', ['parent', 'child', None])
     """
     data = doc.data
     out: list[Any] = []
@@ -205,7 +213,16 @@ def _append_feature(item: Any, out: list[Any]) -> None:
 
 
 def iter_feature_objects(path: str | os.PathLike[str]) -> Iterator[tuple[JsonDocument, str, int, Any]]:
-    """Every raw feature object of a file: ``(document, top-level kind, index, object)`` (for validation)."""
+    """Every raw feature object of a file: ``(document, top-level kind, index, object)`` (for validation).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.geojson"
+    >>> _ = p.write_text('{"type": "Feature", "geometry": null, "properties": {}}')
+    >>> [(kind, index, obj["type"]) for _, kind, index, obj in iter_feature_objects(p)]
+    [('Feature', 0, 'Feature')]
+    """
     index = 0
     for doc in load_json_documents(path):
         kind, objects = flatten_features(doc)
@@ -216,7 +233,14 @@ def iter_feature_objects(path: str | os.PathLike[str]) -> Iterator[tuple[JsonDoc
 
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector (it rescans millions of fresh JSON lists and costs ~5x the parse)."""
+    """Pause the cyclic garbage collector (it rescans millions of fresh JSON lists and costs ~5x the parse).
+
+    Examples
+    --------
+    >>> with gc_paused():
+    ...     gc.isenabled()
+    False
+    """
     was_enabled = gc.isenabled()
     gc.disable()
     try:
