@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from qpbridge.commands import validate as validate_command
 from qpbridge.errors import GeoJSONError, InputError
 from qpbridge.qupath import Feature, fix_geojson, read_geojson, validate_geojson, write_geojson
-from qpbridge.qupath.validate import (
+from qpbridge.qupath.versions import (
     ISSUE_EFFECTS,
     QUPATH_READS_LIKE,
     QUPATH_VERSIONS,

@@ -205,13 +205,38 @@ def read_asap(
     """
     check_choice("group_level", group_level, ("own", "top"))
     check_choice("object_type", object_type, OBJECT_TYPES)
-    exclusion_set = frozenset(exclusion_groups)
-    source = str(path)
     collector = FeatureCollector(
         path, slide_size_px=slide_size_px, class_map=class_map, on_unknown=on_unknown, on_nonfinite=on_nonfinite,
         what="group",
     )
-    groups: dict[str, tuple[str | None, tuple[int, int, int] | None]] = {}
+    groups, annotations = _parse(path, collector)
+    targets, exclusions = _split_exclusions(annotations, groups, frozenset(exclusion_groups), collector)
+    geoms = _cut_exclusions(targets, exclusions, collector)
+    for (ann, _), geom in zip(targets, geoms, strict=True):
+        chain = _ancestors(groups, ann.group) if ann.group is not None else []
+        class_group = None if not chain else (chain[-1] if group_level == "top" else chain[0])
+        color = groups.get(class_group, (None, None))[1] if class_group is not None else None
+        feature = Feature(
+            geometry=geom,
+            class_name=class_group,
+            color=color if color is not None else ann.color,
+            object_type=object_type,
+            name=ann.name,
+        )
+        collector.add(feature, index=ann.index, label=ann.label())
+    result = collector.finish("asap")
+    result.features.sort(key=lambda f: int(f.source_index or 0))
+    return result
+
+
+#: Group name -> (its parent group or ``None``, its colour or ``None``), as ``AnnotationGroups`` declares them.
+_Groups = dict[str, tuple[str | None, tuple[int, int, int] | None]]
+
+
+def _parse(path: str | os.PathLike[str], collector: FeatureCollector) -> tuple[_Groups, list[_Annotation]]:
+    """The declared groups and every annotation of the file (streamed; elements cleared once read)."""
+    source = str(path)
+    groups: _Groups = {}
     annotations: list[_Annotation] = []
     stack: list[str] = []
     for event, elem in iter_xml(path, "ASAP_Annotations", "an ASAP XML file", _NOT_ASAP_HINT):
@@ -246,22 +271,30 @@ def read_asap(
             if name:
                 groups[name] = (None if parent_group in _NO_GROUP else parent_group, parse_css_color(elem.get("Color")))
             elem.clear()
+    return groups, annotations
 
-    def ancestors(group: str) -> list[str]:
-        chain = [group]
-        while True:
-            parent_group = groups.get(chain[-1], (None, None))[0]
-            if parent_group is None or parent_group in chain:
-                return chain
-            chain.append(parent_group)
 
+def _ancestors(groups: _Groups, group: str) -> list[str]:
+    """``group`` and its parent groups, innermost first (a cycle ends the chain)."""
+    chain = [group]
+    while True:
+        parent_group = groups.get(chain[-1], (None, None))[0]
+        if parent_group is None or parent_group in chain:
+            return chain
+        chain.append(parent_group)
+
+
+def _split_exclusions(
+    annotations: list[_Annotation], groups: _Groups, exclusion_set: frozenset[str], collector: FeatureCollector
+) -> tuple[list[tuple[_Annotation, shapely.Geometry]], list[tuple[_Annotation, shapely.Geometry]]]:
+    """The usable annotations with their geometry: those read as objects, and the exclusion areas."""
     targets: list[tuple[_Annotation, shapely.Geometry]] = []
     exclusions: list[tuple[_Annotation, shapely.Geometry]] = []
     for ann in annotations:
         geom = _geometry(ann, collector)
         if geom is None:
             continue
-        chain = ancestors(ann.group) if ann.group is not None else []
+        chain = _ancestors(groups, ann.group) if ann.group is not None else []
         if ann.group is not None and ann.group not in groups:
             collector.note(f"annotation(s) of group {ann.group!r}, which AnnotationGroups does not declare: "
                            "read with that class")
@@ -269,7 +302,15 @@ def read_asap(
             exclusions.append((ann, geom))
         else:
             targets.append((ann, geom))
+    return targets, exclusions
 
+
+def _cut_exclusions(
+    targets: list[tuple[_Annotation, shapely.Geometry]],
+    exclusions: list[tuple[_Annotation, shapely.Geometry]],
+    collector: FeatureCollector,
+) -> list[shapely.Geometry]:
+    """The targets' geometries with the exclusion areas cut out; exclusions that cut nothing are skipped."""
     geoms, n_cut, unused = subtract_exclusions([g for _, g in targets], [g for _, g in exclusions])
     if exclusions:
         names = ", ".join(sorted({repr(a.group) for a, _ in exclusions}))
@@ -280,22 +321,7 @@ def read_asap(
         for k in unused:
             ann = exclusions[k][0]
             collector.skip(ann.index, ann.label(), "exclusion that overlaps no other annotation")
-
-    for (ann, _), geom in zip(targets, geoms, strict=True):
-        chain = ancestors(ann.group) if ann.group is not None else []
-        class_group = None if not chain else (chain[-1] if group_level == "top" else chain[0])
-        color = groups.get(class_group, (None, None))[1] if class_group is not None else None
-        feature = Feature(
-            geometry=geom,
-            class_name=class_group,
-            color=color if color is not None else ann.color,
-            object_type=object_type,
-            name=ann.name,
-        )
-        collector.add(feature, index=ann.index, label=ann.label())
-    result = collector.finish("asap")
-    result.features.sort(key=lambda f: int(f.source_index or 0))
-    return result
+    return geoms
 
 
 def _geometry(ann: _Annotation, collector: FeatureCollector) -> shapely.Geometry | None:

@@ -392,6 +392,37 @@ def convert_annotations(
     to_format = output_format(target)
     check_choice("object_type", object_type, OBJECT_TYPE_CHOICES)
     check_choice("kind", kind, KIND_CHOICES)
+    _check_paths(source, target, to_format, slide_size_px=slide_size_px, slide_mpp=slide_mpp, label_mpp=label_mpp)
+    groups = list(exclusion_groups) if exclusion_groups else None
+    read = _read_source(source, from_format, groups, kind, threshold, slide_size_px, slide_mpp, label_mpp)
+    result = ConvertResult(str(source), str(target), read.format_name, to_format, read_total=read.summary.total)
+    result.warnings.extend(read.warnings)
+    result.skip("on reading", len(read.summary.skipped))
+    result.repaired = len(read.summary.repaired)
+    features = _with_object_types(read, object_type, slide_mpp)
+    if class_map and to_format != "labels":
+        features, dropped = rename_classes(features, class_map)
+        result.skip("by the class map", dropped)
+    result.lines = sum(_is_line(f) for f in features)
+    if to_format == "geojson":
+        _write_geojson(result, target, features)
+    elif to_format == "asap":
+        _write_asap(result, target, features, groups[0] if groups else DEFAULT_WRITE_EXCLUSION_GROUP)
+    else:
+        _write_labels(result, target, features, kind, class_map, slide_size_px, slide_mpp, label_mpp)
+    return result
+
+
+def _check_paths(
+    source: Path,
+    target: Path,
+    to_format: str,
+    *,
+    slide_size_px: tuple[int, int] | None,
+    slide_mpp: float | None,
+    label_mpp: float | None,
+) -> None:
+    """Options that fit: another output than the input, in a folder that exists, what a label image needs."""
     if source.exists() and target.exists() and source.resolve() == target.resolve():
         raise InputError(f"the output {target} is the input: give another output with -o")
     if not target.parent.is_dir():
@@ -407,48 +438,49 @@ def convert_annotations(
             "(--slide) or its level-0 size (--size-px WIDTHxHEIGHT)"
         )
 
-    groups = list(exclusion_groups) if exclusion_groups else None
+
+def _read_source(
+    source: Path,
+    from_format: str | None,
+    groups: list[str] | None,
+    kind: str,
+    threshold: float | None,
+    slide_size_px: tuple[int, int] | None,
+    slide_mpp: float | None,
+    label_mpp: float | None,
+) -> FormatResult:
+    """The input, read with the options of its format (ASAP's exclusion groups, a label image's kind and scale)."""
     label_options: dict[str, Any] = {"kind": "instance" if kind == "auto" else kind}
     if threshold is not None:
         label_options["threshold"] = threshold
     if slide_mpp is not None:
         label_options.update(slide_mpp=slide_mpp, mpp=label_mpp, on_missing_mpp="level0")
-    read = read_annotations(
+    return read_annotations(
         source,
         format=from_format,
         slide_size_px=slide_size_px,
         format_options={"asap": {"exclusion_groups": groups} if groups else {}, "labels": label_options},
     )
-    result = ConvertResult(str(source), str(target), read.format_name, to_format, read_total=read.summary.total)
-    result.warnings.extend(read.warnings)
-    result.skip("on reading", len(read.summary.skipped))
-    result.repaired = len(read.summary.repaired)
-    features = _with_object_types(read, object_type, slide_mpp)
-    if class_map and to_format != "labels":
-        features, dropped = rename_classes(features, class_map)
-        result.skip("by the class map", dropped)
-    result.lines = sum(_is_line(f) for f in features)
 
-    if to_format == "geojson":
-        written = write_geojson(target, features, default_color=dict(_DEEPBATCH_COLORS))
-        result.written, result.by_class, result.by_object_type = (
-            written.written, dict(written.by_class), dict(written.by_object_type)
-        )
-        result.skip("empty", written.dropped_empty)
-        result.repaired += written.repaired
-    elif to_format == "asap":
-        exclusion = groups[0] if groups else DEFAULT_WRITE_EXCLUSION_GROUP
-        written_asap = write_asap(target, features, exclusion_group=exclusion)
-        kept = [f for f in features if not _is_line(f) and f.geometry is not None and not f.geometry.is_empty]
-        result.by_class, result.by_object_type = _count(kept)
-        result.holes = written_asap.holes
-        for reason, count in written_asap.skipped.items():
-            if "no line annotation" not in reason:
-                result.skip(reason, count)
-        result.written = len(features) - sum(written_asap.skipped.values())
-    else:
-        _write_labels(result, target, features, kind, class_map, slide_size_px, slide_mpp, label_mpp)
-    return result
+
+def _write_geojson(result: ConvertResult, target: Path, features: list[Feature]) -> None:
+    written = write_geojson(target, features, default_color=dict(_DEEPBATCH_COLORS))
+    result.written, result.by_class, result.by_object_type = (
+        written.written, dict(written.by_class), dict(written.by_object_type)
+    )
+    result.skip("empty", written.dropped_empty)
+    result.repaired += written.repaired
+
+
+def _write_asap(result: ConvertResult, target: Path, features: list[Feature], exclusion: str) -> None:
+    written_asap = write_asap(target, features, exclusion_group=exclusion)
+    kept = [f for f in features if not _is_line(f) and f.geometry is not None and not f.geometry.is_empty]
+    result.by_class, result.by_object_type = _count(kept)
+    result.holes = written_asap.holes
+    for reason, count in written_asap.skipped.items():
+        if "no line annotation" not in reason:
+            result.skip(reason, count)
+    result.written = len(features) - sum(written_asap.skipped.values())
 
 
 def _with_object_types(read: FormatResult, object_type: str, slide_mpp: float | None) -> list[Feature]:

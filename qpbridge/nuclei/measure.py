@@ -301,6 +301,23 @@ def _calipers(hulls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return max_width, min_width
 
 
+def _eccentricity(fg: np.ndarray, lab: np.ndarray, width: int, n_slots: int, safe: np.ndarray) -> np.ndarray:
+    """``sqrt(1 - l_min / l_max)`` per id slot, from the second moments of the area of the foreground pixels
+    ``fg`` (flat indices into a ``width``-wide image, ``lab`` their ids, ``safe`` the pixel counts, >= 1),
+    pixels as unit squares (+ 1/12 per axis)."""
+    rows, cols = np.divmod(fg, width)
+    mean_x = np.bincount(lab, weights=cols, minlength=n_slots) / safe
+    mean_y = np.bincount(lab, weights=rows, minlength=n_slots) / safe
+    dx, dy = cols - mean_x[lab], rows - mean_y[lab]
+    var_x = np.bincount(lab, weights=dx * dx, minlength=n_slots) / safe + 1 / 12
+    var_y = np.bincount(lab, weights=dy * dy, minlength=n_slots) / safe + 1 / 12
+    cov_xy = np.bincount(lab, weights=dx * dy, minlength=n_slots) / safe
+    half_trace = (var_x + var_y) / 2
+    spread = np.sqrt(((var_x - var_y) / 2) ** 2 + cov_xy**2)
+    result: np.ndarray = np.sqrt(np.clip(1 - (half_trace - spread) / (half_trace + spread), 0.0, 1.0))
+    return result
+
+
 def measure_nuclei(
     labels: npt.ArrayLike,
     rgb: npt.ArrayLike,
@@ -355,19 +372,9 @@ def measure_nuclei(
     n_px = counts.astype(np.float64)
     safe = np.maximum(n_px, 1.0)
 
-    # second moments of the area (pixels as unit squares: + 1/12 per axis), over foreground pixels only
-    fg = np.flatnonzero(flat)
+    fg = np.flatnonzero(flat)  # foreground pixels only
     lab = flat[fg]
-    rows, cols = np.divmod(fg, arr.shape[1])
-    mean_x = np.bincount(lab, weights=cols, minlength=n_slots) / safe
-    mean_y = np.bincount(lab, weights=rows, minlength=n_slots) / safe
-    dx, dy = cols - mean_x[lab], rows - mean_y[lab]
-    var_x = np.bincount(lab, weights=dx * dx, minlength=n_slots) / safe + 1 / 12
-    var_y = np.bincount(lab, weights=dy * dy, minlength=n_slots) / safe + 1 / 12
-    cov_xy = np.bincount(lab, weights=dx * dy, minlength=n_slots) / safe
-    half_trace = (var_x + var_y) / 2
-    spread = np.sqrt(((var_x - var_y) / 2) ** 2 + cov_xy**2)
-    eccentricity = np.sqrt(np.clip(1 - (half_trace - spread) / (half_trace + spread), 0.0, 1.0))
+    eccentricity = _eccentricity(fg, lab, arr.shape[1], n_slots, safe)
 
     # midpoint outline: length, area, convex hull
     length, area_change, points, owners = _lattice_outline(arr, n_slots)

@@ -4,8 +4,12 @@ The format these modules follow, and why, is ``docs/qupath-geojson.md``: what Qu
 reads, what makes it reject a whole file, what it mangles, and the rules qpbridge keeps. The modules:
 
 * :mod:`~qpbridge.qupath.write`: a streaming writer of what QuPath 0.4-0.7 imports cleanly;
+* :mod:`~qpbridge.qupath.load`: the JSON documents of a file (plain, ``.gz``, ``.zip``) and their feature objects;
 * :mod:`~qpbridge.qupath.read`: a tolerant reader of everything QuPath 0.2-0.7 and its peers write;
 * :mod:`~qpbridge.qupath.validate`: what QuPath would reject or mangle, feature by feature, and ``--fix``;
+* :mod:`~qpbridge.qupath.versions`: the QuPath versions, what each does with each finding (``ISSUE_EFFECTS``)
+  and the verdicts;
+* :mod:`~qpbridge.qupath.lenient`: the JSON that only QuPath's lenient Gson parser takes;
 * :mod:`~qpbridge.qupath.classes`: class names (derived classes, the ``Region*``/``Ignore*``/pen patterns) and
   the one matcher of a class name to a table;
 * :mod:`~qpbridge.qupath.objects`: object types (``annotation``, ``detection``...) and their spellings;
@@ -43,6 +47,14 @@ from qpbridge.qupath.classes import (
     join_class_names,
     matches_pattern,
     split_class_name,
+)
+from qpbridge.qupath.load import (
+    GEOMETRY_TYPES,
+    JsonDocument,
+    flatten_features,
+    gc_paused,
+    iter_feature_objects,
+    load_json_documents,
 )
 from qpbridge.qupath.objects import (
     LEGACY_TYPE_IDS,
@@ -110,15 +122,9 @@ from qpbridge.qupath.qpproj import (
     read_project,
 )
 from qpbridge.qupath.read import (
-    GEOMETRY_TYPES,
-    JsonDocument,
     ReadResult,
     ReadSummary,
     feature_label,
-    flatten_features,
-    gc_paused,
-    iter_feature_objects,
-    load_json_documents,
     make_valid_polygonal,
     parse_classification,
     parse_qupath_color,

@@ -2,15 +2,10 @@
 
 :func:`validate_geojson` reads the raw JSON (not the tolerant reader, which repairs silently) and lists
 every feature that QuPath would reject or mangle, with the reason (see ``docs/qupath-geojson.md``). Each
-finding has a rule, and :data:`ISSUE_EFFECTS` (the one table of what each QuPath version does) says what
-the rule does in each version: ``ok``, ``note`` (imports as intended, worth a word), ``mangle`` (imports
-the object, but not as written) or ``reject`` (loses the whole file). QuPath 0.7 reads GeoJSON as 0.6
-does (:data:`QUPATH_READS_LIKE`). The report derives from the findings one verdict per version asked:
-
-* *imports it as intended*;
-* *imports it but mangles N objects*, saying which and how ("3 MultiPolygons whose parts share an edge
-  stay one invalid ROI");
-* *rejects the whole file*, saying why and naming the first feature concerned.
+finding has a rule; what the rule does in each version is :data:`ISSUE_EFFECTS`, the one table of
+:mod:`qpbridge.qupath.versions` (which owns the version names and verdicts; this module re-exports them), and
+the :class:`ValidationReport` derives one verdict per version asked: *imports it as intended*, *imports it
+but mangles N objects* (which and how) or *rejects the whole file* (why, and the first feature concerned).
 
 A finding is an *error* when it makes a version asked reject or mangle, a *warning* otherwise; *notes*
 (metadata that QuPath 0.4 drops) are not listed one by one, only counted in the verdicts. Examples of
@@ -19,51 +14,59 @@ what differs between versions: measurements written as the strings ``"NaN"``/``"
 0.4/0.5 and are merged by 0.6+; slivers thinner than 0.01 px become empty objects in 0.6+; polygons
 invalid once rounded to 0.01 px make 0.6+ reject the file ("Reduction failed") and stay invalid in
 0.4/0.5; a detection's ``metadata`` makes 0.5 log a stack trace. JSON that only QuPath's lenient Gson
-parser takes (single quotes, comments, unquoted names, trailing text) is a warning.
-
-:func:`fix_geojson` rewrites a file through the tolerant reader and :class:`qpbridge.qupath.GeoJSONWriter`,
-for the versions asked.
+parser takes (single quotes, comments, unquoted names, trailing text: :mod:`qpbridge.qupath.lenient`) is a
+warning. :func:`fix_geojson` rewrites a file through the tolerant reader and
+:class:`qpbridge.qupath.GeoJSONWriter`, for the versions asked.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import os
-import re
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any
 
 import numpy as np
 import shapely
 
 from qpbridge.errors import GeoJSONError, InputError
+from qpbridge.qupath.lenient import load_json_documents_leniently, read_lenient_document
+from qpbridge.qupath.load import GEOMETRY_TYPES, flatten_features, gc_paused
 from qpbridge.qupath.objects import legacy_type, normalize_object_type, qupath_object_type
 from qpbridge.qupath.project import QUPATH_IMPORT_SUFFIXES
 from qpbridge.qupath.read import (
     ABSURD_COORDINATE_PX,
-    GEOMETRY_TYPES,
-    JsonDocument,
     ReadResult,
     ReadSummary,
     far_outside,
     far_outside_message,
     feature_label,
-    flatten_features,
-    gc_paused,
-    load_json_documents,
     make_valid_polygonal,
     parse_classification,
     read_geojson,
     simple_ring,
 )
+from qpbridge.qupath.versions import (
+    ISSUE_EFFECTS,
+    QUPATH_READS_LIKE,
+    QUPATH_VERSIONS,
+    Effect,
+    EffectKind,
+    Issue,
+    Severity,
+    Verdict,
+    check_versions,
+    format_qupath_versions,
+    parse_qupath_versions,
+    verdict_of,
+)
 from qpbridge.qupath.write import WriteSummary, is_uuid, write_geojson
 
-__all__ = [
+__all__ = [  # with the names of qpbridge.qupath.versions that callers import from here
     "ISSUE_EFFECTS",
     "QUPATH_READS_LIKE",
     "QUPATH_VERSIONS",
@@ -78,264 +81,9 @@ __all__ = [
     "validate_geojson",
 ]
 
-Severity = Literal["error", "warning", "note"]
-EffectKind = Literal["ok", "note", "mangle", "reject"]
-Outcome = Literal["as-intended", "mangles", "rejects"]
-
-# --- what each QuPath version does: the one table -----------------------------------------------------
-#: The QuPath versions qpbridge supports, oldest first (the default of ``qpbridge validate --qupath``).
-QUPATH_VERSIONS: tuple[str, ...] = ("0.4", "0.5", "0.6", "0.7")
-
-#: Each supported version -> the version whose GeoJSON reading it shares (the columns of :data:`ISSUE_EFFECTS`).
-QUPATH_READS_LIKE: dict[str, str] = {"0.4": "0.4", "0.5": "0.5", "0.6": "0.6", "0.7": "0.6"}
-
-
-class Effect(NamedTuple):
-    """What one QuPath version does with one kind of finding.
-
-    ``how`` is, for ``reject``, why (a noun phrase: "an unclosed ring"); for ``mangle`` and ``note``, what
-    becomes of the objects, with ``{n}`` their count, ``{s}``/``{v}`` the plural of a noun/verb and
-    ``{one|many}`` a choice ("{n} sliver{s} become{v} {an empty object|empty objects}").
-    """
-
-    kind: EffectKind
-    how: str = ""
-
-
-_OK = Effect("ok")
-_METADATA_04 = Effect("note", "{n} object{s} with metadata lose{v} it (QuPath 0.4 keeps metadata only on TMA cores)")
-_REDUCTION = '("Reduction failed, possible invalid input")'
-
-
-def _every(effect: Effect) -> dict[str, Effect]:
-    return {"0.4": effect, "0.5": effect, "0.6": effect}
-
-
-def _by(v04: Effect = _OK, v05: Effect = _OK, v06: Effect = _OK) -> dict[str, Effect]:
-    return {"0.4": v04, "0.5": v05, "0.6": v06}
-
-
-def _invalid_once_rounded(why: str, how: str) -> dict[str, Effect]:
-    """0.6+ reduces the precision to 0.01 px and fails on an invalid result; 0.4/0.5 keep an invalid ROI."""
-    return _by(Effect("mangle", how), Effect("mangle", how), Effect("reject", f"{why} {_REDUCTION}"))
-
-
-#: Rule -> what QuPath 0.4, 0.5 and 0.6 (and 0.7, see :data:`QUPATH_READS_LIKE`) do with such a finding.
-#: A rule is an issue code, or a code and a variant in parentheses where one code covers cases that QuPath
-#: treats differently. ``docs/qupath-geojson.md`` shows this table ("What each version does").
-ISSUE_EFFECTS: dict[str, dict[str, Effect]] = {
-    # the file
-    "bad-extension": _every(Effect("reject", "a file name QuPath does not import (it reads 0 objects from it)")),
-    "not-feature-collection": _every(_OK),
-    "nonstandard-numbers": _every(_OK),
-    "lenient-json": _every(_OK),
-    "empty": _every(_OK),
-    # the feature, its type and id
-    "not-a-feature": _every(Effect("reject", "an entry that is not a Feature")),
-    "bad-properties": _every(Effect("reject", "'properties' that are not an object")),
-    "object-type-old-key": _every(_OK),
-    "unknown-object-type": _every(
-        Effect("mangle", "{n} feature{s} of an object type QuPath does not know become{v} {an annotation|annotations}")
-    ),
-    "unknown-object-type (annotation)": _every(_OK),
-    "object-type-outside-properties": _every(
-        Effect("mangle", "{n} feature{s} with 'objectType' outside 'properties' become{v} {an annotation|annotations}")
-    ),
-    "object-type-outside-properties (annotation)": _every(_OK),
-    "non-uuid-id": _every(_OK),
-    "duplicate-id": _every(_OK),
-    "detection-metadata": _by(
-        _METADATA_04, Effect("mangle", "{n} detection{s} with metadata log{v} a stack trace and lose{v} it")
-    ),
-    "metadata": _by(_METADATA_04),
-    # classification
-    "bad-classification": _every(Effect("reject", "a classification QuPath cannot read")),
-    "classification-no-color": _every(Effect("reject", "a classification object without 'color'")),
-    "bad-color": _every(Effect("reject", "a classification colour that is not [r, g, b]")),
-    # measurements
-    "measurements-list": _every(_OK),
-    "bad-measurements": _every(_OK),
-    "nonfinite-measurement": _by(
-        Effect("reject", 'a measurement written as the string "NaN" or "Infinity" (ClassCastException)')
-    ),
-    "nonfinite-measurement (token)": _every(_OK),
-    "bad-measurement": _every(Effect("reject", "a measurement that is not a number")),
-    # geometry
-    "null-geometry": _every(Effect("reject", "a null or missing geometry")),
-    "nucleus-not-cell": _every(_OK),
-    "bad-geometry": _every(Effect("reject", "a geometry of a type GeoJSON does not have")),
-    "bad-coordinates": _every(Effect("reject", "coordinates that are not [x, y] positions")),
-    "nonfinite-coordinate": _every(Effect("reject", "a NaN or infinite coordinate")),
-    "huge-coordinates": _every(_OK),
-    "off-image": _every(
-        Effect("mangle", "{n} object{s} far outside the image {lies|lie} where it has no pixels (unseen, measuring "
-                         "nothing)")
-    ),
-    "unclosed-ring": _every(Effect("reject", "an unclosed ring")),
-    "short-ring": _every(Effect("reject", "a ring of fewer than 4 positions")),
-    "geometry-collection": _by(v06=Effect("reject", "a GeometryCollection")),
-    "geometry-collection (mixed)": _by(
-        Effect("mangle", "{n} GeometryCollection{s} mixing areas, lines or points lose{v} all but the largest kind"),
-        Effect("mangle", "{n} GeometryCollection{s} mixing areas, lines or points lose{v} all but the largest kind"),
-        Effect("reject", "a GeometryCollection"),
-    ),
-    "self-touching-ring": _every(_OK),
-    "touching-parts": _by(
-        Effect("mangle", "{n} MultiPolygon{s} whose parts share an edge stay{v} one invalid ROI"),
-        Effect("mangle", "{n} MultiPolygon{s} whose parts share an edge stay{v} one invalid ROI"),
-    ),
-    "sliver": _by(v06=Effect("mangle", "{n} sliver{s} thinner than 0.01 px become{v} {an empty object|empty objects}")),
-    "self-intersection": _invalid_once_rounded(
-        "a self-intersecting ring (bow-tie) once rounded to 0.01 px",
-        "{n} self-intersecting (bow-tie) polygon{s} stay{v} invalid",
-    ),
-    "hole-outside-shell": _invalid_once_rounded(
-        "a hole outside its shell", "{n} polygon{s} with a hole outside the shell stay{v} invalid"
-    ),
-    "spike": _invalid_once_rounded(
-        "a zero-width spike once rounded to 0.01 px", "{n} polygon{s} with a zero-width spike stay{v} invalid"
-    ),
-    "overlapping-parts": _invalid_once_rounded(
-        "overlapping MultiPolygon parts", "{n} MultiPolygon{s} with overlapping parts stay{v} invalid"
-    ),
-    "invalid-polygon": _invalid_once_rounded(
-        "a polygon invalid once rounded to 0.01 px", "{n} polygon{s} invalid once rounded to 0.01 px stay{v} invalid"
-    ),
-}
-
 _DETECTION_TYPES = ("detection", "cell", "tile")  # QuPath's detection classes (0.5 has no metadata on them)
 _NONFINITE_STRINGS = {"nan", "infinity", "-infinity", "+infinity", "inf", "-inf"}
 _FIX_HINT = "repair it with: qpbridge validate FILE{options} --fix -o FIXED.geojson"
-_VERSION = re.compile(r"v?(\d+\.\d+)(?:\.\d+)?")
-
-
-def parse_qupath_versions(spec: str | None) -> tuple[str, ...]:
-    """The QuPath versions named by ``spec``: ``"0.6"``, a range ``"0.5+"`` or ``"0.4-0.5"``; ``None`` = all.
-
-    A patch release stands for its version (``"0.6.1"`` is 0.6). Raises :class:`qpbridge.errors.InputError`
-    for a version qpbridge does not support.
-
-    Examples
-    --------
-    >>> parse_qupath_versions("0.5+"), parse_qupath_versions("0.4-0.5"), parse_qupath_versions("0.6.1")
-    (('0.5', '0.6', '0.7'), ('0.4', '0.5'), ('0.6',))
-    >>> parse_qupath_versions(None)
-    ('0.4', '0.5', '0.6', '0.7')
-    """
-    if spec is None:
-        return QUPATH_VERSIONS
-    text = spec.strip()
-    bounds: list[str] = []
-    if text.endswith("+"):
-        parts, open_end = [text[:-1]], True
-    else:
-        parts, open_end = text.split("-") if text.count("-") == 1 else [text], False
-    for part in parts:
-        match = _VERSION.fullmatch(part.strip())
-        if match is None or match[1] not in QUPATH_VERSIONS:
-            raise InputError(
-                f"--qupath {spec!r}: qpbridge knows QuPath {', '.join(QUPATH_VERSIONS)}: give one of them "
-                "(0.6), a range (0.5+, 0.4-0.5), or leave it out for all"
-            )
-        bounds.append(match[1])
-    first = QUPATH_VERSIONS.index(bounds[0])
-    last = len(QUPATH_VERSIONS) - 1 if open_end else QUPATH_VERSIONS.index(bounds[-1])
-    if last < first:
-        raise InputError(f"--qupath {spec!r}: the range runs backwards: write {bounds[-1]}-{bounds[0]}")
-    return QUPATH_VERSIONS[first : last + 1]
-
-
-def format_qupath_versions(versions: Iterable[str]) -> str:
-    """``"0.4-0.7"`` for a run of consecutive versions, ``"0.6"`` for one, ``"0.4, 0.6"`` otherwise.
-
-    Examples
-    --------
-    >>> format_qupath_versions(("0.6", "0.7")), format_qupath_versions(["0.5"]), format_qupath_versions(["0.4", "0.6"])
-    ('0.6-0.7', '0.5', '0.4, 0.6')
-    """
-    chosen = list(versions)
-    positions = [QUPATH_VERSIONS.index(v) for v in chosen]
-    if len(chosen) > 1 and positions == list(range(positions[0], positions[0] + len(chosen))):
-        return f"{chosen[0]}-{chosen[-1]}"
-    return ", ".join(chosen)
-
-
-def _check_versions(versions: Sequence[str]) -> tuple[str, ...]:
-    unknown = [v for v in versions if v not in QUPATH_VERSIONS]
-    if unknown or not versions:
-        raise InputError(
-            f"QuPath versions {list(versions)!r}: qpbridge knows {', '.join(QUPATH_VERSIONS)}: give some of them"
-        )
-    return tuple(v for v in QUPATH_VERSIONS if v in versions)
-
-
-def _counted(template: str, n: int) -> str:
-    """``template`` with ``{n}``, ``{s}``, ``{v}`` and ``{one|many}`` filled in for ``n`` objects."""
-    text = template.replace("{n}", str(n)).replace("{s}", "{|s}").replace("{v}", "{s|}")
-    return re.sub(r"\{([^{}|]*)\|([^{}|]*)\}", lambda m: m[1] if n == 1 else m[2], text)
-
-
-# --- findings, verdicts, report -----------------------------------------------------------------------
-@dataclass
-class Issue:
-    """One finding: ``index`` is the feature's position in the file (``None`` for the file itself).
-
-    ``rule`` is the key of :data:`ISSUE_EFFECTS` (the code, or the code and a variant); ``severity`` is
-    ``"error"`` when a version asked rejects or mangles, ``"warning"`` otherwise, ``"note"`` for notes.
-    """
-
-    index: int | None
-    severity: Severity
-    code: str
-    message: str
-    feature: str = "file"
-    rule: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.rule:
-            self.rule = self.code
-
-    def effect(self, version: str) -> Effect:
-        """What QuPath ``version`` does with this finding."""
-        return ISSUE_EFFECTS[self.rule][QUPATH_READS_LIKE[version]]
-
-    def line(self) -> str:
-        """``feature 3 (id ..., class 'Tumor'): error: unclosed ring ...``"""
-        return f"{self.feature}: {self.severity}: {self.message}"
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What one QuPath version does with a whole file.
-
-    ``outcome`` is ``"as-intended"``, ``"mangles"`` or ``"rejects"``; ``text`` says it in words
-    ("rejects the whole file: feature 3 (id ...): an unclosed ring"); ``mangled`` counts the objects
-    imported differently than written; ``first`` is the finding that makes the version reject the file.
-    """
-
-    version: str
-    outcome: Outcome
-    text: str
-    mangled: int = 0
-    first: Issue | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        first = None
-        if self.first is not None:
-            first = {"index": self.first.index, "code": self.first.code, "feature": self.first.feature}
-        return {"outcome": self.outcome, "text": self.text, "mangled": self.mangled, "first": first}
-
-
-def _phrases(issues: Iterable[Issue], version: str, kind: EffectKind) -> tuple[list[str], int]:
-    """The ``how`` phrases of one effect kind, each with its count of objects, and the objects in all."""
-    by_how: dict[str, set[Any]] = {}
-    for issue in issues:
-        effect = issue.effect(version)
-        if effect.kind == kind:
-            by_how.setdefault(effect.how, set()).add(("file", id(issue)) if issue.index is None else issue.index)
-    objects: set[Any] = set().union(*by_how.values()) if by_how else set()
-    return [_counted(how, len(ids)) for how, ids in by_how.items()], len(objects)
 
 
 @dataclass
@@ -385,25 +133,7 @@ class ValidationReport:
 
     def verdict(self, version: str) -> Verdict:
         """What QuPath ``version`` does with the file, derived from the findings."""
-        rejects = [i for i in self.issues if i.effect(version).kind == "reject"]
-        if rejects:
-            first = rejects[0]
-            why = first.effect(version).how
-            where = "" if first.index is None else f"{first.feature}: "
-            text = f"rejects the whole file: {where}{why}"
-            more = len({i.index for i in rejects if i.index is not None} - {first.index})
-            if more:
-                text += f" ({more} more feature{'s' * (more != 1)} would fail too)"
-            return Verdict(version, "rejects", text, first=first)
-        mangles, mangled = _phrases(self.issues, version, "mangle")
-        notes, _ = _phrases([*self.issues, *self.notes], version, "note")
-        if mangles:
-            text = f"imports it but mangles {mangled} object{'s' * (mangled != 1)}: " + "; ".join(mangles)
-        else:
-            text = "imports it as intended"
-        if notes:
-            text += "; note: " + "; ".join(notes)
-        return Verdict(version, "mangles" if mangles else "as-intended", text, mangled=mangled)
+        return verdict_of(version, self.issues, self.notes)
 
     def verdicts(self) -> list[Verdict]:
         """One :class:`Verdict` per version asked, oldest first."""
@@ -470,182 +200,6 @@ class ValidationReport:
             "issues": [entry(i) for i in self.issues],
             "notes": [entry(i) for i in self.notes],
         }
-
-
-# --- JSON that only QuPath's lenient Gson parser takes -----------------------------------------------
-_LENIENT_TOKEN = re.compile(
-    r"""(?P<ws>[ \t\r\n\f]+)
-    |(?P<comment>//[^\n]*|\#[^\n]*|/\*.*?\*/)
-    |(?P<dq>"(?:[^"\\]|\\.)*")
-    |(?P<sq>'(?:[^'\\]|\\.)*')
-    |(?P<punct>=>|[{}\[\]:,;=])
-    |(?P<literal>[^ \t\r\n\f/\\;\#={}\[\]:,'"]+)""",
-    re.X | re.S,
-)
-_JSON_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?")
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
-
-
-def _unescape(body: str) -> str:
-    def one(m: re.Match[str]) -> str:
-        code = m[1]
-        if code[0] == "u" and len(code) == 5:
-            return chr(int(code[1:], 16))
-        return _ESCAPES.get(code, code)
-
-    return re.sub(r"\\(u[0-9a-fA-F]{4}|.)", one, body, flags=re.S)
-
-
-class _LenientJson:
-    """Gson's lenient reading (``JsonReader.setLenient``), enough to tell what QuPath takes: single-quoted
-    strings, unquoted names and values, ``//``, ``#`` and ``/* */`` comments, ``=``/``=>`` after names,
-    ``;`` between values, omitted array values (null) and anything after the first value (ignored)."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.pos = 4 if text.startswith(")]}'") else 0  # Gson's non-execute prefix
-        self.found: dict[str, int] = {}  # lenient construct -> line of its first use
-        self.nonstandard_numbers = False
-
-    def saw(self, what: str, at: int) -> None:
-        self.found.setdefault(what, self.text.count("\n", 0, at) + 1)
-
-    def take(self) -> tuple[str, str, int]:
-        while self.pos < len(self.text):
-            m = _LENIENT_TOKEN.match(self.text, self.pos)
-            if m is None:
-                raise ValueError(f"unexpected {self.text[self.pos]!r}")
-            self.pos = m.end()
-            kind = m.lastgroup or ""
-            if kind == "comment":
-                self.saw("comments", m.start())
-            elif kind != "ws":
-                return kind, m[0], m.start()
-        raise ValueError("unexpected end of the text")
-
-    def document(self) -> Any:
-        value = self.value(self.take())
-        try:
-            _, _, at = self.take()
-        except ValueError:  # the end, or something after the value that is no token at all
-            if self.pos < len(self.text):
-                self.saw("text after the JSON", self.pos)
-        else:
-            self.saw("text after the JSON", at)
-        return value
-
-    def value(self, token: tuple[str, str, int]) -> Any:
-        kind, text, at = token
-        if kind == "punct":
-            if text == "{":
-                return self.object()
-            if text == "[":
-                return self.array()
-            raise ValueError(f"unexpected {text!r}")
-        if kind in ("dq", "sq"):
-            if kind == "sq":
-                self.saw("single-quoted strings", at)
-            return _unescape(text[1:-1])
-        keyword = text.lower()
-        if keyword in ("true", "false", "null"):
-            return {"true": True, "false": False, "null": None}[keyword]
-        number = _JSON_NUMBER.fullmatch(text)
-        if number is not None:
-            return float(text) if number[1] or number[2] else int(text)
-        if text in ("NaN", "Infinity", "-Infinity"):
-            self.nonstandard_numbers = True
-            return float(text)
-        self.saw("unquoted values", at)
-        return text
-
-    def object(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        kind, text, at = self.take()
-        if (kind, text) == ("punct", "}"):
-            return out
-        while True:
-            if kind == "literal":
-                self.saw("unquoted names", at)
-                name = text
-            elif kind in ("dq", "sq"):
-                if kind == "sq":
-                    self.saw("single-quoted strings", at)
-                name = _unescape(text[1:-1])
-            else:
-                raise ValueError(f"expected a name, got {text!r}")
-            _, sep, at = self.take()
-            if sep in ("=", "=>"):
-                self.saw("'=' after names", at)
-            elif sep != ":":
-                raise ValueError(f"expected ':', got {sep!r}")
-            out[name] = self.value(self.take())
-            kind, text, at = self.take()
-            if (kind, text) == ("punct", "}"):
-                return out
-            if kind != "punct" or text not in (",", ";"):
-                raise ValueError(f"expected ',' or '}}', got {text!r}")
-            if text == ";":
-                self.saw("';' between values", at)
-            kind, text, at = self.take()
-
-    def array(self) -> list[Any]:
-        out: list[Any] = []
-        expect_value, after_separator = True, False
-        while True:
-            token = self.take()
-            kind, text, at = token
-            separator = kind == "punct" and text in (",", ";")
-            if kind == "punct" and text == ";":
-                self.saw("';' between values", at)
-            if expect_value:
-                if (kind, text) == ("punct", "]") and not after_separator:
-                    return out
-                if separator or (kind, text) == ("punct", "]"):
-                    self.saw("omitted array values", at)
-                    out.append(None)
-                    if not separator:
-                        return out
-                    after_separator = True
-                    continue
-                out.append(self.value(token))
-                expect_value = False
-            elif (kind, text) == ("punct", "]"):
-                return out
-            elif separator:
-                expect_value, after_separator = True, True
-            else:
-                raise ValueError(f"expected ',' or ']', got {text!r}")
-
-
-@dataclass
-class _Lenient:
-    document: JsonDocument
-    found: dict[str, int]
-
-
-def _lenient_document(path: Path) -> _Lenient | None:
-    """``path`` parsed as QuPath's lenient Gson parser reads it, or ``None`` when even that fails."""
-    try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-        text = raw.decode("utf-8-sig")
-        parser = _LenientJson(text)
-        data = parser.document()
-    except (OSError, EOFError, UnicodeDecodeError, ValueError, RecursionError):
-        return None
-    return _Lenient(JsonDocument(str(path), data, parser.nonstandard_numbers), parser.found)
-
-
-def _load(path: Path) -> tuple[list[JsonDocument], dict[str, int]]:
-    """The JSON documents of ``path`` and, for JSON that only a lenient parser takes, what is lenient."""
-    try:
-        return load_json_documents(path), {}
-    except GeoJSONError:
-        lenient = None if path.suffix.lower() == ".zip" else _lenient_document(path)
-        if lenient is None:
-            raise
-        return [lenient.document], lenient.found
 
 
 # --- geometry checks ----------------------------------------------------------------------------------
@@ -1032,7 +586,7 @@ def _raw_bounds(gj: dict[str, Any]) -> tuple[float, float, float, float] | None:
         xy = np.asarray([p[:2] for p in positions], dtype=np.float64)
     except (TypeError, ValueError, IndexError):
         return None
-    if xy.ndim != 2 or not len(xy):
+    if xy.ndim != 2 or not len(xy) or xy.shape[1] < 2:  # e.g. a Point with coordinates []
         return None
     (xmin, ymin), (xmax, ymax) = xy.min(axis=0), xy.max(axis=0)
     return float(xmin), float(ymin), float(xmax), float(ymax)
@@ -1122,12 +676,12 @@ def validate_geojson(
     True
     """
     with gc_paused():
-        return _validate(Path(path), _check_versions(versions), image_size_px)
+        return _validate(Path(path), check_versions(versions), image_size_px)
 
 
 def _validate(path: Path, versions: tuple[str, ...], image_size_px: tuple[int, int] | None = None) -> ValidationReport:
     report = ValidationReport(str(path), versions=versions)
-    docs, lenient = _load(path)
+    docs, lenient = load_json_documents_leniently(path)
     name = path.name.lower()
     if not name.endswith(QUPATH_IMPORT_SUFFIXES):
         report.add(
@@ -1195,7 +749,7 @@ def _read_tolerantly(src: Path) -> ReadResult:
     try:
         return read_geojson(src, on_nonfinite="skip")
     except GeoJSONError:
-        lenient = None if src.suffix.lower() == ".zip" else _lenient_document(src)
+        lenient = None if src.suffix.lower() == ".zip" else read_lenient_document(src)
         if lenient is None:
             raise
     with tempfile.TemporaryDirectory() as tmp:
@@ -1231,7 +785,7 @@ def fix_geojson(
     (True, [], {'detection': 1})
     """
     src, dst = Path(path), Path(out)
-    versions = _check_versions(versions)
+    versions = check_versions(versions)
     if src.resolve() == dst.resolve():
         raise InputError(f"--fix would overwrite the input {src}: give another output with -o")
     result = _read_tolerantly(src)
