@@ -179,3 +179,17 @@ def test_masks_paints_no_heatmap_tile(heat_runs: tuple[Path, Path, Path, Path]) 
     assert with_tiles["objects_painted"] == without["objects_painted"]
     assert with_tiles["kept_by_class"] == without["kept_by_class"]
     assert with_tiles["objects_painted"] > 0 and with_tiles["pixels_by_label"]["1"] > 0  # the Benign regions
+
+
+def test_validate_checks_a_point_with_empty_coordinates(tmp_path: Path) -> None:
+    """A Point with "coordinates": [] crashed validate with a ValueError traceback."""
+    from typer.testing import CliRunner
+
+    from qpbridge.cli import app
+
+    path = tmp_path / "empty_point.geojson"
+    path.write_text('{"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": '
+                    '{"type": "Point", "coordinates": []}, "properties": {"objectType": "annotation"}}]}')
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exception is None and result.exit_code == 0
+    assert result.output.splitlines()[0] == f"{path}: 1 feature (1 annotation); 0 errors, 0 warnings"
