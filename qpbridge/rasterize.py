@@ -70,7 +70,7 @@ from rasterio.features import rasterize as _rio_rasterize
 from qpbridge.classes import DEEPBATCH_CLASSES, IGNORE_LABEL, ROI_CLASS, ClassInfo
 from qpbridge.errors import InputError, QpbridgeError
 from qpbridge.qupath.classes import DEFAULT_IGNORE_PATTERNS, DEFAULT_REGION_PATTERNS, UNCLASSIFIED, ClassMatcher
-from qpbridge.qupath.objects import REGION_OBJECT_TYPES
+from qpbridge.qupath.objects import object_role
 from qpbridge.tiling import apply_affine
 
 if TYPE_CHECKING:
@@ -563,8 +563,8 @@ class LabelRasterizer:
     ----------
     features
         Objects with ``geometry`` (shapely, level-0 px) and ``class_name`` (``qpbridge.qupath.Feature``), or
-        ``(geometry, class_name)`` pairs. Features whose ``object_type`` is not a class region
-        (:data:`qpbridge.qupath.objects.REGION_OBJECT_TYPES`: heat-map tiles, cells) are skipped and counted.
+        ``(geometry, class_name)`` pairs. Features that are not class regions
+        (:func:`qpbridge.qupath.objects.object_role`: heat-map tiles, nuclei) are skipped and counted.
     class_map
         Class names -> labels (see :class:`ClassMap`).
     overlap, reviewed, priority, fill_label
@@ -615,8 +615,9 @@ class LabelRasterizer:
         unknown: dict[str, int] = {}
         for position, item in enumerate(features):
             otype = getattr(item, "object_type", None)
-            if otype is not None and otype not in REGION_OBJECT_TYPES:
-                self.report.skipped_by_type[otype] = self.report.skipped_by_type.get(otype, 0) + 1
+            if otype is not None and object_role(otype, getattr(item, "measurements", None)) != "region":
+                kind = "nucleus" if object_role(otype, getattr(item, "measurements", None)) == "nucleus" else otype
+                self.report.skipped_by_type[kind] = self.report.skipped_by_type.get(kind, 0) + 1
                 continue
             geom, class_name = (item.geometry, item.class_name) if hasattr(item, "geometry") else item
             shown = UNCLASSIFIED if class_name is None else str(class_name)

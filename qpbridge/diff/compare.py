@@ -39,7 +39,7 @@ from qpbridge.qupath import (
     prediction_state,
 )
 from qpbridge.qupath.classes import RESERVED_PATTERNS, UNCLASSIFIED, ClassMatcher
-from qpbridge.qupath.objects import REGION_OBJECT_TYPES
+from qpbridge.qupath.objects import REGION_OBJECT_TYPES, object_role
 from qpbridge.rasterize import ClassMap
 
 __all__ = [
@@ -101,10 +101,12 @@ def _sort_features(
     object_types: Sequence[str],
 ) -> _Sorted:
     out = _Sorted(label)
-    feats = [f for f in features if f.object_type in object_types]
+    feats = []
     for f in features:
-        if f.object_type not in object_types:
-            key = f"type {f.object_type}"
+        if f.object_type in object_types and object_role(f.object_type, f.measurements) == "region":
+            feats.append(f)
+        else:
+            key = f"type {f.object_type}" if f.object_type not in object_types else "nuclei"
             out.excluded[key] = out.excluded.get(key, 0) + 1
     geoms = as_geometry_array([f.geometry for f in feats])
     if not len(geoms):

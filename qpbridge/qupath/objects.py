@@ -22,28 +22,60 @@ Examples
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
     "LEGACY_TYPE_IDS",
+    "NUCLEUS_MEASUREMENT_PREFIX",
+    "OBJECT_ROLES",
     "OBJECT_TYPES",
     "REGION_OBJECT_TYPES",
     "QUPATH_OBJECT_TYPE_VALUES",
     "legacy_type",
     "normalize_object_type",
+    "object_role",
     "qupath_object_type",
 ]
 
 #: Object types QuPath 0.4-0.7 writes in ``properties.objectType`` (and the ones qpbridge writes).
 OBJECT_TYPES: tuple[str, ...] = ("annotation", "detection", "cell", "tile", "tmaCore")
 
-#: The one rule of what an object's type makes it in qpbridge: annotations and detections are **class regions**
-#: (the areas ``masks`` paints as labels, ``evaluate`` scores and ``diff`` compares); tiles are **heat-map
-#: tiles** (``predict --heatmap``: class probabilities as measurements), never labels; cells are nuclei with
-#: their cell outline (instances, not regions); TMA cores are the array's layout. A class region's class then
-#: says whether it is a tissue class, the ROI, a reviewed area (``Region*``) or ignored (``Ignore*``, pen):
-#: :mod:`qpbridge.qupath.classes`.
+#: Object types that can be class regions (see :func:`object_role`, the one rule).
 REGION_OBJECT_TYPES: tuple[str, ...] = ("annotation", "detection")
+
+#: The measurement prefix of a nucleus (QuPath's cell detection, StarDist and ``predict``'s nuclei stage all name
+#: their nucleus measurements ``Nucleus: ...``).
+NUCLEUS_MEASUREMENT_PREFIX = "Nucleus: "
+
+#: What an object is to qpbridge (:func:`object_role`).
+OBJECT_ROLES: tuple[str, ...] = ("region", "nucleus", "tile", "other")
+
+
+def object_role(object_type: str, measurements: Mapping[str, Any] | None = None) -> str:
+    """The one rule of what an object is in qpbridge, from its type and measurements:
+
+    - ``"tile"``: a tile (``predict --heatmap``: class probabilities as measurements), never a label;
+    - ``"nucleus"``: a cell (its nucleus and cell outline), or a detection with ``Nucleus: ...`` measurements
+      (QuPath's cell detection, StarDist, ``predict``'s nuclei): an instance, never a class region;
+    - ``"region"``: any other annotation or detection: the class regions ``masks`` paints, ``evaluate`` scores and
+      ``diff`` compares (its class then says tissue class, ROI, reviewed ``Region*`` area or ignored:
+      :mod:`qpbridge.qupath.classes`);
+    - ``"other"``: TMA cores and the like.
+
+    >>> object_role("detection"), object_role("detection", {"Nucleus: Area": 20.0}), object_role("tile")
+    ('region', 'nucleus', 'tile')
+    """
+    if object_type == "tile":
+        return "tile"
+    if object_type == "cell":
+        return "nucleus"
+    if object_type in REGION_OBJECT_TYPES:
+        if object_type == "detection" and measurements and any(
+                str(name).startswith(NUCLEUS_MEASUREMENT_PREFIX) for name in measurements):
+            return "nucleus"
+        return "region"
+    return "other"
 
 #: QuPath 0.2 stored the object type in ``id``; QuPath 0.4-0.7 still read these (exact spelling).
 LEGACY_TYPE_IDS: dict[str, str] = {
