@@ -198,8 +198,10 @@ def test_region_and_other_object_types_are_left_out() -> None:
         Feature(shapely.Point(3, 3), INVASIVE),
     ]
     d = diff_geojson([pred(box(0, 0, 100, 100), BENIGN)], corrected, mpp=None)
-    assert d.identical
+    assert d.changed_px2 == 0 and d.roi is None          # the regions are as predicted
     assert d.excluded == {"class Region*": 1, "type cell": 1, "no area": 1}
+    # the cell is no region: it is a nucleus, compared one by one (the prediction had none: added)
+    assert d.nuclei is not None and d.nuclei.per_class[INVASIVE].added == 1 and not d.identical
 
 
 def test_class_names_match_as_masks_does() -> None:

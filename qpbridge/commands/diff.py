@@ -10,7 +10,7 @@ import typer
 
 from qpbridge.commands._common import reported_errors, warn
 from qpbridge.commands._options import CLASS_MAP_HELP, class_map_option, mpp_option, output_option
-from qpbridge.diff import BatchResult, DiffResult, diff_files, diff_pairs, write_changed_only
+from qpbridge.diff import BatchResult, DiffResult, NucleiDiff, diff_files, diff_pairs, write_changed_only
 from qpbridge.errors import InputError, OutputError
 from qpbridge.rasterize import ClassMap, parse_class_map
 
@@ -24,6 +24,11 @@ the higher class wins (Normal < Benign < In situ carcinoma < Invasive carcinoma,
 Region*, Ignore*, Pen mark* objects are left out. Class names are matched as qpbridge masks matches them
 (exactly, then in any case, then the first part of a derived class; "Tissue" is Normal); --model and
 --class-map match them with a model's classes and aliases, as they do for masks.
+
+Nuclei (predict's nuclei stage, QuPath's cell detection, StarDist: detections with "Nucleus: ..."
+measurements, or cells) are compared one by one: a predicted and a corrected nucleus are the same when their
+IoU is above 0.5, and per class the table counts nuclei unchanged, reshaped (IoU < 0.9), relabelled, removed
+(deleted) and added (drawn: an annotation up to 400 um^2 in the corrected file is a drawn nucleus).
 
 The pixel size comes from --mpp, else --slide, else the corrections sidecar <base>.json that
 export_corrections.groovy writes, else the prediction's <file>.meta.json.
@@ -118,8 +123,32 @@ def _print_result(result: DiffResult) -> None:
     if result.excluded:
         line += "; left out: " + ", ".join(f"{k} ({v})" for k, v in sorted(result.excluded.items()))
     typer.echo(line)
+    if result.nuclei is not None:
+        _print_nuclei(result.nuclei)
     if result.identical:
         typer.echo("no changes: the corrected objects cover the predicted ones exactly")
+
+
+def _print_nuclei(nuclei: NucleiDiff) -> None:
+    """The nuclei table: counts per class of kept, reshaped, relabelled, removed and drawn nuclei."""
+    header = ["nuclei", "predicted", "corrected", "unchanged", "reshaped", "relabelled out", "relabelled in"]
+    header += ["removed", "added"]
+    rows = [header]
+    for name, c in nuclei.per_class.items():
+        values = [c.predicted, c.corrected, c.unchanged, c.reshaped, c.relabelled_out, c.relabelled_in]
+        rows.append([name, *(f"{v:,}" for v in (*values, c.removed, c.added))])
+    for line in _table(rows):
+        typer.echo(line)
+    for before, row in nuclei.relabelled.items():
+        for after, count in row.items():
+            typer.echo(f"nuclei relabelled: {before} -> {after}: {count:,}")
+    iou = f", matched at mean IoU {nuclei.mean_matched_iou:.3f}" if nuclei.mean_matched_iou is not None else ""
+    typer.echo(
+        f"nuclei: {nuclei.total('predicted'):,} predicted, {nuclei.total('corrected'):,} corrected; "
+        f"{nuclei.total('removed'):,} removed, {nuclei.total('added'):,} added, "
+        f"{nuclei.total('relabelled_out'):,} relabelled, {nuclei.total('reshaped'):,} reshaped "
+        f"(same nucleus: IoU > {nuclei.iou_threshold:g}{iou})"
+    )
 
 
 def _print_batch(batch: BatchResult) -> None:

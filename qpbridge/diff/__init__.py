@@ -42,6 +42,9 @@ The modules, one job each (import from here: ``from qpbridge.diff import diff_fi
   :class:`BatchResult` and their ``to_dict``;
 * :mod:`~qpbridge.diff.files`: :func:`diff_files` (pixel and image sizes from the slide, the corrections
   sidecar, the prediction's meta), :func:`match_pairs` (folders paired by slide name), :func:`diff_pairs`;
+* :mod:`~qpbridge.diff.nuclei`: nuclei compared one by one (matched at IoU > 0.5): per class the nuclei kept,
+  reshaped, relabelled, removed and drawn (:class:`NucleiDiff`), in :attr:`DiffResult.nuclei` when either file
+  holds nuclei;
 * :mod:`~qpbridge.diff.changed`: ``--changed-only``, :func:`changed_only_features` and
   :func:`write_changed_only`.
 
@@ -62,6 +65,7 @@ from qpbridge.diff.changed import REGION_CLASS, changed_only_features, write_cha
 from qpbridge.diff.compare import DEFAULT_CLASS_ORDER, DEFAULT_EXCLUDE_PATTERNS, diff_geojson
 from qpbridge.diff.files import PairMatch, diff_files, diff_pairs, match_pairs
 from qpbridge.diff.geometry import ChangePieces
+from qpbridge.diff.nuclei import NucleiDiff, NucleusClassDiff, diff_nuclei
 from qpbridge.diff.result import BatchResult, ClassDiff, DiffResult, RoiDiff
 
 __all__ = [
@@ -72,11 +76,14 @@ __all__ = [
     "ChangePieces",
     "ClassDiff",
     "DiffResult",
+    "NucleiDiff",
+    "NucleusClassDiff",
     "PairMatch",
     "RoiDiff",
     "changed_only_features",
     "diff_files",
     "diff_geojson",
+    "diff_nuclei",
     "diff_pairs",
     "match_pairs",
     "write_changed_only",

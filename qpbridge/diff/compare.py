@@ -28,6 +28,7 @@ import shapely
 
 from qpbridge.classes import DEEPBATCH_CLASSES, ROI_CLASS
 from qpbridge.diff.geometry import as_geometry_array, clean_area, overlay, resolve_priority, union_parts
+from qpbridge.diff.nuclei import NucleiDiff, diff_nuclei, nuclei_of
 from qpbridge.diff.result import ClassDiff, DiffResult, RoiDiff
 from qpbridge.errors import InputError
 from qpbridge.formats import label_options_for_slide, read_annotations
@@ -308,15 +309,18 @@ def diff_geojson(
     known = list(classes) if classes is not None else [c.name for c in cmap.classes]
     exclude = tuple(exclude_classes) if exclude_classes is not None else (*cmap.region_patterns, *cmap.ignore_patterns)
     matcher = _class_matcher(known, roi_class, cmap, exclude)
+    nuclei, corr_features = _nuclei_diff(pred_features, corr_features, mpp, warnings)
     pred = _sort_features(pred_features, pred_label, matcher=matcher, object_types=tuple(object_types))
     corr = _sort_features(corr_features, corr_label, matcher=matcher, object_types=tuple(object_types))
-    _check_pair(pred, corr, slide_size_px, warnings, predicted_empty=not pred_features)
+    _check_pair(pred, corr, slide_size_px, warnings, predicted_empty=not pred_features, nuclei=nuclei is not None)
     order, unknown, class_warnings = _class_order(pred, corr, known, strict=classes is not None)
     warnings.extend(class_warnings)
     pred_parts, pred_cls = _regions(pred, order)
     corr_parts, corr_cls = _regions(corr, order)
     per_class, relabelled = _class_diffs(order, pred_parts, pred_cls, corr_parts, corr_cls)
     objects, excluded = _object_counts(pred, corr)
+    if nuclei is not None:
+        excluded.pop("nuclei", None)  # compared one by one, not left out
     return DiffResult(
         classes=order, per_class=per_class, relabelled_px2=relabelled, roi=_roi_diff(pred, corr),
         mpp=float(mpp) if mpp is not None else None, objects=objects, excluded=excluded,
@@ -324,7 +328,26 @@ def diff_geojson(
         unknown_classes=unknown, warnings=warnings, name=name, predicted_source=pred_label,
         corrected_source=corr_label, slide_size_px=slide_size_px, predicted_regions=pred_parts,
         predicted_region_class=pred_cls, corrected_regions=corr_parts, corrected_region_class=corr_cls,
+        nuclei=nuclei,
     )
+
+
+def _nuclei_diff(
+    pred_features: Sequence[Feature], corr_features: Sequence[Feature], mpp: float | None, warnings: list[str]
+) -> tuple[NucleiDiff | None, list[Feature]]:
+    """The nuclei compared one by one when either file holds nuclei (:mod:`qpbridge.diff.nuclei`), and the
+    corrected objects left for the area comparison (without the nuclei the pathologist drew)."""
+    pred_nuclei = nuclei_of(pred_features, mpp, drawn=False)
+    if not pred_nuclei and not nuclei_of(corr_features, None, drawn=False):
+        return None, list(corr_features)
+    if mpp is None:
+        warnings.append(
+            "no pixel size: nuclei drawn as annotations cannot be told from regions and count as regions; "
+            "give --mpp or --slide"
+        )
+    drawn = {id(f) for f in nuclei_of(corr_features, mpp, drawn=True)}
+    regions = [f for f in corr_features if id(f) not in drawn or object_role(f.object_type, f.measurements) != "region"]
+    return diff_nuclei(pred_features, corr_features, mpp=mpp), regions
 
 
 def _check_corrected(
@@ -349,7 +372,13 @@ def _check_corrected(
 
 
 def _check_pair(
-    pred: _Sorted, corr: _Sorted, slide_size_px: tuple[int, int] | None, warnings: list[str], *, predicted_empty: bool
+    pred: _Sorted,
+    corr: _Sorted,
+    slide_size_px: tuple[int, int] | None,
+    warnings: list[str],
+    *,
+    predicted_empty: bool,
+    nuclei: bool = False,
 ) -> None:
     """Both files of one slide (:class:`InputError` otherwise), and warnings for an empty or swapped pair."""
     if predicted_empty:
@@ -359,7 +388,7 @@ def _check_pair(
         _check_bounds(corr, slide_size_px, warnings)
     else:
         _check_overlap(pred, corr)
-    if corr.used == 0:
+    if corr.used == 0 and not (nuclei and pred.used == 0):
         warnings.append(
             f"{corr.label} holds no tissue-class or ROI objects: everything predicted counts as removed"
         )

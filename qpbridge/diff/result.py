@@ -19,6 +19,7 @@ import numpy as np
 import shapely
 
 from qpbridge.diff.geometry import ChangePieces, change_pieces
+from qpbridge.diff.nuclei import NucleiDiff
 
 __all__ = [
     "BatchResult",
@@ -101,6 +102,8 @@ class DiffResult:
     predicted_regions, predicted_region_class, corrected_regions, corrected_region_class
         Each file's tissue-class regions after the priority rule: disjoint simple polygons (level-0 px), and the
         class of each (an index into ``classes``). :meth:`pieces` derives the changes from them.
+    nuclei
+        The nuclei compared one by one (:mod:`qpbridge.diff.nuclei`), when either file holds nuclei.
     """
 
     classes: tuple[str, ...]
@@ -121,6 +124,7 @@ class DiffResult:
     predicted_region_class: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.intp), repr=False)
     corrected_regions: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object), repr=False)
     corrected_region_class: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.intp), repr=False)
+    nuclei: NucleiDiff | None = None
     _pieces: ChangePieces | None = field(default=None, init=False, repr=False)
 
     # -- units --------------------------------------------------------------------------------------
@@ -181,9 +185,10 @@ class DiffResult:
 
     @property
     def identical(self) -> bool:
-        """Whether nothing changed in the tissue classes and the ROI."""
+        """Whether nothing changed in the tissue classes, the ROI and the nuclei."""
         roi_same = self.roi is None or (self.roi.added_px2 == 0 and self.roi.removed_px2 == 0)
-        return self.changed_px2 == 0 and roi_same
+        nuclei_same = self.nuclei is None or self.nuclei.changed == 0
+        return self.changed_px2 == 0 and roi_same and nuclei_same
 
     # -- geometry -----------------------------------------------------------------------------------
     def pieces(self) -> ChangePieces:
@@ -258,6 +263,7 @@ class DiffResult:
             "objects": dict(self.objects),
             "excluded": dict(self.excluded),
             "unknown_classes": dict(self.unknown_classes),
+            "nuclei": self.nuclei.to_dict() if self.nuclei is not None else None,
             "warnings": list(self.warnings),
         }
 

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
+    "DRAWN_NUCLEUS_MAX_UM2",
     "LEGACY_TYPE_IDS",
     "NUCLEUS_MEASUREMENT_PREFIX",
     "OBJECT_ROLES",
@@ -33,6 +34,7 @@ __all__ = [
     "REGION_OBJECT_TYPES",
     "QUPATH_OBJECT_TYPE_VALUES",
     "legacy_type",
+    "is_drawn_nucleus",
     "normalize_object_type",
     "object_role",
     "qupath_object_type",
@@ -76,6 +78,29 @@ def object_role(object_type: str, measurements: Mapping[str, Any] | None = None)
             return "nucleus"
         return "region"
     return "other"
+
+#: A drawn annotation up to this area is a nucleus where nuclei are compared or trained (:func:`is_drawn_nucleus`).
+DRAWN_NUCLEUS_MAX_UM2 = 400.0
+
+
+def is_drawn_nucleus(object_type: str, measurements: Mapping[str, Any] | None, area_um2: float | None) -> bool:
+    """Whether an object the pathologist drew is a nucleus, where nuclei are being compared or trained.
+
+    In QuPath a missing nucleus is drawn with the brush or the wand: an **annotation** (classified by the region
+    it lies in, or not at all) with no ``Nucleus: ...`` measurements, so :func:`object_role` calls it a region.
+    Where the files hold nuclei (``diff`` of a nuclei prediction, ``masks --role nuclei``), an annotation of
+    region role whose area is at most :data:`DRAWN_NUCLEUS_MAX_UM2` (a large tumour nucleus is ~150 um^2) counts
+    as a drawn nucleus instead; larger ones stay regions. ``area_um2`` ``None`` (no pixel size known): never.
+
+    >>> is_drawn_nucleus("annotation", None, 55.0), is_drawn_nucleus("annotation", None, 5000.0)
+    (True, False)
+    >>> is_drawn_nucleus("detection", None, 55.0), is_drawn_nucleus("annotation", None, None)
+    (False, False)
+    """
+    if object_type != "annotation" or area_um2 is None:
+        return False
+    return object_role(object_type, measurements) == "region" and 0 < area_um2 <= DRAWN_NUCLEUS_MAX_UM2
+
 
 #: QuPath 0.2 stored the object type in ``id``; QuPath 0.4-0.7 still read these (exact spelling).
 LEGACY_TYPE_IDS: dict[str, str] = {
