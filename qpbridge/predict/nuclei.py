@@ -180,8 +180,8 @@ def _block_nuclei(
     labels = clean_instances(instances_from_probabilities(probs, params, blocks.mpp))
     affine = window_affine(blocks.affine, work)
     nuclei = nuclei_from_labels(labels, affine, clean=False)
-    x0, y0 = blocks.affine * (own.x_px, own.y_px)
-    x1, y1 = blocks.affine * (own.x_end_px, own.y_end_px)
+    x0, y0 = blocks.affine @ (own.x_px, own.y_px)
+    x1, y1 = blocks.affine @ (own.x_end_px, own.y_end_px)
     keep = keep_owned(nuclei, (x0, y0, x1, y1)) & blocks.in_gate(nuclei.centroids_xy)
     nuclei = nuclei.subset(keep)
     if not len(nuclei):
