@@ -56,7 +56,7 @@ def _oracle(role: str) -> LoadedModel:
     return LoadedModel(card, _Oracle(card, role), Path("."))
 
 
-def _loader(name: object, *, role: str, device: object = "cpu") -> LoadedModel:
+def _loader(name: object, *, role: str, device: str | torch.device = "cpu") -> LoadedModel:
     if role in ("nuclei", "cell"):
         return _oracle(role)
     return load_model(str(name), role=role, device=device)  # pragma: no cover
@@ -150,13 +150,15 @@ def test_nuclei_classified_by_region_and_cells(tmp_path: Path, nuclei_slide: tup
     cells = [f for f in read_geojson(out).features if f.object_type == "cell"]
     left = int((centres[:, 0] < 512).sum())
     assert summary.nuclei_by_class == {"Invasive carcinoma": left, "Normal": len(centres) - left}
+    assert all(f.nucleus_geometry is not None for f in cells)
     for f in cells:
+        assert f.nucleus_geometry is not None
         x = f.nucleus_geometry.centroid.x
         assert f.class_name == ("Invasive carcinoma" if x < 512 else "Normal")
         assert f.geometry.contains(f.nucleus_geometry.representative_point())
     shapes = np.array([f.geometry for f in cells])
     assert shapely.area(shapely.union_all(shapes)) == pytest.approx(shapely.area(shapes).sum(), rel=1e-3)  # no overlap
-    nuclei_area = sum(f.nucleus_geometry.area for f in cells)
+    nuclei_area = sum(f.nucleus_geometry.area for f in cells if f.nucleus_geometry is not None)
     assert shapely.area(shapes).sum() > 1.3 * nuclei_area
     assert overlay.stat().st_size > 1000
 
