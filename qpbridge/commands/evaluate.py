@@ -55,7 +55,12 @@ def register(app: typer.Typer) -> None:
             "Invasive carcinoma=3'\n\n"
             "  qpbridge evaluate pred.geojson truth.geojson --slide slide.svs --grid-mpp 2 --json\n\n"
             "  qpbridge evaluate pred.geojson A01.xml --slide A01.svs --grid-mpp 2\n\n"
-            "  qpbridge evaluate pred.geojson truth.geojson --slide slide.svs --grid-mpp 2 --role roi"
+            "  qpbridge evaluate pred.geojson truth.geojson --slide slide.svs --grid-mpp 2 --role roi\n\n"
+            "Nuclei (--instances): pixel Dice, AJI, PQ (SQ, RQ) and F1 at IoU > 0.5 between predicted and reference "
+            "instances, each a GeoJSON (detections, cells by their nucleus, annotations) or an instance mask "
+            "(PNG/TIFF, one id per nucleus); polygons are rasterized on level-0 pixels, or on --grid-mpp um/px:\n\n"
+            "  qpbridge evaluate nuclei.geojson truth.geojson --instances --json\n\n"
+            "  qpbridge evaluate nuclei.geojson truth_instances.tif --instances --slide slide.svs --grid-mpp 0.5"
         ),
     )
     def evaluate_cmd(
@@ -75,8 +80,15 @@ def register(app: typer.Typer) -> None:
             "cell", "--role",
             help="GeoJSON: cell (the four DeepBatch classes) or roi (predicted ROI regions vs the truth's lesions).",
         ),
+        instances: bool = typer.Option(
+            False, "--instances", help="Score nuclei as instances (Dice, AJI, PQ, F1) instead of class regions."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
+        if instances:
+            _evaluate_instances(pred, truth, slide, mpp, grid_mpp, as_json,
+                                other=[f for f, v in (("--class-map", class_map), ("--probs", probs)) if v is not None]
+                                + (["--role"] if role != "cell" else []))
+            return
         with reported_errors():
             from qpbridge.metrics import evaluate_geojson, evaluate_masks
             from qpbridge.qupath.project import is_annotation_path
@@ -109,3 +121,22 @@ def register(app: typer.Typer) -> None:
             return
         Console(width=160).print(result.table(title=f"{pred} vs {truth}"))
         typer.echo(f"pixels compared: {result.n_pixels} ({result.n_ignored} ignored)")
+
+
+def _evaluate_instances(pred: Path, truth: Path, slide: Path | None, mpp: float | None, grid_mpp: float | None,
+                        as_json: bool, other: list[str]) -> None:
+    """``evaluate --instances``: the scores as JSON or one line each."""
+    with reported_errors():
+        from qpbridge.instance_eval import evaluate_instances
+
+        if other:
+            raise InputError(f"{' and '.join(other)} score class regions, not --instances: leave them out")
+        scores = evaluate_instances(pred, truth, slide=slide, slide_mpp=mpp, grid_mpp=grid_mpp)
+    if as_json:
+        typer.echo(json.dumps(scores.to_dict(), indent=2))
+        return
+    typer.echo(f"{pred} vs {truth}: {scores.n_pred} predicted, {scores.n_ref} reference nuclei")
+    typer.echo(f"Dice {scores.dice:.4f}  AJI {scores.aji:.4f}  PQ {scores.pq:.4f} (SQ {scores.sq:.4f}, "
+               f"RQ {scores.rq:.4f})")
+    typer.echo(f"F1@{scores.iou_threshold:g} {scores.f1:.4f}: TP {scores.tp}, FP {scores.fp}, FN {scores.fn} "
+               f"(precision {scores.precision:.4f}, recall {scores.recall:.4f})")

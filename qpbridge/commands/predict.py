@@ -47,6 +47,11 @@ def register(app: typer.Typer) -> None:
             "  qpbridge predict slide.svs -o slide.geojson --overlay slide.png\n\n"
             "  qpbridge predict slides/ -o predictions/ --device cuda\n\n"
             "  qpbridge predict slide.svs -o slide.geojson --no-roi --min-area-um2 50\n\n"
+            "Nuclei (off unless asked for): --nuclei adds each nucleus inside the ROI as a detection classified by "
+            "the region class under it, with QuPath's nucleus measurements; --nuclei-only finds them over all "
+            "tissue without the region models; --cell-expansion-um 3 writes cells around them:\n\n"
+            "  qpbridge predict slide.svs -o slide.geojson --nuclei --model-nuclei models/monuseg-nuclei\n\n"
+            "  qpbridge predict slide.svs -o slide.geojson --nuclei-only --cell-expansion-um 3\n\n"
             "  qpbridge predict slide.svs -o slide.geojson --labels slide.labels.ome.tif "
             "--probabilities slide.probs.ome.tif\n\n"
             "A QuPath project (its project.qpproj, or its folder) predicts each of its images into "
@@ -111,6 +116,18 @@ def register(app: typer.Typer) -> None:
             None, "--probabilities",
             help="Also write the cell model's class probabilities as a pyramidal OME-TIFF (.ome.tif) at its um/px: "
                  "one uint8 channel (0-255) per class, named and coloured as the class. One slide only."),
+        nuclei: bool = typer.Option(
+            False, "--nuclei/--no-nuclei",
+            help="Also find nuclei (inside the ROI; all tissue with --no-roi): QuPath detections classified by the "
+                 "region class under their centroid, with nucleus measurements and Detection probability."),
+        model_nuclei: str = typer.Option(
+            "monuseg-nuclei", "--model-nuclei", help="Nuclei model: name or path (used with --nuclei)."),
+        nuclei_only: bool = typer.Option(
+            False, "--nuclei-only", help="Only nuclei, over all tissue: no ROI or cell model, nuclei unclassified."),
+        cell_expansion_um: float | None = typer.Option(
+            None, "--cell-expansion-um",
+            help="Write cells (the nucleus grown by this many um, cells never overlapping) with the nucleus as "
+                 "their nucleusGeometry, instead of nucleus detections."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace finished outputs."),
         workers: int = typer.Option(
             1, "--workers",
@@ -135,7 +152,8 @@ def register(app: typer.Typer) -> None:
                 threads=threads, use_roi=not no_roi, roi_only=roi_only, roi_margin_um=roi_margin_um,
                 roi_min_area_um2=roi_min_area_um2, context_um=context_um, layout=layout, precision=precision,
                 object_type=object_type, min_area_um2=min_area_um2, simplify_um=simplify_um, heatmap=heatmap,
-                overlay=overlay, labels=labels, probabilities=probabilities,
+                overlay=overlay, labels=labels, probabilities=probabilities, nuclei=nuclei,
+                model_nuclei=model_nuclei, nuclei_only=nuclei_only, cell_expansion_um=cell_expansion_um,
             )
             with _SlidesBar() as slides_bar:  # lines go above it while it shows (a batch on Dask)
                 batch = predict_slides(slides, output, config, images=images, overwrite=overwrite,
@@ -235,8 +253,12 @@ def _report(outcome: SlideOutcome, echo: Callable[..., None] = typer.echo) -> No
            else "")
     saved = (f", ROI gate saved {summary.high_mag_saved_frac:.0%} of the high-mag work"
              if summary.high_mag_saved_frac is not None else "")
+    nuclei = ""
+    if summary.nuclei_by_class:
+        per = ", ".join(f"{name} {count}" for name, count in summary.nuclei_by_class.items())
+        nuclei = f"; {summary.nuclei_written} nuclei ({per})"
     echo(
-        f"{slide_path} -> {target}: {summary.features_written} features ({by_class}); tissue "
+        f"{slide_path} -> {target}: {summary.features_written} features ({by_class}){nuclei}; tissue "
         f"{summary.tissue_fraction:.1%} of slide{roi}{saved}; {summary.windows_run} windows "
         f"({summary.network_mpx:.1f} MP) in "
         f"{summary.timings_s.get('total_s', 0):.1f} s{where}"

@@ -28,6 +28,7 @@ from qpbridge.tissue import DEFAULT_TISSUE_MPP
 
 __all__ = [
     "DEFAULT_CELL_MODEL",
+    "DEFAULT_NUCLEI_MODEL",
     "DEFAULT_ROI_MODEL",
     "LAYOUT_CHOICES",
     "PRECISIONS",
@@ -38,6 +39,8 @@ __all__ = [
 
 DEFAULT_ROI_MODEL = "deepbatch-synth-roi"
 DEFAULT_CELL_MODEL = "deepbatch-synth-cell"
+#: The nuclei model ``--nuclei`` uses unless ``--model-nuclei`` says otherwise (trained on MoNuSeg).
+DEFAULT_NUCLEI_MODEL = "monuseg-nuclei"
 
 #: Progress callback: (stage, blocks done, blocks total, windows run so far).
 Progress = Callable[[str, int, int, int], None]
@@ -86,6 +89,18 @@ class PredictConfig:
     overlay_max_px: int = 1600
     labels: Path | None = None  #: label OME-TIFF at the cell model's um/px (:mod:`qpbridge.predict.rasters`)
     probabilities: Path | None = None  #: probability OME-TIFF, one channel per class of the cell model
+    #: nuclei (``--nuclei``): off by default (the shipped region models are a synthetic demonstration, and
+    #: nuclei at 0.25 um/px are the costliest stage); ``nuclei_only`` turns them on and the region models off
+    nuclei: bool = False
+    model_nuclei: str = DEFAULT_NUCLEI_MODEL
+    nuclei_only: bool = False  #: True = ``--nuclei-only``: tissue -> nuclei; no ROI or cell model
+    cell_expansion_um: float | None = None  #: write cells (nucleus grown by this much), not nucleus detections
+    nuclei_block_px: int = 1024  #: nuclei-stage block side at the nuclei model's um/px (without its halo)
+
+    @property
+    def wants_nuclei(self) -> bool:
+        """Whether the nuclei stage runs (``--nuclei`` or ``--nuclei-only``)."""
+        return self.nuclei or self.nuclei_only
 
     def check(self) -> None:
         """Raise :class:`InputError` for out-of-range options."""
@@ -98,6 +113,7 @@ class PredictConfig:
                                  if v is not None)
             verb = "need" if " and " in flags else "needs"
             raise InputError(f"{flags} {verb} the cell model, which --roi-only does not run: leave out --roi-only")
+        self._check_nuclei()
         if self.object_type not in ("detection", "annotation"):
             raise InputError(f"--object-type must be detection or annotation, got {self.object_type!r}")
         for name, value in (("--min-area-um2", self.min_area_um2), ("--simplify-um", self.simplify_um),
@@ -120,6 +136,24 @@ class PredictConfig:
             raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.heatmap_um <= 0:
             raise InputError(f"--heatmap-um must be > 0, got {self.heatmap_um}")
+
+    def _check_nuclei(self) -> None:
+        """The nuclei options and their combinations with the region stages."""
+        if self.nuclei_only:
+            clash = [flag for flag, on in (("--roi-only", self.roi_only), ("--labels", self.labels is not None),
+                                           ("--probabilities", self.probabilities is not None),
+                                           ("--heatmap", self.heatmap)) if on]
+            if clash:
+                raise InputError(f"--nuclei-only runs no region model, which {' and '.join(clash)} "
+                                 f"{'need' if len(clash) > 1 else 'needs'}: leave out --nuclei-only or "
+                                 f"{' and '.join(clash)}")
+        if self.cell_expansion_um is not None:
+            if not self.wants_nuclei:
+                raise InputError("--cell-expansion-um grows nuclei into cells: add --nuclei (or --nuclei-only)")
+            if not math.isfinite(self.cell_expansion_um) or self.cell_expansion_um <= 0:
+                raise InputError(f"--cell-expansion-um must be > 0, got {self.cell_expansion_um}")
+        if self.nuclei_block_px < 256:
+            raise InputError(f"--nuclei-block-px must be >= 256, got {self.nuclei_block_px}")
 
 
 @dataclass
@@ -152,3 +186,8 @@ class PredictSummary:
     layouts: dict[str, str] = field(default_factory=dict)  #: memory layout each model ran in (timed on the CPU)
     rasters: list[dict[str, Any]] = field(default_factory=list)  #: the label / probability OME-TIFFs written
     warnings: list[str] = field(default_factory=list)
+    nuclei_written: int = 0  #: nuclei (detections or cells) written
+    nuclei_by_class: dict[str, int] = field(default_factory=dict)  #: nuclei per region class ("Unclassified")
+    nuclei_windows_run: int = 0
+    nuclei_forward_s: float = 0.0
+    nuclei_network_mpx: float = 0.0  #: nuclei-model input megapixels

@@ -595,6 +595,7 @@ def run_summary(
             "attempts": outcome.attempts,
             "features_written": summary.features_written if summary is not None else None,
             "features_by_class": dict(sorted(summary.features_by_class.items())) if summary is not None else None,
+            "nuclei_by_class": dict(sorted(summary.nuclei_by_class.items())) if summary is not None else None,
             "warnings": list(summary.warnings) if summary is not None else [],
             "error": None if outcome.error is None else str(outcome.error),
         })

@@ -1,7 +1,9 @@
-"""The thumbnail overlay: the slide at thumbnail scale with the predicted classes and the ROI outline painted on.
+"""The thumbnail overlay: the slide at thumbnail scale with the predicted classes, the ROI outline and the nuclei
+(a dot each, in the colour of its region class) painted on.
 
 Labels are painted block by block as the cell stage produces them (memory bounded by the thumbnail), the ROI
-outline once; :meth:`Overlay.save` writes the PNG atomically.
+outline once, the nuclei block by block (:meth:`Overlay.mark_nuclei`); :meth:`Overlay.save` writes the PNG
+atomically.
 
 Example
 -------
@@ -22,8 +24,12 @@ from affine import Affine
 from qpbridge.atomic import atomic_path
 from qpbridge.predict.sampling import nearest_index
 from qpbridge.slide import Slide
+from qpbridge.tiling import apply_affine
 
-__all__ = ["Overlay"]
+__all__ = ["UNCLASSIFIED_NUCLEUS_COLOR", "Overlay"]
+
+#: The dot of a nucleus without a region class.
+UNCLASSIFIED_NUCLEUS_COLOR = (40, 40, 160)
 
 
 class Overlay:
@@ -41,6 +47,8 @@ class Overlay:
         shape = (int(self.rgb.shape[0]), int(self.rgb.shape[1]))
         self.labels = np.zeros(shape, dtype=np.uint8)
         self.roi = np.zeros(shape, dtype=bool)
+        self.nuclei = np.zeros(shape, dtype=np.uint8)  #: 0 none, else 1 + the index of the class in nucleus_classes
+        self.nucleus_classes: list[str | None] = []
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -54,9 +62,22 @@ class Overlay:
             self.labels[out_rows[0]:out_rows[-1] + 1, out_cols[0]:out_cols[-1] + 1] = (
                 labels.take(rows, axis=0).take(cols, axis=1))
 
-    def save(self, path: Path, colors: dict[int, tuple[int, int, int]], roi_color: tuple[int, int, int]) -> None:
+    def mark_nuclei(self, xy: np.ndarray, classes: list[str | None]) -> None:
+        """A dot per nucleus (level-0 centroids ``(n, 2)``), remembered with its class."""
+        for name in dict.fromkeys(classes):
+            if name not in self.nucleus_classes and len(self.nucleus_classes) < 254:
+                self.nucleus_classes.append(name)
+        codes = np.array([self.nucleus_classes.index(n) + 1 if n in self.nucleus_classes else 1 for n in classes],
+                         dtype=np.uint8)
+        cols, rows = apply_affine(~self.affine, xy[:, 0], xy[:, 1])
+        rows, cols = np.floor(rows).astype(np.int64), np.floor(cols).astype(np.int64)
+        ok = (rows >= 0) & (rows < self.shape[0]) & (cols >= 0) & (cols < self.shape[1])
+        self.nuclei[rows[ok], cols[ok]] = codes[ok]
+
+    def save(self, path: Path, colors: dict[int, tuple[int, int, int]], roi_color: tuple[int, int, int],
+             nucleus_colors: dict[str, tuple[int, int, int]] | None = None) -> None:
         """Write the PNG: each label in ``colors`` blended half over the slide, the ROI's outline in
-        ``roi_color``."""
+        ``roi_color``, each nucleus a dot in its class's colour (``nucleus_colors``)."""
         from PIL import Image
         from skimage.segmentation import find_boundaries
 
@@ -66,5 +87,8 @@ class Overlay:
             out[where] = 0.5 * out[where] + 0.5 * np.asarray(color, dtype=np.float32)
         edge = find_boundaries(self.roi, mode="outer")
         out[edge] = roi_color
+        for code, name in enumerate(self.nucleus_classes, start=1):
+            color = (nucleus_colors or {}).get(name or "", UNCLASSIFIED_NUCLEUS_COLOR)
+            out[self.nuclei == code] = color
         with atomic_path(path) as tmp:
             Image.fromarray(out.clip(0, 255).astype(np.uint8)).save(tmp, format="PNG")

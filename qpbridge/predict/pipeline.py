@@ -38,11 +38,12 @@ import torch
 from qpbridge import __version__
 from qpbridge.atomic import atomic_write_text, output_lock, remove_stale_temporaries
 from qpbridge.device import configure_threads, resolve_device
-from qpbridge.errors import InputError, OutputError, QpbridgeError
+from qpbridge.errors import InputError, ModelError, OutputError, QpbridgeError
 from qpbridge.memory import HeapTrimmer
 from qpbridge.models import LoadedModel, inference_network, load_model
 from qpbridge.predict.cells import CellOptions, CellResult, cell_mpp, segment_cells
-from qpbridge.predict.config import PredictConfig, PredictSummary, Progress
+from qpbridge.predict.config import DEFAULT_NUCLEI_MODEL, PredictConfig, PredictSummary, Progress
+from qpbridge.predict.nuclei import NucleiOptions, NucleiResult, RegionClasses, segment_nuclei
 from qpbridge.predict.overlay import Overlay
 from qpbridge.predict.rasters import RasterWriter, check_raster_targets
 from qpbridge.predict.roi import RoiGate, RoiResult, detect_roi
@@ -56,7 +57,8 @@ from qpbridge.qupath import (
     predictions_dir,
     read_project,
 )
-from qpbridge.qupath import meta_path as meta_path_for  # out.geojson -> out.geojson.meta.json
+from qpbridge.qupath import meta_path as meta_path_for
+from qpbridge.qupath.objects import object_role  # out.geojson -> out.geojson.meta.json
 from qpbridge.slide import SLIDE_SUFFIXES, Slide, dicom_member, has_slide_suffix, open_slide
 from qpbridge.tissue import TissueMask, detect_tissue
 
@@ -132,18 +134,33 @@ def run_id(slide_path: Path, config: PredictConfig, models: Sequence[LoadedModel
 class _Models:
     roi: LoadedModel | None
     cell: LoadedModel | None
+    nuclei: LoadedModel | None = None
 
     @property
     def loaded(self) -> list[LoadedModel]:
-        return [m for m in (self.roi, self.cell) if m is not None]
+        return [m for m in (self.roi, self.cell, self.nuclei) if m is not None]
+
+
+def _load_nuclei(config: PredictConfig, device: torch.device, load: Callable[..., LoadedModel]) -> LoadedModel:
+    """The nuclei model; the shipped one by default, with a clear message where it is not installed."""
+    try:
+        return load(config.model_nuclei, role="nuclei", device=device)
+    except ModelError as exc:
+        if config.model_nuclei != DEFAULT_NUCLEI_MODEL or not str(exc).startswith("no model named"):
+            raise
+        raise ModelError(f"nuclei need a nuclei model, and the default {DEFAULT_NUCLEI_MODEL!r} is not installed: "
+                         "give one with --model-nuclei NAME|DIR (qpbridge models lists those found), or leave out "
+                         "--nuclei") from None
 
 
 def _load_models(
     config: PredictConfig, device: torch.device, load: Callable[..., LoadedModel] = load_model
 ) -> _Models:
-    roi = load(config.model_roi, role="roi", device=device) if config.use_roi else None
-    cell = None if config.roi_only else load(config.model_cell, role="cell", device=device)
-    models = _Models(roi, cell)
+    regions = not config.nuclei_only  # --nuclei-only: tissue -> nuclei, no region model
+    roi = load(config.model_roi, role="roi", device=device) if config.use_roi and regions else None
+    cell = load(config.model_cell, role="cell", device=device) if regions and not config.roi_only else None
+    nuclei = _load_nuclei(config, device, load) if config.wants_nuclei else None
+    models = _Models(roi, cell, nuclei)
     for model in models.loaded:
         model.network = inference_network(model.card, model.network)
     return models
@@ -154,16 +171,23 @@ class _Emitter:
 
     def __init__(self, writer: GeoJSONWriter, offset_xy_px: tuple[int, int], marker: dict[str, Any]) -> None:
         self.writer, self.offset_xy_px, self.marker = writer, offset_xy_px, marker
-        self.by_class: dict[str, int] = {}
+        self.by_class: dict[str, int] = {}  #: class regions, ROI and heat-map tiles (the nuclei count their own)
+        self.regions: RegionClasses | None = None  #: set while the cell stage runs: its regions classify nuclei
 
     def __call__(self, features: list[Feature]) -> None:
         ox, oy = self.offset_xy_px
+        if self.regions is not None:
+            self.regions.add(features)  # before the shift: the nuclei stage works in level 0
         for feature in features:
             if (ox, oy) != (0, 0):
                 feature.geometry = shapely.affinity.translate(feature.geometry, -ox, -oy)
+                if feature.nucleus_geometry is not None:
+                    feature.nucleus_geometry = shapely.affinity.translate(feature.nucleus_geometry, -ox, -oy)
             feature.measurements.update(self.marker["measurements"])
             if feature.object_type == "annotation":  # QuPath 0.5 logs a stack trace per detection with metadata
                 feature.metadata.update(self.marker["metadata"])
+            if object_role(feature.object_type, feature.measurements) == "nucleus":
+                continue
             key = "heatmap tiles" if feature.object_type == "tile" else (feature.class_name or "")
             self.by_class[key] = self.by_class.get(key, 0) + 1
         self.writer.write_many(features)
@@ -173,8 +197,9 @@ def _run_stages(
     slide: Slide, tissue: TissueMask, models: _Models, config: PredictConfig, settings: SegmenterSettings,
     emit: _Emitter, overlay: Overlay | None, progress: Progress | None, trimmer: HeapTrimmer,
     timings: dict[str, float], rasters: RasterWriter | None = None,
-) -> tuple[RoiResult | None, CellResult | None]:
-    """ROI -> gate -> cells over a slide with tissue; features go to ``emit`` as the stages make them."""
+) -> tuple[RoiResult | None, CellResult | None, NucleiResult | None]:
+    """ROI -> gate -> cells -> nuclei over a slide with tissue; features go to ``emit`` as the stages make
+    them."""
     roi = cells = None
     gate: RoiGate | None = None  # None: the cell model runs over all tissue (--no-roi)
     if models.roi is not None:
@@ -194,17 +219,40 @@ def _run_stages(
         options = CellOptions(block_px=config.block_px, object_type=config.object_type,
                               min_area_um2=config.min_area_um2, simplify_um=config.simplify_um,
                               heatmap_um=config.heatmap_um if config.heatmap else None)
+        if models.nuclei is not None:  # the cell stage's regions classify the nuclei
+            emit.regions = RegionClasses(default=models.cell.card.classes[0].name)
         cells = segment_cells(slide, models.cell, tissue, gate, settings, options, emit=emit,
                               paint=overlay.paint if overlay is not None else None, progress=progress, trim=trimmer,
                               write_block=rasters.write_block if rasters is not None else None)
         timings["cells_s"] = time.perf_counter() - clock
-    return roi, cells
+    regions, emit.regions = emit.regions, None
+    nuclei = (_run_nuclei(slide, tissue, models, config, settings, emit, gate, regions, overlay, progress, trimmer,
+                          timings) if models.nuclei is not None else None)
+    return roi, cells, nuclei
+
+
+def _run_nuclei(
+    slide: Slide, tissue: TissueMask, models: _Models, config: PredictConfig, settings: SegmenterSettings,
+    emit: _Emitter, gate: RoiGate | None, regions: RegionClasses | None, overlay: Overlay | None,
+    progress: Progress | None, trimmer: HeapTrimmer, timings: dict[str, float],
+) -> NucleiResult:
+    """The nuclei stage inside ``gate`` (None: all tissue), classified by the cell stage's ``regions``."""
+    assert models.nuclei is not None
+    clock = time.perf_counter()
+    options = NucleiOptions(block_px=config.nuclei_block_px, cell_expansion_um=config.cell_expansion_um)
+    colors = {c.name: c.color for c in models.cell.card.classes} if models.cell is not None else {}
+    nuclei = segment_nuclei(slide, models.nuclei, tissue, gate, settings, options, emit=emit, regions=regions,
+                            colors=colors, paint=overlay.mark_nuclei if overlay is not None else None,
+                            progress=progress, trim=trimmer)
+    timings["nuclei_s"] = time.perf_counter() - clock
+    return nuclei
 
 
 def _save_overlay(overlay: Overlay, path: Path, models: _Models) -> None:
     class_colors = {c.label: c.color for c in models.cell.card.classes if c.emit} if models.cell else {}
     roi_color = models.roi.card.classes[-1].color if models.roi else (255, 215, 0)
-    overlay.save(path, class_colors, roi_color)
+    nucleus_colors = {c.name: c.color for c in models.cell.card.classes} if models.cell else {}
+    overlay.save(path, class_colors, roi_color, nucleus_colors)
 
 
 def predict_slide(
@@ -289,6 +337,7 @@ def _predict_locked(
             colors.update({c.name: c.color for c in model.card.classes})
         roi: RoiResult | None = None
         cells: CellResult | None = None
+        nuclei: NucleiResult | None = None
         rasters = (RasterWriter.for_slide(config.labels, config.probabilities, slide, cell_mpp(slide, models.cell.card),
                                           models.cell.card.classes)
                    if models.cell is not None and (config.labels or config.probabilities) else None)
@@ -296,8 +345,8 @@ def _predict_locked(
         with rasters if rasters is not None else nullcontext(), GeoJSONWriter(output, default_color=colors) as writer:
             emit = _Emitter(writer, offset, prediction_properties(run))
             if tissue.tissue.any():
-                roi, cells = _run_stages(slide, tissue, models, config, settings, emit, overlay, progress, trimmer,
-                                         timings, rasters)
+                roi, cells, nuclei = _run_stages(slide, tissue, models, config, settings, emit, overlay, progress,
+                                                 trimmer, timings, rasters)
             meta_path_for(output).unlink(missing_ok=True)  # an earlier run's output stops being finished now
         if rasters is not None:
             timings["rasters_s"] = rasters.close_s
@@ -308,6 +357,11 @@ def _predict_locked(
     summary = _summary(slide_path, output, slide_mpp, (width, height), tissue, roi, cells, config,
                        writer.summary.written, emit.by_class, timings, warnings)
     summary.rasters = [info.to_json() for info in rasters.infos] if rasters is not None else []
+    if nuclei is not None:
+        summary.nuclei_written, summary.nuclei_by_class = nuclei.nuclei, dict(sorted(nuclei.by_class.items()))
+        summary.nuclei_windows_run, summary.nuclei_forward_s = nuclei.windows_run, nuclei.forward_s
+        summary.nuclei_network_mpx = nuclei.pixels_run / 1e6
+        summary.layouts["nuclei"] = nuclei.layout
     _write_meta(output, run, slide_path, config, threads, device, models, offset, summary)
     return summary
 
