@@ -8,9 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ClassInfo", "DEEPBATCH_CLASSES", "IGNORE_LABEL", "PEN_CLASS", "ROI_CLASS", "TISSUE_CLASS"]
+__all__ = [
+    "DEEPBATCH_CLASSES",
+    "IGNORE_LABEL",
+    "INSTANCE_IGNORE_LABEL",
+    "PEN_CLASS",
+    "ROI_CLASS",
+    "TISSUE_CLASS",
+    "ClassInfo",
+]
 
 IGNORE_LABEL = 255
+#: "Ignore" in a 16-bit instance mask (nuclei tiles: 0 background, 1..65534 one id per nucleus).
+INSTANCE_IGNORE_LABEL = 65535
 
 
 @dataclass(frozen=True)

@@ -302,8 +302,8 @@ def test_cli_train(tmp_path: Path, cell_tiles: Path) -> None:
     again = runner.invoke(app, args)
     assert again.exit_code == 1
     assert "error:" in again.output and "already holds a model or a training checkpoint" in again.output
-    bad = runner.invoke(app, ["train", str(cell_tiles), "-o", str(tmp_path / "z"), "--role", "nuclei"])
-    assert bad.exit_code == 2 and "--role must be 'roi' or 'cell', got 'nuclei'" in bad.output
+    bad = runner.invoke(app, ["train", str(cell_tiles), "-o", str(tmp_path / "z"), "--role", "tissue"])
+    assert bad.exit_code == 2 and "--role must be 'roi', 'cell' or 'nuclei', got 'tissue'" in bad.output
     both = runner.invoke(app, ["train", str(cell_tiles), "-o", str(tmp_path / "z"), "--role", "cell", "--steps", "1",
                                "--epochs", "1"])
     assert both.exit_code == 2 and "give --epochs or --steps, not both" in both.output

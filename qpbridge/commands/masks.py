@@ -181,8 +181,11 @@ def register(app: typer.Typer) -> None:
         ),
         old_out_dir: Path | None = deprecated_option("--out", "-o/--output"),
         role: str = typer.Option(
-            "cell", "--role", help="Without --model: cell (the four DeepBatch classes) or roi (Background/ROI)."
+            "cell", "--role", help="Without --model: cell (the four DeepBatch classes), roi (Background/ROI) or "
+            "nuclei (16-bit instance tiles of the nucleus objects)."
         ),
+        grow_instances_px: int = typer.Option(
+            0, "--grow-instances-px", help="nuclei: grow every nucleus by N px into background."),
         model: str | None = typer.Option(
             None, "--model", help="Model name or directory: its classes, um/px and tile size."
         ),
@@ -281,10 +284,13 @@ def register(app: typer.Typer) -> None:
             if model is not None:
                 config = load_card_config(model, mpp=tile_mpp, tile_px=tile_px)
             else:
-                if role not in ("cell", "roi"):
-                    raise InputError(f"--role must be cell or roi, got {role!r}")
+                if role not in ("cell", "roi", "nuclei"):
+                    raise InputError(f"--role must be cell, roi or nuclei, got {role!r}")
+                from qpbridge.tiles.instances import nuclei_class_map
+
+                maps = {"roi": ClassMap.roi, "cell": ClassMap.deepbatch, "nuclei": nuclei_class_map}
                 config = MaskConfig(
-                    class_map=ClassMap.roi() if role == "roi" else ClassMap.deepbatch(),
+                    class_map=maps[role](),
                     mpp=DEFAULT_MPP if tile_mpp is None else tile_mpp,
                     tile_px=DEFAULT_TILE_PX if tile_px is None else tile_px,
                 )
@@ -315,6 +321,7 @@ def register(app: typer.Typer) -> None:
                 dry_run=dry_run,
                 overwrite=overwrite,
                 allow_off_slide=allow_off_slide,
+                grow_instances_px=grow_instances_px,
             )
             bar = Progress(
                 TextColumn("{task.description}"),

@@ -77,6 +77,12 @@ class MaskConfig:
     overwrite: bool = False
     allow_off_slide: bool = False
     png_compress_level: int = 1
+    grow_instances_px: int = 0  #: nuclei: grow every instance by this many px into background
+
+    @property
+    def role(self) -> str:
+        """The dataset's role (its class map's): roi, cell or nuclei (16-bit instance tiles)."""
+        return self.class_map.role
 
     @property
     def stride(self) -> int:

@@ -14,6 +14,7 @@ from qpbridge.classes import IGNORE_LABEL
 from qpbridge.rasterize import LabelRasterizer
 from qpbridge.slide import Slide
 from qpbridge.tiles.config import MaskConfig
+from qpbridge.tiles.instances import InstanceRasterizer
 from qpbridge.tiling import apply_affine, compose_affine
 
 __all__ = ["Block", "TileGrid", "TissueFractions", "label_mask_for_window", "tile_blocks", "tile_starts"]
@@ -40,7 +41,13 @@ def _qupath_affine(slide: Slide, mpp: float, x_px: int, y_px: int) -> Affine:
 
 
 def label_mask_for_window(
-    rasterizer: LabelRasterizer, slide: Slide, x_px: int, y_px: int, width_px: int, height_px: int, mpp: float
+    rasterizer: LabelRasterizer | InstanceRasterizer,
+    slide: Slide,
+    x_px: int,
+    y_px: int,
+    width_px: int,
+    height_px: int,
+    mpp: float,
 ) -> np.ndarray:
     """The label mask of a window of the slide's grid at ``mpp`` (what :meth:`Slide.read_region_at` reads).
 
@@ -52,15 +59,16 @@ def label_mask_for_window(
     >>> mask = label_mask_for_window(rasterizer, slide, 0, 0, 256, 256, mpp=1.0)     # doctest: +SKIP
     """
     mask = rasterizer.window((height_px, width_px), _qupath_affine(slide, mpp, x_px, y_px))
+    ignore = getattr(rasterizer, "ignore_value", IGNORE_LABEL)  # 65535 in instance masks
     grid_w, grid_h = slide.size_at_mpp(mpp)
     if x_px + width_px > grid_w:
-        mask[:, max(0, grid_w - x_px) :] = IGNORE_LABEL
+        mask[:, max(0, grid_w - x_px) :] = ignore
     if y_px + height_px > grid_h:
-        mask[max(0, grid_h - y_px) :, :] = IGNORE_LABEL
+        mask[max(0, grid_h - y_px) :, :] = ignore
     if x_px < 0:
-        mask[:, : min(width_px, -x_px)] = IGNORE_LABEL
+        mask[:, : min(width_px, -x_px)] = ignore
     if y_px < 0:
-        mask[: min(height_px, -y_px), :] = IGNORE_LABEL
+        mask[: min(height_px, -y_px), :] = ignore
     return mask
 
 

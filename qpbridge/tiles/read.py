@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from qpbridge.cards import ROLES
-from qpbridge.classes import IGNORE_LABEL, ClassInfo
+from qpbridge.classes import IGNORE_LABEL, INSTANCE_IGNORE_LABEL, ClassInfo
 from qpbridge.errors import InputError
 from qpbridge.tiles.format import DATASET_FILE, DATASET_FORMAT, MANIFEST_FILE
 
@@ -88,9 +88,10 @@ def read_tile_dataset(path: str | os.PathLike[str]) -> TileDataset:
         raise _dataset_error(root, f"dataset.json mpp is {mpp!r}, expected a number > 0")
     if not isinstance(tile_px, int) or isinstance(tile_px, bool) or tile_px < 8:
         raise _dataset_error(root, f"dataset.json tile_px is {tile_px!r}, expected an integer >= 8")
-    ignore_label = meta.get("ignore_label", IGNORE_LABEL)
-    if ignore_label != IGNORE_LABEL:
-        raise _dataset_error(root, f"dataset.json ignore_label is {ignore_label!r}, expected {IGNORE_LABEL}")
+    expected_ignore = INSTANCE_IGNORE_LABEL if role == "nuclei" else IGNORE_LABEL
+    ignore_label = meta.get("ignore_label", expected_ignore)
+    if ignore_label != expected_ignore:
+        raise _dataset_error(root, f"dataset.json ignore_label is {ignore_label!r}, expected {expected_ignore}")
     classes_raw = meta.get("classes")
     if not isinstance(classes_raw, list) or not classes_raw:
         raise _dataset_error(root, "dataset.json has no classes list")
@@ -138,10 +139,13 @@ class Split:
     val_slides: tuple[str, ...]
 
 
-def split_tiles(tiles: Sequence[TileRecord], val_fraction: float, seed: int) -> tuple[Split, list[str]]:
+def split_tiles(
+    tiles: Sequence[TileRecord], val_fraction: float, seed: int, val_slides: Sequence[str] | None = None
+) -> tuple[Split, list[str]]:
     """Split tiles into training and validation by slide (seeded); by tile when there is a single slide.
 
-    Returns the split and any warnings.
+    ``val_slides``: these slides validate, all others train (instead of ``val_fraction``); each must be a
+    slide of the tiles, and at least one slide must be left to train. Returns the split and any warnings.
 
     Examples
     --------
@@ -150,6 +154,8 @@ def split_tiles(tiles: Sequence[TileRecord], val_fraction: float, seed: int) -> 
     >>> split.by, len(split.val_slides), len(split.val)
     ('slide', 1, 2)
     """
+    if val_slides:
+        return _split_by_slides(tiles, val_slides), []
     notes: list[str] = []
     n = len(tiles)
     if val_fraction <= 0 or n < 2:
@@ -160,12 +166,10 @@ def split_tiles(tiles: Sequence[TileRecord], val_fraction: float, seed: int) -> 
     rng = np.random.default_rng([seed, 7])
     if len(slides) >= 2:
         n_val = min(len(slides) - 1, max(1, round(val_fraction * len(slides))))
-        val_slides = {slides[i] for i in rng.permutation(len(slides))[:n_val]}
-        val = tuple(i for i, t in enumerate(tiles) if t.slide in val_slides)
-        train = tuple(i for i, t in enumerate(tiles) if t.slide not in val_slides)
-        return Split(
-            train, val, "slide", tuple(s for s in slides if s not in val_slides), tuple(sorted(val_slides))
-        ), notes
+        drawn = {slides[i] for i in rng.permutation(len(slides))[:n_val]}
+        val = tuple(i for i, t in enumerate(tiles) if t.slide in drawn)
+        train = tuple(i for i, t in enumerate(tiles) if t.slide not in drawn)
+        return Split(train, val, "slide", tuple(s for s in slides if s not in drawn), tuple(sorted(drawn))), notes
     notes.append(
         f"all tiles come from one slide ({slides[0]}): validation tiles are drawn from the same slide, "
         "so validation scores will be optimistic; add tiles from more slides"
@@ -178,19 +182,49 @@ def split_tiles(tiles: Sequence[TileRecord], val_fraction: float, seed: int) -> 
     ), notes
 
 
-def read_tile(record: TileRecord, tile_px: int) -> tuple[np.ndarray, np.ndarray]:
-    """A tile's uint8 RGB image (H x W x 3) and label mask (H x W), checked against the dataset's tile size."""
+#: PIL modes of 16-bit instance masks (nuclei tiles; PNG reads back as I;16 or, with some Pillow versions, I).
+_INSTANCE_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
+def _split_by_slides(tiles: Sequence[TileRecord], val_slides: Sequence[str]) -> Split:
+    slides = sorted({t.slide for t in tiles})
+    unknown = sorted(set(val_slides) - set(slides))
+    if unknown:
+        shown = ", ".join(slides[:8]) + (", ..." if len(slides) > 8 else "")
+        raise InputError(f"--val-slides names {', '.join(unknown)}, not among the tiles' slides ({shown})")
+    chosen = set(val_slides)
+    if chosen >= set(slides):
+        raise InputError("--val-slides names every slide of the tiles: leave at least one slide to train on")
+    val = tuple(i for i, t in enumerate(tiles) if t.slide in chosen)
+    train = tuple(i for i, t in enumerate(tiles) if t.slide not in chosen)
+    return Split(train, val, "slide", tuple(s for s in slides if s not in chosen), tuple(sorted(chosen)))
+
+
+def read_tile(record: TileRecord, tile_px: int, *, instances: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A tile's uint8 RGB image (H x W x 3) and label mask (H x W), checked against the dataset's tile size.
+
+    ``instances``: the mask is a 16-bit instance image (a nuclei dataset: 0 background, one id per nucleus,
+    65535 ignore), read as int32; otherwise a class label image (mode L).
+    """
     from PIL import Image
 
     try:
         with Image.open(record.image) as im:
             image = np.asarray(im.convert("RGB"))
         with Image.open(record.mask) as im:
-            if im.mode not in ("L", "P"):
+            if instances:
+                if im.mode not in _INSTANCE_MODES:
+                    raise InputError(
+                        f"tile mask {record.mask} is a {im.mode} image; expected a 16-bit instance image "
+                        "(mode I;16) in a nuclei dataset"
+                    )
+                mask = np.asarray(im).astype(np.int32)
+            elif im.mode not in ("L", "P"):
                 raise InputError(
                     f"tile mask {record.mask} is a {im.mode} image; expected a single-channel label image (mode L)"
                 )
-            mask = np.asarray(im)
+            else:
+                mask = np.asarray(im)
     except OSError as exc:
         raise InputError(f"cannot read tile {record.image} / {record.mask}: {exc}") from None
     if image.shape[:2] != (tile_px, tile_px) or mask.shape != (tile_px, tile_px):

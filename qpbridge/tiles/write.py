@@ -66,13 +66,14 @@ from PIL import Image
 
 from qpbridge import __version__
 from qpbridge.atomic import commit, temporary_path
-from qpbridge.classes import IGNORE_LABEL
+from qpbridge.classes import IGNORE_LABEL, INSTANCE_IGNORE_LABEL
 from qpbridge.errors import GeoJSONError, InputError, OutputError
 from qpbridge.rasterize import LabelRasterizer
 from qpbridge.slide import Slide, open_slide
 from qpbridge.tiles.config import MaskConfig
 from qpbridge.tiles.format import DATASET_FILE, DATASET_FORMAT, MANIFEST_FILE, manifest_header
 from qpbridge.tiles.grid import TileGrid, TissueFractions, label_mask_for_window
+from qpbridge.tiles.instances import InstanceRasterizer, instance_classes
 from qpbridge.tiles.qa import legend, write_label_mask_tiff
 
 if TYPE_CHECKING:
@@ -274,7 +275,7 @@ def _check_extent(
 
 
 def _check_labelled_area(
-    rasterizer: LabelRasterizer, slide: Slide, geojson_path: Path, warnings: list[str], allow_off_slide: bool
+    rasterizer: Rasterizer, slide: Slide, geojson_path: Path, warnings: list[str], allow_off_slide: bool
 ) -> None:
     """Refuse a GeoJSON whose labelled area lies mostly off the slide (more than half: another slide's objects),
     unless ``allow_off_slide`` (then a warning)."""
@@ -496,15 +497,7 @@ def build_tile_dataset(
             warnings.append(f"... and {len(result.warnings) - 20} more GeoJSON warnings")
         features = _check_extent(result.features, slide, geojson_path, warnings, config.allow_off_slide)
         _check_export(geojson_path, features)
-        rasterizer = LabelRasterizer(
-            features,
-            config.class_map,
-            overlap=config.overlap,
-            reviewed=config.reviewed,
-            ignore_unknown=config.ignore_unknown,
-            priority=config.priority,
-            source=str(geojson_path),
-        )
+        rasterizer = _rasterizer(features, config, geojson_path)
         warnings.extend(rasterizer.report.notes())
         _check_labelled_area(rasterizer, slide, geojson_path, warnings, config.allow_off_slide)
         if rasterizer.n_painted == 0 and rasterizer.n_regions == 0:
@@ -519,6 +512,26 @@ def build_tile_dataset(
         summary.objects_painted, summary.objects_regions = rasterizer.n_painted, rasterizer.n_regions
         summary.seconds = time.perf_counter() - started
         return summary
+
+
+#: What rasterizes a slide's windows: class labels, or nuclei instances.
+Rasterizer = LabelRasterizer | InstanceRasterizer
+
+
+def _rasterizer(features: Sequence[Feature], config: MaskConfig, geojson_path: Path) -> Rasterizer:
+    """The class rasterizer, or for nuclei tiles the instance rasterizer (:mod:`qpbridge.tiles.instances`)."""
+    if config.role == "nuclei":
+        return InstanceRasterizer(features, config.class_map, reviewed=config.reviewed,
+                                  grow_px=config.grow_instances_px, source=str(geojson_path))  # fmt: skip
+    return LabelRasterizer(
+        features,
+        config.class_map,
+        overlap=config.overlap,
+        reviewed=config.reviewed,
+        ignore_unknown=config.ignore_unknown,
+        priority=config.priority,
+        source=str(geojson_path),
+    )
 
 
 def _check_export(geojson_path: Path, features: Sequence[Feature]) -> None:
@@ -566,7 +579,7 @@ class _Scan:
 
 def _scan(
     slide: Slide,
-    rasterizer: LabelRasterizer,
+    rasterizer: Rasterizer,
     config: MaskConfig,
     grid: TileGrid,
     tissue: TissueFractions | None,
@@ -585,8 +598,9 @@ def _scan(
     # Pixels that count as "something drawn here": every labelled pixel, except uncovered background ones.
     background = rasterizer.fill_label if rasterizer.uncovered_label == rasterizer.fill_label else None
     for b, block in enumerate(grid.blocks):
-        labels = label_mask_for_window(rasterizer, slide, block.x_px, block.y_px, block.width_px, block.height_px,
+        window = label_mask_for_window(rasterizer, slide, block.x_px, block.y_px, block.width_px, block.height_px,
                                        grid.mpp)  # fmt: skip
+        labels = instance_classes(window) if isinstance(rasterizer, InstanceRasterizer) else window
         own_w, own_h = grid.owned(block)
         scan.pixel_totals += np.bincount(labels[:own_h, :own_w].ravel(), minlength=256)
         kept: list[int] = []
@@ -606,7 +620,7 @@ def _scan(
             scan.keep[t] = True
             kept.append(t)
         if writer is not None and kept:
-            _write_tiles(slide, writer, grid, kept, scan.counts, labels, (block.x_px, block.y_px))
+            _write_tiles(slide, writer, grid, kept, scan.counts, window, (block.x_px, block.y_px))
         if progress is not None:
             progress("write" if writer is not None else "scan", b + 1, len(grid.blocks))
     return scan
@@ -630,7 +644,7 @@ def _sample(scan: _Scan, labels: Sequence[int], background: int, config: MaskCon
 
 def _run(
     slide: Slide,
-    rasterizer: LabelRasterizer,
+    rasterizer: Rasterizer,
     config: MaskConfig,
     out_dir: Path,
     slide_id: str,
@@ -693,7 +707,7 @@ def _run(
         if writer is None:
             return summary
         qa_rel: str | None = None
-        if config.qa_mpp is not None:
+        if config.qa_mpp is not None and isinstance(rasterizer, LabelRasterizer):
             writer.make_dir(out_dir / "qa")
             qa_rel = f"qa/{slide_id}_label_mask.tiff"
             write_label_mask_tiff(writer.path_for(out_dir / qa_rel), rasterizer, slide, config.qa_mpp)
@@ -712,7 +726,7 @@ def _write_tiles(
     grid: TileGrid,
     tiles: Sequence[int],
     counts: np.ndarray,
-    labels: np.ndarray | LabelRasterizer,
+    labels: np.ndarray | Rasterizer,
     labels_origin: tuple[int, int] = (0, 0),
 ) -> None:
     """Read the image once over the bounding box of ``tiles`` and queue each tile with its mask.
@@ -725,7 +739,7 @@ def _write_tiles(
     x0, y0 = min(x for x, _ in origins), min(y for _, y in origins)
     width, height = max(x for x, _ in origins) + tile - x0, max(y for _, y in origins) + tile - y0
     rgb = slide.read_region_at(x0, y0, width, height, grid.mpp)
-    if isinstance(labels, LabelRasterizer):
+    if not isinstance(labels, np.ndarray):
         labels = label_mask_for_window(labels, slide, x0, y0, width, height, grid.mpp)
         labels_origin = (x0, y0)
     lx, ly = labels_origin
@@ -795,7 +809,7 @@ def _commit(
         "mpp": config.mpp,
         "tile_px": config.tile_px,
         "stride_px": config.stride,
-        "ignore_label": IGNORE_LABEL,
+        "ignore_label": INSTANCE_IGNORE_LABEL if config.role == "nuclei" else IGNORE_LABEL,
         "role": config.class_map.role,
         "classes": config.class_map.to_json(),
         "slides": slides,

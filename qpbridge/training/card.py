@@ -7,7 +7,14 @@ from collections.abc import Sequence
 
 import torch
 
-from qpbridge.cards import DEFAULT_INTENDED_USE, CardClass, ModelCard, default_architecture
+from qpbridge.cards import (
+    DEFAULT_INTENDED_USE,
+    NUCLEUS_CLASSES,
+    CardClass,
+    ModelCard,
+    NucleiParams,
+    default_architecture,
+)
 from qpbridge.classes import DEEPBATCH_CLASSES, ClassInfo
 from qpbridge.device import usable_cpu_count
 from qpbridge.errors import InputError, ModelError
@@ -61,21 +68,31 @@ def new_card(
 ) -> ModelCard:
     """The card of a model trained from scratch on tiles of ``classes`` at ``mpp`` (weights not yet written).
 
-    Label 0 is not emitted; a roi model is binary and its ROI class answers to the DeepBatch lesion names too.
+    Label 0 is not emitted; a roi model is binary and its ROI class answers to the DeepBatch lesion names too;
+    a nuclei model has the contour classes (:data:`~qpbridge.cards.NUCLEUS_CLASSES`, only Nucleus emitted) and
+    the default post-processing (:class:`~qpbridge.cards.NucleiParams`, tuned at the end of training).
     """
     labels = [c.label for c in classes]
     if labels != list(range(len(classes))):
         raise InputError(f"the tiles' class labels are {labels}; a model needs labels 0..{len(classes) - 1}")
     if config.role == "roi" and len(classes) != 2:
         raise InputError(f"a roi model is binary but the tiles have {len(classes)} classes {labels}")
+    if config.role == "nuclei" and [(c.label, c.name) for c in classes] != [(c[0], c[1]) for c in NUCLEUS_CLASSES]:
+        raise InputError(
+            f"nuclei tiles have the classes {[(c[0], c[1]) for c in NUCLEUS_CLASSES]}, these have "
+            f"{[(c.label, c.name) for c in classes]}: export them with qpbridge masks --role nuclei"
+        )
     card_classes = []
     for c in classes:
         aliases: tuple[str, ...] = ()
         if config.role == "roi" and c.label == 1 and c.name == "ROI":
             aliases = tuple(d.name for d in DEEPBATCH_CLASSES if d.label != 0)
-        card_classes.append(CardClass(c.label, c.name, c.color, c.label != 0, aliases))
+        emit = c.label == 1 if config.role == "nuclei" else c.label != 0
+        card_classes.append(CardClass(c.label, c.name, c.color, emit, aliases))
     norm = (_rounded(norm[0]), _rounded(norm[1]))
-    what0 = "outside the regions of interest" if config.role == "roi" else "background/normal tissue"
+    what0 = {"roi": "outside the regions of interest", "nuclei": "no nucleus"}.get(
+        config.role, "background/normal tissue"
+    )
     channels = config.channels  # None: the role's default (qpbridge.cards.default_architecture)
     return ModelCard(
         name=name,
@@ -95,14 +112,15 @@ def new_card(
         domain=config.domain or "unknown",
         weights_sha256="0" * 64,
         threshold=0.5 if config.role == "roi" else None,
+        nuclei=NucleiParams() if config.role == "nuclei" else None,
     )
 
 
 def normalization(
-    tiles: Sequence[TileRecord], tile_px: int, color_space: str
+    tiles: Sequence[TileRecord], tile_px: int, color_space: str, instances: bool = False
 ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """Per-channel mean and std in ``color_space`` of up to :data:`NORMALIZATION_TILES` tiles, evenly spaced."""
-    dataset = TileTorchDataset(tiles, tile_px)
+    dataset = TileTorchDataset(tiles, tile_px, instances=instances)
     step_n = max(1, len(tiles) // NORMALIZATION_TILES)
     sample = [dataset[i][0][None] for i in range(0, len(tiles), step_n)][:NORMALIZATION_TILES]
     return channel_statistics(sample, color_space)

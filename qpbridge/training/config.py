@@ -15,10 +15,12 @@ from qpbridge.errors import InputError
 from qpbridge.preprocess import check_color_space
 from qpbridge.training.roles import training_role
 
-__all__ = ["DEFAULT_EPOCHS", "DEFAULT_LR", "Recipe", "TrainConfig", "command_line"]
+__all__ = ["DEFAULT_EPOCHS", "DEFAULT_LR", "LR_SCHEDULES", "Recipe", "TrainConfig", "command_line", "learning_rate"]
 
 DEFAULT_EPOCHS = 20
 DEFAULT_LR = 1e-4
+#: ``--lr-schedule``: ``constant`` (the seed recipe) or ``cosine`` (from lr down to 0 at the last step).
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,9 @@ class TrainConfig:
     license: str | None = None
     intended_use: str | None = None
     domain: str | None = None  #: training domain for the card (synthetic / real); default: unknown, or the parent's
+    lr_schedule: str | None = None  #: one of :data:`LR_SCHEDULES`; default constant (or the checkpoint's)
+    val_slides: tuple[str, ...] | None = None  #: these slides validate (instead of ``val_fraction``)
+    val_every: int | None = None  #: validate every N steps instead of after every epoch
 
     def check(self) -> None:
         """Raise :class:`InputError` for a value out of range."""
@@ -70,6 +75,12 @@ class TrainConfig:
             raise InputError("--resume continues a run that already knows its start: drop --init-from")
         if self.color_space is not None:
             check_color_space(self.color_space)
+        if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:
+            raise InputError(f"--lr-schedule must be {' or '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.val_every is not None and self.val_every < 1:
+            raise InputError(f"--val-every must be >= 1, got {self.val_every}")
+        if self.val_slides is not None and not self.val_slides:
+            raise InputError("--val-slides names no slide: give slide ids separated by commas")
         if self.domain is not None and self.domain not in DOMAINS:
             raise InputError(f"--domain must be one of {', '.join(DOMAINS)}, got {self.domain!r}")
 
@@ -86,10 +97,27 @@ class Recipe:
     augment: bool
     optimizer: str = "Adam"
     loss: str = ""
+    lr_schedule: str = "constant"
+    val_slides: list[str] | None = None
+    val_every: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary."""
         return asdict(self)
+
+
+def learning_rate(recipe: Recipe, step: int, total_steps: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) of ``total_steps``.
+
+    Examples
+    --------
+    >>> r = Recipe("nuclei", 8, 1e-3, 0, 0.2, True, lr_schedule="cosine")
+    >>> learning_rate(r, 0, 100), round(learning_rate(r, 50, 100), 6), learning_rate(r, 100, 100)
+    (0.001, 0.0005, 0.0)
+    """
+    if recipe.lr_schedule == "cosine" and total_steps > 0:
+        return recipe.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    return recipe.lr
 
 
 def command_line(dataset_dirs: Sequence[Path], out_dir: Path, config: TrainConfig) -> str:
@@ -103,6 +131,9 @@ def command_line(dataset_dirs: Sequence[Path], out_dir: Path, config: TrainConfi
         ("--lr", config.lr),
         ("--init-from", config.init_from),
         ("--color-space", config.color_space),
+        ("--lr-schedule", config.lr_schedule),
+        ("--val-slides", ",".join(config.val_slides) if config.val_slides else None),
+        ("--val-every", config.val_every),
     ]
     for flag, value in options:
         if value is not None:

@@ -57,14 +57,22 @@ class TileTorchDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor
     """Tiles as ``(image 3HW float32 in [0, 1], label HW int64)``, keyed by ``(index, augmentation seed)``.
 
     ``augmentation`` (a MONAI dictionary transform over ``image`` and ``label``) is seeded with the key's seed
-    before each tile, so a tile's augmentation depends on the key alone; ``cache`` keeps decoded tiles.
+    before each tile, so a tile's augmentation depends on the key alone; ``cache`` keeps decoded tiles;
+    ``instances``: the masks are 16-bit instance images (nuclei tiles).
     """
 
     def __init__(
-        self, tiles: Sequence[TileRecord], tile_px: int, *, augmentation: Compose | None = None, cache: bool = False
+        self,
+        tiles: Sequence[TileRecord],
+        tile_px: int,
+        *,
+        augmentation: Compose | None = None,
+        cache: bool = False,
+        instances: bool = False,
     ) -> None:
         self.tiles = list(tiles)
         self.tile_px = tile_px
+        self.instances = instances
         self.augment = augmentation
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
 
@@ -75,7 +83,7 @@ class TileTorchDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor
         """The tile's uint8 RGB (HW3) and label (HW) arrays."""
         if self._cache is not None and index in self._cache:
             return self._cache[index]
-        pair = read_tile(self.tiles[index], self.tile_px)
+        pair = read_tile(self.tiles[index], self.tile_px, instances=self.instances)
         if self._cache is not None:
             self._cache[index] = pair
         return pair

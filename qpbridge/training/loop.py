@@ -2,10 +2,13 @@
 
 The seed recipe (the defaults; each role's loss, batch and augmentation are :mod:`qpbridge.training.roles`):
 
-- Adam, lr 1e-4; MONAI dictionary transforms for augmentation (:mod:`qpbridge.training.augment`).
-- Train and validation tiles are split by slide (the manifest's ``slide`` column); with a single slide the
-  split falls back to tiles, with a warning. Validation after every epoch; the best epoch (mean foreground
-  Dice, else lowest validation loss) is the model written.
+- Adam, lr 1e-4 (constant, or ``cosine`` down to 0 at the last step); MONAI dictionary transforms for
+  augmentation (:mod:`qpbridge.training.augment`).
+- Train and validation tiles are split by slide (the manifest's ``slide`` column, or the slides named by
+  ``val_slides``); with a single slide the split falls back to tiles, with a warning. Validation after every
+  epoch (or every ``val_every`` steps); the best validation point (nuclei: pooled AJI; else mean foreground
+  Dice, else lowest validation loss) is the model written. A nuclei model's post-processing thresholds are
+  then tuned on the validation tiles (:mod:`qpbridge.training.nuclei`).
 - Everything random is seeded: the network's initial weights by the seed, each epoch's tile order and each
   tile's augmentation by (seed, epoch, position). A resumed run continues the same sequence.
 
@@ -31,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from qpbridge.atomic import atomic_write_bytes
-from qpbridge.cards import CARD_FILE, ModelCard, card_from_dict
+from qpbridge.cards import CARD_FILE, ModelCard, NucleiParams, card_from_dict
 from qpbridge.classes import IGNORE_LABEL, ClassInfo
 from qpbridge.device import resolve_device, usable_cpu_count
 from qpbridge.errors import InputError, OutputError
@@ -41,8 +44,9 @@ from qpbridge.preprocess import check_color_space, normalize_rgb01
 from qpbridge.tiles import DATASET_FORMAT, Split, TileDataset, TileRecord, read_tile_dataset, split_tiles
 from qpbridge.training.card import check_init_classes, device_name, new_card, normalization, versions
 from qpbridge.training.checkpoint import CHECKPOINT_DIR, Checkpoint, finite
-from qpbridge.training.config import DEFAULT_EPOCHS, DEFAULT_LR, Recipe, TrainConfig, command_line
+from qpbridge.training.config import DEFAULT_EPOCHS, DEFAULT_LR, Recipe, TrainConfig, command_line, learning_rate
 from qpbridge.training.data import CACHE_BYTES, TileTorchDataset, collate, combine_datasets, epoch_batches
+from qpbridge.training.nuclei import NucleiPredictions, nuclei_metrics, tune_thresholds
 from qpbridge.training.progress import EpochRecord, SilentProgress, TrainProgress
 from qpbridge.training.roles import TrainingRole, training_role
 
@@ -224,7 +228,7 @@ def train_model(
     data = _read_data(dirs, config.role, note)
     saved = _resume_from(checkpoint, out, config, note) if config.resume else None
     recipe = saved.recipe if saved is not None else _new_recipe(config)
-    split, split_notes = split_tiles(data.tiles, recipe.val_fraction, recipe.seed)
+    split, split_notes = split_tiles(data.tiles, recipe.val_fraction, recipe.seed, recipe.val_slides)
     for text in split_notes:
         note(text)
     train_tiles = [data.tiles[i] for i in split.train]
@@ -237,11 +241,14 @@ def train_model(
         note(f"the checkpoint is already at step {history.step} of {history.total_steps}: writing the model "
              "without training")  # fmt: skip
     cache = config.num_workers == 0 and len(data.tiles) * data.tile_px * data.tile_px * 4 <= CACHE_BYTES
-    augmentation = run.role.augmentation() if recipe.augment else None
-    train_ds = TileTorchDataset(train_tiles, data.tile_px, augmentation=augmentation, cache=cache)
-    val_ds = TileTorchDataset(val_tiles, data.tile_px, cache=cache)
+    augmentation = run.role.augmentation(run.card, recipe.augment)
+    instances = run.role.instances
+    train_ds = TileTorchDataset(train_tiles, data.tile_px, augmentation=augmentation, cache=cache, instances=instances)
+    val_ds = TileTorchDataset(val_tiles, data.tile_px, cache=cache, instances=instances)
     val_loader = _loader(val_ds, run, batch_size=recipe.batch_size, shuffle=False) if val_tiles else None
     _train_epochs(run, history, train_ds, val_loader, config.threads, report)
+    if instances and val_loader is not None:
+        _tune_nuclei(run, history, val_loader, data.mpp)
     return _write_model(out, run, history, data, split, notes)
 
 
@@ -280,6 +287,9 @@ def _new_recipe(config: TrainConfig) -> Recipe:
         val_fraction=config.val_fraction,
         augment=config.augment,
         loss=role.loss_text,
+        lr_schedule=config.lr_schedule or "constant",
+        val_slides=list(config.val_slides) if config.val_slides else None,
+        val_every=config.val_every,
     )
 
 
@@ -308,7 +318,7 @@ def _new_start(config: TrainConfig, out: Path, data: _Data, train_tiles: Sequenc
     if config.init_from is not None:
         return _fine_tune_start(config, config.init_from, name, data)
     color_space = check_color_space(config.color_space or "RGB")
-    norm = normalization(train_tiles, data.tile_px, color_space)
+    norm = normalization(train_tiles, data.tile_px, color_space, training_role(config.role).instances)
     card = new_card(config, name, data.classes, data.mpp, data.tile_px, color_space, norm)
     return _Start(card, build_network(card.architecture), None)
 
@@ -409,17 +419,20 @@ def _train_epochs(
     threads: int | None,
     report: TrainProgress,
 ) -> None:
-    """Train to ``history.total_steps``, validating and checkpointing at the end of each epoch and at the last step."""
+    """Train to ``history.total_steps``, validating and checkpointing at the end of each epoch (or every
+    ``val_every`` steps) and at the last step."""
     previous_threads = torch.get_num_threads()
     if run.device.type == "cpu":
         torch.set_num_threads(threads or usable_cpu_count())
     run.clock.start()
     report.on_start(history.total_steps, history.step, run.steps_per_epoch)
+    every = run.recipe.val_every or run.steps_per_epoch
     try:
         epoch_losses: list[float] = []
         while history.step < history.total_steps:
-            epoch_losses += _train_steps(run, history, train_ds, report)
-            if history.step % run.steps_per_epoch == 0 or history.step >= history.total_steps:
+            next_point = min(history.total_steps, (history.step // every + 1) * every)
+            epoch_losses += _train_steps(run, history, train_ds, report, next_point)
+            if history.step == next_point:
                 record = _validation_point(run, history, val_loader, epoch_losses)
                 epoch_losses = []
                 report.on_epoch(record)
@@ -428,14 +441,18 @@ def _train_epochs(
         torch.set_num_threads(previous_threads)
 
 
-def _train_steps(run: _Run, history: _History, train_ds: TileTorchDataset, report: TrainProgress) -> list[float]:
-    """The rest of the current epoch (up to the run's last step), one optimizer step per batch; their losses."""
+def _train_steps(
+    run: _Run, history: _History, train_ds: TileTorchDataset, report: TrainProgress, until: int
+) -> list[float]:
+    """The rest of the current epoch up to step ``until``, one optimizer step per batch; their losses."""
     steps_per_epoch, seed = run.steps_per_epoch, run.recipe.seed
     epoch = history.step // steps_per_epoch
     batches = epoch_batches(len(train_ds), run.recipe.batch_size, seed, epoch)[history.step % steps_per_epoch :]
-    batches = batches[: history.total_steps - history.step]
+    batches = batches[: until - history.step]
     losses: list[float] = []
     for images, labels in _loader(train_ds, run, batch_sampler=batches):
+        for group in run.optimizer.param_groups:
+            group["lr"] = learning_rate(run.recipe, history.step, history.total_steps)
         images = images.to(run.device, non_blocking=True)
         labels = labels.to(run.device, non_blocking=True)
         inputs = normalize_rgb01(images, run.card.color_space, run.card.norm_mean, run.card.norm_std)
@@ -458,7 +475,10 @@ def _validation_point(
     val_loss: float | None = None
     val_dice: float | None = None
     val_dict: dict[str, Any] | None = None
-    if val_loader is not None:
+    if val_loader is not None and run.role.instances:
+        val_dict = _evaluate_nuclei(run, val_loader)
+        val_loss, val_dice, score = val_dict["val_loss"], val_dict["val_dice"], val_dict["val_aji"]
+    elif val_loader is not None:
         val_loss, val_metrics = _evaluate(run, val_loader)
         val_dice = None if math.isnan(val_metrics.mean_dice_foreground) else val_metrics.mean_dice_foreground
         val_dict = _jsonable_metrics(val_metrics, val_loss)
@@ -480,6 +500,8 @@ def _validation_point(
         is_best=is_best,
         wall_time_s=run.clock.wall_s(),
         val_metrics=val_dict,
+        val_aji=val_dict.get("val_aji") if val_dict else None,
+        val_pq=val_dict.get("val_pq") if val_dict else None,
     )
     history.epochs.append(record)
     return record
@@ -503,6 +525,46 @@ def _evaluate(run: _Run, loader: _Batches) -> tuple[float, SegmentationMetrics]:
             accumulator.update(run.role.labels(probs, threshold), labels, probs.transpose(0, 1))
     run.network.train()
     return total / max(count, 1), accumulator.result()
+
+
+def _nuclei_predictions(run: _Run, loader: _Batches, mpp: float) -> tuple[float, NucleiPredictions]:
+    """The validation loss over the tiles' contour targets, and the softmax of each tile with its instances."""
+    from qpbridge.training.augment import training_targets
+
+    boundary_px = run.card.nuclei.boundary_px if run.card.nuclei else 2
+    run.network.eval()
+    total, count = 0.0, 0
+    probs: list[np.ndarray] = []
+    refs: list[np.ndarray] = []
+    with torch.inference_mode():
+        for images, instances in loader:
+            refs += [x.numpy().astype(np.int32) for x in instances]
+            targets = torch.stack([torch.from_numpy(training_targets(r, boundary_px)) for r in refs[count:]])
+            images = images.to(run.device, non_blocking=True)
+            inputs = normalize_rgb01(images, run.card.color_space, run.card.norm_mean, run.card.norm_std)
+            logits = run.network(inputs)
+            total += float(run.loss_fn(logits, targets.long().to(run.device))) * images.shape[0]
+            count += images.shape[0]
+            probs += list(run.role.probabilities(logits).float().cpu().numpy())
+    run.network.train()
+    return total / max(count, 1), NucleiPredictions(probs, refs, mpp)
+
+
+def _evaluate_nuclei(run: _Run, loader: _Batches) -> dict[str, Any]:
+    """``val_loss`` and the pooled instance scores (``val_aji``, ``val_dice``, ``val_pq``, ...) with the card's
+    post-processing."""
+    val_loss, predictions = _nuclei_predictions(run, loader, run.card.mpp)
+    scores = predictions.scores(run.card.nuclei or NucleiParams())
+    return {"val_loss": val_loss, **nuclei_metrics(scores, "val_"), "split": "validation"}
+
+
+def _tune_nuclei(run: _Run, history: _History, loader: _Batches, mpp: float) -> None:
+    """With the best weights, choose the card's foreground and marker thresholds on the validation tiles."""
+    run.network.load_state_dict(history.best_state)
+    _, predictions = _nuclei_predictions(run, loader, mpp)
+    params, scores = tune_thresholds(predictions, run.card.nuclei or NucleiParams())
+    run.card = replace(run.card, nuclei=params)
+    history.best_metrics = {**history.best_metrics, **nuclei_metrics(scores), "thresholds_tuned_on": "validation"}
 
 
 def _jsonable_metrics(metrics: SegmentationMetrics, val_loss: float) -> dict[str, Any]:

@@ -20,6 +20,8 @@ class EpochRecord:
     is_best: bool
     wall_time_s: float
     val_metrics: dict[str, Any] | None = None
+    val_aji: float | None = None  #: nuclei: pooled AJI of the validation tiles
+    val_pq: float | None = None  #: nuclei: pooled panoptic quality
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary."""
