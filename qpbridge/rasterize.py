@@ -537,6 +537,8 @@ class RasterizeReport:
     skipped_not_area: int = 0  #: points, lines, empty geometries
     #: object type -> objects that are not class regions (heat-map tiles, cells, TMA cores: never labels)
     skipped_by_type: dict[str, int] = field(default_factory=dict)
+    #: nuclei tiles: region objects that are no nuclei (:func:`qpbridge.qupath.objects.is_nucleus`)
+    skipped_not_nuclei: int = 0
     reviewed_effective: str = "all"
 
     def notes(self) -> list[str]:
@@ -553,6 +555,12 @@ class RasterizeReport:
         if self.skipped_by_type:
             listing = ", ".join(f"{n} ({c})" for n, c in sorted(self.skipped_by_type.items()))
             lines.append(f"skipped objects that are not class regions: {listing}")
+        if self.skipped_not_nuclei:
+            lines.append(
+                f"skipped {self.skipped_not_nuclei} objects that are no nuclei: qpbridge's predicted class regions "
+                "and objects larger than 400 um^2 (nuclei are detections with Nucleus: measurements, cells, and "
+                "smaller drawn objects)"
+            )
         return lines
 
 

@@ -49,3 +49,23 @@ def test_instance_png_round_trips_through_masks(tmp_path: Path) -> None:
     assert np.array_equal(whole > 0, inst > 0)
     top = whole[4:12, 4:20]
     assert len(np.unique(top)) == 2 and top[0, 0] != top[0, -1]  # touching nuclei: two ids
+
+
+def test_only_nuclei_are_painted_from_a_corrected_export() -> None:
+    """A corrected export holds predicted nuclei, nuclei the pathologist drew, and the class regions: at 0.5 um/px
+    only the nuclei become instances; the regions (large, or qpbridge's predicted ones however small) do not."""
+    from qpbridge.qupath import Feature
+
+    nuc = {"Nucleus: Area µm^2": 16.0, "qpbridge prediction": 1.3}
+    feats = [
+        Feature(box(0, 0, 8, 8), "Invasive carcinoma", object_type="detection", measurements=nuc),  # predicted
+        Feature(box(10, 0, 18, 8), "Invasive carcinoma"),                                  # drawn, 16 um^2
+        Feature(box(0, 0, 60, 60), "Invasive carcinoma"),                                  # a region, 900 um^2
+        Feature(box(30, 30, 36, 36), "Benign", measurements={"qpbridge prediction": 1.1}),  # a tiny predicted region
+    ]
+    r = InstanceRasterizer(feats, mpp=0.5)
+    out = r.window((40, 40), Affine.identity())
+    assert sorted(np.unique(out).tolist()) == [0, 1, 2]
+    assert int((out == 1).sum()) == 64 and int((out == 2).sum()) == 64
+    assert r.report.skipped_not_nuclei == 2
+    assert any("skipped 2 objects that are no nuclei" in n for n in r.report.notes())

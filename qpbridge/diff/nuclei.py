@@ -14,7 +14,7 @@ highest IoU first). Per class (the nucleus's QuPath class; unclassified nuclei u
 So ``predicted = unchanged + relabelled_out + removed`` and ``corrected = unchanged + relabelled_in + added``.
 Which objects are nuclei is :func:`qpbridge.qupath.objects.object_role` (detections with ``Nucleus: ...``
 measurements, cells) and, in the corrected file, :func:`~qpbridge.qupath.objects.is_drawn_nucleus` (small
-annotations the pathologist drew). A cell is compared by its nucleus.
+objects the pathologist drew, which are not qpbridge's predicted regions). A cell is compared by its nucleus.
 
 The matching is one STRtree query and vectorized intersections (shapely 2): no loop over nuclei in Python.
 
@@ -46,7 +46,7 @@ import shapely
 
 from qpbridge.qupath import Feature
 from qpbridge.qupath.classes import UNCLASSIFIED
-from qpbridge.qupath.objects import is_drawn_nucleus, object_role
+from qpbridge.qupath.objects import is_nucleus, object_role
 
 __all__ = ["DEFAULT_RESHAPED_IOU", "NucleiDiff", "NucleusClassDiff", "diff_nuclei", "nuclei_of"]
 
@@ -113,7 +113,7 @@ def nuclei_of(features: Iterable[Feature], mpp: float | None, *, drawn: bool) ->
             out.append(f)
         elif drawn and mpp is not None and f.geometry is not None:
             area_um2 = float(shapely.area(f.geometry)) * mpp * mpp
-            if is_drawn_nucleus(f.object_type, f.measurements, area_um2):
+            if is_nucleus(f.object_type, f.measurements, area_um2):
                 out.append(f)
     return out
 

@@ -29,12 +29,14 @@ __all__ = [
     "DRAWN_NUCLEUS_MAX_UM2",
     "LEGACY_TYPE_IDS",
     "NUCLEUS_MEASUREMENT_PREFIX",
+    "PREDICTION_MEASUREMENT",
     "OBJECT_ROLES",
     "OBJECT_TYPES",
     "REGION_OBJECT_TYPES",
     "QUPATH_OBJECT_TYPE_VALUES",
     "legacy_type",
     "is_drawn_nucleus",
+    "is_nucleus",
     "normalize_object_type",
     "object_role",
     "qupath_object_type",
@@ -79,27 +81,45 @@ def object_role(object_type: str, measurements: Mapping[str, Any] | None = None)
         return "region"
     return "other"
 
-#: A drawn annotation up to this area is a nucleus where nuclei are compared or trained (:func:`is_drawn_nucleus`).
+#: A drawn (or foreign) object of region role up to this area is a nucleus where nuclei are compared or trained
+#: (:func:`is_drawn_nucleus`).
 DRAWN_NUCLEUS_MAX_UM2 = 400.0
+
+#: The measurement that marks a qpbridge prediction (its values: :mod:`qpbridge.qupath.project`).
+PREDICTION_MEASUREMENT = "qpbridge prediction"
 
 
 def is_drawn_nucleus(object_type: str, measurements: Mapping[str, Any] | None, area_um2: float | None) -> bool:
-    """Whether an object the pathologist drew is a nucleus, where nuclei are being compared or trained.
+    """Whether an object of region role is a nucleus after all, where nuclei are compared or trained.
 
-    In QuPath a missing nucleus is drawn with the brush or the wand: an **annotation** (classified by the region
-    it lies in, or not at all) with no ``Nucleus: ...`` measurements, so :func:`object_role` calls it a region.
-    Where the files hold nuclei (``diff`` of a nuclei prediction, ``masks --role nuclei``), an annotation of
-    region role whose area is at most :data:`DRAWN_NUCLEUS_MAX_UM2` (a large tumour nucleus is ~150 um^2) counts
-    as a drawn nucleus instead; larger ones stay regions. ``area_um2`` ``None`` (no pixel size known): never.
+    In QuPath a missing nucleus is drawn with the brush or the wand: an annotation (classified by the region it
+    lies in, or not at all) with no ``Nucleus: ...`` measurements, so :func:`object_role` calls it a region; so
+    are the detections of an instance label image or of a tool that writes no measurements. Where the files hold
+    nuclei (``diff`` of a nuclei prediction, ``masks --role nuclei``), such an object counts as a nucleus when
+    its area is at most :data:`DRAWN_NUCLEUS_MAX_UM2` (a large tumour nucleus is ~150 um^2) and it is not one of
+    qpbridge's predicted class regions (those carry the ``qpbridge prediction`` measurement). ``area_um2``
+    ``None`` (no pixel size known): never.
 
     >>> is_drawn_nucleus("annotation", None, 55.0), is_drawn_nucleus("annotation", None, 5000.0)
     (True, False)
-    >>> is_drawn_nucleus("detection", None, 55.0), is_drawn_nucleus("annotation", None, None)
+    >>> is_drawn_nucleus("detection", {"qpbridge prediction": 1.2}, 55.0), is_drawn_nucleus("annotation", None, None)
     (False, False)
     """
-    if object_type != "annotation" or area_um2 is None:
+    if area_um2 is None or not 0 < area_um2 <= DRAWN_NUCLEUS_MAX_UM2:
         return False
-    return object_role(object_type, measurements) == "region" and 0 < area_um2 <= DRAWN_NUCLEUS_MAX_UM2
+    if measurements and PREDICTION_MEASUREMENT in measurements:
+        return False
+    return object_role(object_type, measurements) == "region"
+
+
+def is_nucleus(object_type: str, measurements: Mapping[str, Any] | None, area_um2: float | None) -> bool:
+    """The one rule of which objects are nuclei where nuclei are compared or trained: nucleus-role objects
+    (:func:`object_role`) and drawn ones (:func:`is_drawn_nucleus`).
+
+    >>> is_nucleus("cell", None, None), is_nucleus("annotation", None, 40.0), is_nucleus("annotation", None, 900.0)
+    (True, True, False)
+    """
+    return object_role(object_type, measurements) == "nucleus" or is_drawn_nucleus(object_type, measurements, area_um2)
 
 
 #: QuPath 0.2 stored the object type in ``id``; QuPath 0.4-0.7 still read these (exact spelling).

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from qpbridge.errors import InputError
+from qpbridge.qupath.objects import PREDICTION_MEASUREMENT as _PREDICTION_MEASUREMENT
 from qpbridge.slide import SLIDE_SUFFIXES
 
 __all__ = [
@@ -149,7 +150,7 @@ SIDECAR_SUFFIX = ".json"
 #: :data:`PREDICTION_MEASUREMENT_VALUE`; the import script replaces it by a fingerprint in [1, 2); an object that
 #: a pathologist reclassified, reshaped or moved gets :data:`PREDICTION_RELEASED_VALUE` (an edited prediction:
 #: a correction, still known as a prediction, so the export includes it whatever its object type).
-PREDICTION_MEASUREMENT = "qpbridge prediction"
+PREDICTION_MEASUREMENT = _PREDICTION_MEASUREMENT
 PREDICTION_MEASUREMENT_VALUE = 1.0
 PREDICTION_RELEASED_VALUE = 0.0
 

@@ -1,8 +1,11 @@
 """Nucleus objects -> 16-bit instance masks for any window: the rasterizer of ``qpbridge masks --role nuclei``.
 
 Every area object that is not a reviewed-area (``Region*``), ignore (``Ignore*``, ``Pen mark*``) or skipped
-class is a nucleus: QuPath detections and annotations, cells (their ``nucleusGeometry`` when they have one,
-else their outline) and the detections of an instance label image (:mod:`qpbridge.formats.labels`). Each
+class and that is a nucleus by the one rule (:func:`qpbridge.qupath.objects.is_nucleus`: detections with
+``Nucleus: ...`` measurements, cells by their ``nucleusGeometry`` when they have one, and, given the slide's
+``mpp``, objects up to 400 um^2 that are not qpbridge's predicted class regions: nuclei drawn in QuPath, the
+detections of an instance label image (:mod:`qpbridge.formats.labels`)) is painted; other objects are skipped
+and counted (``(geometry, class)`` pairs are nuclei). Each
 nucleus a window meets gets its own id (1, 2, ... in paint order, per window), painted at pixel centres
 (``rasterio``, like :class:`qpbridge.rasterize.LabelRasterizer`); where two overlap the later wins.
 ``grow_px`` grows every nucleus by that many pixels into background only
@@ -31,7 +34,7 @@ from rasterio.features import rasterize as _rio_rasterize
 from qpbridge.cards import NUCLEUS_CLASSES
 from qpbridge.classes import IGNORE_LABEL, INSTANCE_IGNORE_LABEL, ClassInfo
 from qpbridge.errors import InputError
-from qpbridge.qupath.objects import object_role
+from qpbridge.qupath.objects import is_nucleus, object_role
 from qpbridge.rasterize import REGION, SKIP, ClassMap, RasterizeReport, _check_shape, _window_box, polygon_dicts
 
 __all__ = ["InstanceRasterizer", "instance_classes", "nuclei_class_map"]
@@ -79,6 +82,7 @@ class InstanceRasterizer:
         *,
         reviewed: str = "region",
         grow_px: int = 0,
+        mpp: float | None = None,
         source: str = "the annotations",
     ) -> None:
         if grow_px < 0:
@@ -112,6 +116,8 @@ class InstanceRasterizer:
                 self.report.regions += 1
             elif value == IGNORE_LABEL:
                 ignored.append(geom)
+            elif hasattr(item, "geometry") and not self._is_nucleus(item, geom, mpp):
+                self.report.skipped_not_nuclei += 1
             else:
                 nuclei.append(geom)
         self.report.painted["nucleus"] = len(nuclei)
@@ -122,6 +128,11 @@ class InstanceRasterizer:
                        (("nuclei", self._nuclei), ("ignored", self._ignored), ("regions", self._regions))}  # fmt: skip
         self.reviewed_effective = reviewed if reviewed != "region" else ("region" if regions else "all")
         self.report.reviewed_effective = self.reviewed_effective
+
+    @staticmethod
+    def _is_nucleus(item: Any, geom: Any, mpp: float | None) -> bool:
+        area_um2 = float(shapely.area(geom)) * mpp * mpp if mpp is not None else None
+        return is_nucleus(getattr(item, "object_type", "annotation"), getattr(item, "measurements", None), area_um2)
 
     @property
     def n_painted(self) -> int:

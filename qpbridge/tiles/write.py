@@ -497,7 +497,7 @@ def build_tile_dataset(
             warnings.append(f"... and {len(result.warnings) - 20} more GeoJSON warnings")
         features = _check_extent(result.features, slide, geojson_path, warnings, config.allow_off_slide)
         _check_export(geojson_path, features)
-        rasterizer = _rasterizer(features, config, geojson_path)
+        rasterizer = _rasterizer(features, config, geojson_path, slide.mpp)
         warnings.extend(rasterizer.report.notes())
         _check_labelled_area(rasterizer, slide, geojson_path, warnings, config.allow_off_slide)
         if rasterizer.n_painted == 0 and rasterizer.n_regions == 0:
@@ -518,11 +518,11 @@ def build_tile_dataset(
 Rasterizer = LabelRasterizer | InstanceRasterizer
 
 
-def _rasterizer(features: Sequence[Feature], config: MaskConfig, geojson_path: Path) -> Rasterizer:
+def _rasterizer(features: Sequence[Feature], config: MaskConfig, geojson_path: Path, mpp: float) -> Rasterizer:
     """The class rasterizer, or for nuclei tiles the instance rasterizer (:mod:`qpbridge.tiles.instances`)."""
     if config.role == "nuclei":
         return InstanceRasterizer(features, config.class_map, reviewed=config.reviewed,
-                                  grow_px=config.grow_instances_px, source=str(geojson_path))  # fmt: skip
+                                  grow_px=config.grow_instances_px, mpp=mpp, source=str(geojson_path))  # fmt: skip
     return LabelRasterizer(
         features,
         config.class_map,
