@@ -121,8 +121,10 @@ class RegionClasses:
 
 
 def nuclei_mpp(slide: Slide, model: LoadedModel) -> float:
-    """The um/px the nuclei stage runs at: the card's, or the slide's level 0 where that is coarser."""
-    return max(model.card.mpp, slide.mpp)
+    """The um/px the nuclei stage runs at: always the card's. A model sees nuclei at the size it was trained on;
+    a slide coarser than that (a 20x scan, 0.5 um/px, for a 0.25 um/px model) is read upsampled (bilinear)."""
+    del slide  # the slide's resolution never changes the model's
+    return model.card.mpp
 
 
 class _NucleusBlocks:

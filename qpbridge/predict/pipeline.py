@@ -330,6 +330,10 @@ def _predict_locked(
         trimmer.now()  # the tissue thumbnail's memory
         if not tissue.tissue.any():
             _warn(f"no tissue found in {slide_path}: the output is an empty FeatureCollection")
+        if models.nuclei is not None and slide_mpp > models.nuclei.card.mpp * 1.05:
+            _warn(f"the slide ({slide_mpp:.4g} um/px) is coarser than the nuclei model's {models.nuclei.card.mpp:g} "
+                  f"um/px: it is read upsampled {slide_mpp / models.nuclei.card.mpp:.1f}x for the nuclei, which are "
+                  "then less exact than on a scan at the model's resolution")
 
         overlay = Overlay(slide, config.overlay_max_px) if config.overlay is not None else None
         colors: dict[str, tuple[int, int, int]] = {}
