@@ -419,11 +419,16 @@ class Slide:
         """Read a region in level coordinates as an RGB image, white outside the slide and where transparent."""
         if self._osr is None:
             assert self._image is not None
-            return (
-                self._image.crop((lx, ly, lx + width, ly + height))
-                if (lx, ly, width, height) != (0, 0, *self._image.size)
-                else self._image
-            )
+            if (lx, ly, width, height) == (0, 0, *self._image.size):
+                return self._image
+            iw, ih = self._image.size
+            if lx >= 0 and ly >= 0 and lx + width <= iw and ly + height <= ih:
+                return self._image.crop((lx, ly, lx + width, ly + height))
+            white = Image.new("RGB", (width, height), (255, 255, 255))  # outside the image: white, as OpenSlide's
+            inside = (max(lx, 0), max(ly, 0), min(lx + width, iw), min(ly + height, ih))
+            if inside[0] < inside[2] and inside[1] < inside[3]:
+                white.paste(self._image.crop(inside), (inside[0] - lx, inside[1] - ly))
+            return white
         import openslide
 
         downsample = self.level_downsamples[level]

@@ -18,6 +18,17 @@ def shared_file(*parts: str) -> Path:
     return path
 
 
+def nuclei_model_installed(name: str = "monuseg-nuclei") -> bool:
+    """Whether the registry finds the nuclei model ``name`` (the shipped one, or one in ``$QPBRIDGE_MODELS``)."""
+    from qpbridge.cards import resolve_model_path
+    from qpbridge.errors import QpbridgeError
+
+    try:
+        return (resolve_model_path(name) / "card.json").is_file()
+    except QpbridgeError:
+        return False
+
+
 def gradient_rgb(height: int, width: int) -> np.ndarray:
     """A smooth RGB test pattern: R follows x, G follows y, B a diagonal wave (so resampling errors show)."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)

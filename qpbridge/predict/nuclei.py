@@ -2,15 +2,19 @@
 
 :func:`segment_nuclei` cuts the slide at the nuclei model's um/px into blocks (:class:`qpbridge.tiling.BlockGrid`,
 ``block_px`` each); each block is worked on with a *seam halo* (:attr:`NucleiOptions.halo_um`, wider than the
-largest nucleus, plus twice the cell expansion) and read with the segmenter's own halo around that (the windows
-at its edges see real pixels). Per block: sliding-window probabilities (:class:`~qpbridge.predict.segmenter.
-BlockSegmenter`, only around the active mask: tissue, and the grown ROI grown by the seam halo) ->
-:func:`~qpbridge.nuclei.postprocess.instances_from_probabilities` -> :func:`~qpbridge.nuclei.clean_instances`
--> outlines (:func:`~qpbridge.nuclei.nuclei_from_labels`) and measurements (:func:`~qpbridge.nuclei.
-measure_nuclei`), all vectorized over the block -> the nuclei whose centroid lies in the block's own rectangle
-(:func:`~qpbridge.nuclei.keep_owned`: a nucleus cut by a block edge is found once, whole) and inside the gate
--> QuPath detections (or cells with ``nucleusGeometry``, ``cell_expansion_um``), classified by the region class
-under their centroid (:class:`RegionClasses`), to ``emit``. Memory is bounded by the block: no list of all nuclei.
+largest nucleus, plus twice the cell expansion). The network's windows lie on **one grid over the whole slide**
+(the card's tile, stepped as MONAI's sliding window steps, from the slide's corner; a block reads every window
+of that grid that covers a pixel of its worked-on window, and windows are skipped only where they touch no
+tissue of the slide): so every pixel's probabilities are the same whatever the blocks, and a block's nuclei are
+those a whole-slide run would find. Per block: sliding-window probabilities (:class:`~qpbridge.predict.
+segmenter.BlockSegmenter` on that fixed grid, only where windows touch tissue, and the ROI grown by the seam
+halo) -> :func:`~qpbridge.nuclei.postprocess.instances_from_probabilities` -> :func:`~qpbridge.nuclei.
+clean_instances` -> outlines (:func:`~qpbridge.nuclei.nuclei_from_labels`) and measurements (:func:`~qpbridge.
+nuclei.measure_nuclei`), all vectorized over the block -> the nuclei whose centroid lies in the block's own
+rectangle (:func:`~qpbridge.nuclei.keep_owned`: a nucleus cut by a block edge is found once, whole) and inside
+the gate -> QuPath detections (or cells with ``nucleusGeometry``, ``cell_expansion_um``), classified by the
+region class under their centroid (:class:`RegionClasses`), to ``emit``. Memory is bounded by the block: no
+list of all nuclei.
 
 Example
 -------
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import shapely
@@ -62,7 +66,7 @@ PaintNuclei = Callable[[np.ndarray, list[str | None]], None]
 class NucleiOptions:
     """How the nuclei stage cuts the slide and what it writes."""
 
-    block_px: int = 1024  #: block side (its own rectangle) in pixels at the nuclei model's um/px
+    block_px: int = 2048  #: block side (its own rectangle) in pixels at the nuclei model's um/px
     halo_um: float = 16.0  #: seam halo: wider than the largest nucleus (plus twice the cell expansion)
     cell_expansion_um: float | None = None  #: grow each nucleus into a cell by this much (None: detections)
 
@@ -128,7 +132,8 @@ def nuclei_mpp(slide: Slide, model: LoadedModel) -> float:
 
 
 class _NucleusBlocks:
-    """The nuclei stage's blocks: own rectangle, worked-on window (seam halo), read window (network halo)."""
+    """The nuclei stage's blocks: own rectangle, worked-on window (seam halo), read window (the slide-wide
+    window grid's windows that cover the worked-on window)."""
 
     def __init__(self, slide: Slide, mpp: float, segmenter: BlockSegmenter, tissue: TissueMask,
                  gate: RoiGate | None, options: NucleiOptions) -> None:
@@ -138,22 +143,39 @@ class _NucleusBlocks:
         expansion = options.cell_expansion_um or 0.0
         self.halo_px = int(np.ceil((options.halo_um + 2 * expansion) / mpp))
         self.grid = BlockGrid(self.width, self.height, options.block_px)
+        self.tile_px = segmenter.tile_px
+        self.stride_px = max(1, int(segmenter.tile_px * (1 - segmenter.overlap_frac)))  # as MONAI steps
         # The network works on the gate grown by the seam halo: a nucleus on the gate's edge is seen whole.
         self.gate = gate
         self.work_gate = (None if gate is None
                           else RoiGate(gate.polygons, margin_px=self.halo_px * mpp / slide.mpp))
 
+    def _span(self, start: int, end: int) -> tuple[int, int]:
+        """The pixels ``[lo, hi)`` of the slide-wide windows (starts at multiples of the stride) that cover
+        ``[start, end)``; ``hi - lo - tile`` is a multiple of the stride, so MONAI places exactly those."""
+        tile, stride = self.tile_px, self.stride_px
+        return ((start - tile) // stride + 1) * stride, ((end - 1) // stride) * stride + tile
+
     def windows(self, own: Window) -> tuple[Window, Window]:
         work = own.expand(self.halo_px, self.width, self.height)
-        return work, work.expand(self.segmenter.halo_px, self.width, self.height)
+        x0, x1 = self._span(work.x_px, work.x_end_px)
+        y0, y1 = self._span(work.y_px, work.y_end_px)
+        return work, Window(x0, y0, x1 - x0, y1 - y0)
 
     def active(self, own: Window) -> np.ndarray:
-        """Where the network works, on the read window's grid (tissue & grown gate; nothing outside ``work``)."""
-        work, read = self.windows(own)
-        mask = block_mask(self.tissue.tissue, self.tissue.affine, self.affine, work, read)
+        """Where the slide has tissue (inside the grown gate), on the read window's grid: the same mask for
+        every block, so a window is skipped or run whatever the block."""
+        _, read = self.windows(own)
+        mask = block_mask(self.tissue.tissue, self.tissue.affine, self.affine, read, read)
         if self.work_gate is not None and mask.any():
             mask &= self.work_gate.mask(window_affine(self.affine, read), read.shape)
         return mask
+
+    def has_work(self, own: Window) -> bool:
+        """Whether the worked-on window of a block holds tissue (inside the grown gate)."""
+        work, read = self.windows(own)
+        rows, cols = work.relative_to(read).slices
+        return bool(self.active(own)[rows, cols].any())
 
     def read(self, own: Window) -> np.ndarray:
         _, read = self.windows(own)
@@ -175,7 +197,7 @@ def _block_nuclei(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[dict[str, float]]]:
     """One block's owned nuclei: level-0 outlines, centroids, cell outlines (or None) and measurements."""
     work, read = blocks.windows(own)
-    result = blocks.segmenter.predict(rgb, active, blocks.segmenter.plan(active))
+    result = blocks.segmenter.predict(rgb, active)  # the fixed, slide-wide window grid (no fitted windows)
     rows, cols = work.relative_to(read).slices
     probs, inside, pixels = result.probabilities[:, rows, cols], active[rows, cols], rgb[rows, cols]
     probs[0][~inside], probs[1][~inside], probs[2][~inside] = 1.0, 0.0, 0.0
@@ -238,10 +260,10 @@ def segment_nuclei(
     and classes (the overlay); ``progress`` hears ``("nuclei", blocks done, blocks to read, windows run)``."""
     params = model.card.nuclei or NucleiParams()
     mpp = nuclei_mpp(slide, model)
-    segmenter = settings.segmenter(model, mpp)
+    segmenter = replace(settings, max_fit_um=0.0).segmenter(model, mpp)  # the fixed window grid only
     blocks = _NucleusBlocks(slide, mpp, segmenter, tissue, gate, options)
     out = NucleiResult(blocks_total=len(blocks.grid))
-    todo = [w for w in blocks.grid.windows() if blocks.active(w).any()]
+    todo = [w for w in blocks.grid.windows() if blocks.has_work(w)]
     if progress is not None and todo:
         progress("nuclei", 0, len(todo), 0)
     with ThreadPoolExecutor(max_workers=1) as pool:  # read the next block while the network runs
