@@ -173,7 +173,7 @@ def test_cli_finished_output_needs_overwrite(
     args = ["predict", str(synth_slide), "-o", str(out), "--model-roi", str(random_models[0]), "--roi-only"]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
-    assert "features (ROI" in first.stdout or "0 features" in first.stdout
+    assert "regions (ROI" in first.stdout or "0 regions" in first.stdout
     second = runner.invoke(app, args)
     assert second.exit_code == 1
     assert second.stderr.strip() == f"error: {out} exists and is finished: use --overwrite to replace it"

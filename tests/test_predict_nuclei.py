@@ -187,3 +187,18 @@ def test_missing_default_nuclei_model_says_so(tmp_path: Path, nuclei_slide: tupl
     result = CliRunner().invoke(app, ["predict", str(nuclei_slide[0]), "-o", str(tmp_path / "y.geojson"),
                                       "--nuclei-only", "--roi-only"])
     assert result.exit_code != 0 and "error: --nuclei-only runs no region model" in result.output
+
+
+def test_the_run_line_names_regions_and_nuclei_and_their_windows(tmp_path: Path,
+                                                                 nuclei_slide: tuple[Path, np.ndarray]) -> None:
+    from qpbridge.commands.predict import _report
+    from qpbridge.predict.pipeline import SlideJob, SlideOutcome
+
+    path, centres = nuclei_slide
+    out = tmp_path / "n.geojson"
+    summary = predict_slide(path, out, PredictConfig(nuclei_only=True, model_nuclei="oracle"), model_loader=_loader)
+    lines: list[str] = []
+    _report(SlideOutcome(SlideJob(path, out), "done", summary), echo=lambda text, **_: lines.append(text))
+    assert len(lines) == 1 and f": {len(centres)} nuclei (Unclassified {len(centres)}); tissue " in lines[0]
+    assert "regions" not in lines[0] and "cell windows" not in lines[0]
+    assert f"; {summary.nuclei_windows_run} nuclei windows ({summary.nuclei_network_mpx:.1f} MP) in " in lines[0]

@@ -248,18 +248,23 @@ def _report(outcome: SlideOutcome, echo: Callable[..., None] = typer.echo) -> No
     summary = outcome.summary
     assert summary is not None
     where = f" on {outcome.worker}" if outcome.worker else ""
-    by_class = ", ".join(f"{name} {count}" for name, count in sorted(summary.features_by_class.items())) or "none"
+    parts = []
+    if summary.features_by_class or not summary.nuclei_by_class:
+        by_class = ", ".join(f"{name} {count}" for name, count in sorted(summary.features_by_class.items()))
+        parts.append(f"{summary.features_written - summary.nuclei_written} regions ({by_class or 'none'})")
+    if summary.nuclei_by_class:
+        per = ", ".join(f"{name} {count}" for name, count in summary.nuclei_by_class.items())
+        parts.append(f"{summary.nuclei_written} nuclei ({per})")
     roi = (f", ROI {summary.roi_fraction_of_tissue:.1%} of tissue" if summary.roi_fraction_of_tissue is not None
            else "")
     saved = (f", ROI gate saved {summary.high_mag_saved_frac:.0%} of the high-mag work"
              if summary.high_mag_saved_frac is not None else "")
-    nuclei = ""
-    if summary.nuclei_by_class:
-        per = ", ".join(f"{name} {count}" for name, count in summary.nuclei_by_class.items())
-        nuclei = f"; {summary.nuclei_written} nuclei ({per})"
+    work = []
+    if summary.windows_run:
+        work.append(f"{summary.windows_run} cell windows ({summary.network_mpx:.1f} MP)")
+    if summary.nuclei_windows_run:
+        work.append(f"{summary.nuclei_windows_run} nuclei windows ({summary.nuclei_network_mpx:.1f} MP)")
     echo(
-        f"{slide_path} -> {target}: {summary.features_written} features ({by_class}){nuclei}; tissue "
-        f"{summary.tissue_fraction:.1%} of slide{roi}{saved}; {summary.windows_run} windows "
-        f"({summary.network_mpx:.1f} MP) in "
-        f"{summary.timings_s.get('total_s', 0):.1f} s{where}"
+        f"{slide_path} -> {target}: {'; '.join(parts)}; tissue {summary.tissue_fraction:.1%} of slide{roi}{saved}; "
+        f"{', '.join(work) or '0 windows'} in {summary.timings_s.get('total_s', 0):.1f} s{where}"
     )
