@@ -78,10 +78,13 @@ def test_masks_mpp_is_the_slide_pixel_size_and_slide_mpp_its_old_spelling(pyrami
     new = runner.invoke(app, [*base, "--mpp", "1"])
     assert new.exit_code == 0, new.output
     assert _summary_line(new.stdout).startswith("slide gradient: 1024 x 768 px at 1 um/px -> 256 x 192 px at 4 um/px")
-    assert new.stderr.splitlines() == [
+    assert new.stderr == ""  # --tile-mpp given too: the new meaning is known
+    alone = runner.invoke(app, [*[a for a in base if a not in ("--tile-mpp", "4")], "--mpp", "1"])
+    assert alone.exit_code == 0, alone.output
+    assert alone.stderr.splitlines()[0] == (
         "warning: masks --mpp 1 is now the slide's level-0 pixel size (um/px), as in every command; "
         "the tile um/px it used to be is --tile-mpp"
-    ]
+    )
     old = runner.invoke(app, [*base, "--slide-mpp", "1"])
     assert old.exit_code == 0, old.output
     assert _summary_line(old.stdout) == _summary_line(new.stdout)
@@ -132,7 +135,9 @@ def test_evaluate_grid_mpp_and_the_changed_mpp(pyramid_tiff: Path, labelled: Pat
     overridden = runner.invoke(app, [*base, "--slide", str(pyramid_tiff), "--grid-mpp", "2", "--mpp", "1"])
     assert overridden.exit_code == 0, overridden.output
     assert json.loads(overridden.stdout)["size_px"] == [512, 384]
-    assert overridden.stderr.splitlines() == [
+    assert overridden.stderr == ""  # --grid-mpp given too
+    alone = runner.invoke(app, [*base, "--slide", str(pyramid_tiff), "--mpp", "1"])
+    assert alone.stderr.splitlines() == [
         "warning: evaluate --mpp 1 is now the slide's level-0 pixel size (um/px), as in every command; "
         "the comparison grid's um/px it used to be is --grid-mpp"
     ]

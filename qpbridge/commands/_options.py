@@ -108,12 +108,13 @@ def merge_deprecated(value: T | None, old_value: T | None, old: str, new: str) -
     return old_value
 
 
-def warn_mpp_meaning(command: str, mpp: float | None, was: str, now: str) -> None:
-    """One warning line when ``command --mpp`` is given: it is the slide's level-0 pixel size, no longer ``was``.
+def warn_mpp_meaning(command: str, mpp: float | None, was: str, now: str, now_given: bool = False) -> None:
+    """One warning line when ``command --mpp`` is given without ``now`` (the option that took over its old
+    meaning): it is the slide's level-0 pixel size, no longer ``was``. Whoever gives ``now`` as well knows.
 
     For the one release after the change (then the warning goes).
     """
-    if mpp is not None:
+    if mpp is not None and not now_given:
         warn(
             f"{command} --mpp {mpp:g} is now the slide's level-0 pixel size (um/px), as in every command; "
             f"the {was} it used to be is {now}"

@@ -94,7 +94,7 @@ def register(app: typer.Typer) -> None:
             from qpbridge.qupath.project import is_annotation_path
             from qpbridge.rasterize import parse_class_map
 
-            warn_mpp_meaning("evaluate", mpp, "comparison grid's um/px", "--grid-mpp")
+            warn_mpp_meaning("evaluate", mpp, "comparison grid's um/px", "--grid-mpp", now_given=grid_mpp is not None)
             mapping = parse_class_map(class_map) if class_map else None
             geo = [is_annotation_path(pred), is_annotation_path(truth)]
             if any(geo) and not all(geo):

@@ -242,7 +242,7 @@ def register(app: typer.Typer) -> None:
         unresolved = 0  # images of a QuPath project whose slide is not here
         with reported_errors(out_dir or old_out_dir):
             out_dir = merge_deprecated(out_dir, old_out_dir, "--out", "-o/--output")
-            warn_mpp_meaning("masks", mpp, "tile um/px", "--tile-mpp")
+            warn_mpp_meaning("masks", mpp, "tile um/px", "--tile-mpp", now_given=tile_mpp is not None)
             mpp = merge_deprecated(mpp, old_slide_mpp, "--slide-mpp", "--mpp")
             jobs: list[tuple[Path, Path]] = []
             project_file = find_project_file(slide_path)
