@@ -219,3 +219,19 @@ def test_small_object_filters_equal_skimage() -> None:
 def test_empty_image_gives_empty_masks() -> None:
     tissue, pen = tissue_mask_from_rgb(np.zeros((0, 4, 3), np.uint8), mpp=8.0)
     assert tissue.shape == pen.shape == (0, 4)
+
+
+def test_a_small_image_of_pale_tissue_is_all_tissue() -> None:
+    """A 256 x 256 um tile (32 x 32 px at 8 um/px) of tissue broken by glass-like lines: its pieces are not
+    specks (specks are at most 5% of so small an image) and the lines are holes, so it is all tissue; on a
+    slide-sized image a piece under 20,000 um^2 is still a speck."""
+    from qpbridge.tissue import TissueParams, tissue_mask_from_rgb
+
+    rgb = np.full((32, 32, 3), (200, 120, 170), np.uint8)
+    rgb[3:30:6, :] = (240, 236, 238)  # glass-like rows 3, 9, ..., 27: pieces of 3-5 x 32 px
+    tissue, _ = tissue_mask_from_rgb(rgb, 8.0)
+    assert tissue.mean() == 1.0
+    slide = np.full((256, 256, 3), 240, np.uint8)
+    slide[100:110, 100:110] = (200, 120, 170)  # 6,400 um^2 of tissue on 2 x 2 mm of glass
+    speck, _ = tissue_mask_from_rgb(slide, 8.0)
+    assert not speck.any() and TissueParams().min_tissue_um2 == 20_000
