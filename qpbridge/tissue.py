@@ -55,7 +55,7 @@ STRIP_PX = 1 << 18
 _OTSU_BINS = 256
 
 
-#: Specks and holes are at most this share of the image (it only matters for images under ~0.6 x 0.6 mm).
+#: Specks are at most this share of the image (it only matters for images under ~0.6 x 0.6 mm).
 SMALL_IMAGE_FRAC = 0.05
 
 
@@ -269,11 +269,11 @@ def tissue_mask_from_rgb(
         pen = morphology.dilation(pen, morphology.disk(margin_px))
     tissue &= ~pen
 
-    # On an image smaller than a slide (a 250 um MoNuSeg tile: 32 x 32 px here) the specks and holes are at most
+    # On an image smaller than a slide (a 250 um MoNuSeg tile: 32 x 32 px here) specks are at most
     # SMALL_IMAGE_FRAC of it, or pale tissue cut into pieces by glass-like pixels would be dropped as specks.
     image_px = rgb.shape[0] * rgb.shape[1]
     min_tissue_px = min(int(params.min_tissue_um2 / px_area_um2), int(SMALL_IMAGE_FRAC * image_px))
-    min_hole_px = min(int(params.min_hole_um2 / px_area_um2), int(SMALL_IMAGE_FRAC * image_px))
+    min_hole_px = int(params.min_hole_um2 / px_area_um2)
     if min_tissue_px > 0:
         tissue = _remove_small_objects(tissue, min_tissue_px, strip_px)
     if min_hole_px > 0:

@@ -223,7 +223,7 @@ def test_empty_image_gives_empty_masks() -> None:
 
 def test_a_small_image_of_pale_tissue_is_all_tissue() -> None:
     """A 256 x 256 um tile (32 x 32 px at 8 um/px) of tissue broken by glass-like lines: its pieces are not
-    specks (specks are at most 5% of so small an image) and the lines are holes, so it is all tissue; on a
+    specks (specks are at most 5% of so small an image) and the lines are small holes, so it is all tissue; on a
     slide-sized image a piece under 20,000 um^2 is still a speck."""
     from qpbridge.tissue import TissueParams, tissue_mask_from_rgb
 
