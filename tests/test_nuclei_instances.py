@@ -118,11 +118,11 @@ def test_defaults_simplify_validly_and_stay_close() -> None:
     cleaned = clean_instances(labels)
     exact = nuclei_from_labels(cleaned, simplify_px=0, smooth_passes=0, clean=False)
     simple = nuclei_from_labels(cleaned, clean=False)
-    assert (DEFAULT_SMOOTH_PASSES, DEFAULT_SIMPLIFY_RADIUS_FRAC, SIMPLIFY_PX_RANGE) == (2, 0.0625, (0.2, 0.4))
+    assert (DEFAULT_SMOOTH_PASSES, DEFAULT_SIMPLIFY_RADIUS_FRAC, SIMPLIFY_PX_RANGE) == (3, 0.0625, (0.2, 0.4))
     assert simple.ids.tolist() == exact.ids.tolist()
     assert shapely.is_valid(simple.polygons).all()
     assert (shapely.get_type_id(simple.polygons) == 3).all()
-    assert (shapely.get_num_coordinates(simple.polygons) < shapely.get_num_coordinates(exact.polygons)).all()
+    assert shapely.get_num_coordinates(simple.polygons).sum() < 0.5 * shapely.get_num_coordinates(exact.polygons).sum()
     # every outline stays within a pixel of the pixel outline (corner cuts + a tolerance <= 0.6 px here)
     assert default_tolerance_px(exact.areas_px).max() < 0.6
     assert shapely.hausdorff_distance(simple.polygons, exact.polygons).max() <= 1.0
@@ -163,8 +163,8 @@ def test_tiny_and_thin_nuclei_survive_simplification() -> None:
                 back = rasterize_instances(n.polygons, labels.shape)
                 assert back[1, 1] == 1 and (back[3, 2:8] == 2).all(), (passes, tol)
     defaults = nuclei_from_labels(labels)  # tolerance: 0.0625 r of these tiny nuclei (0.2-0.27 px)
-    assert (shapely.get_num_coordinates(defaults.polygons) - 1).tolist() == [4, 8]
-    assert shapely.area(defaults.polygons).tolist() == [0.25, 5.125]
+    assert (shapely.get_num_coordinates(defaults.polygons) - 1).tolist() == [4, 9]
+    assert shapely.area(defaults.polygons).tolist() == [0.125, 4.625]  # 3 corner cuts shrink what is this thin
 
 
 def test_simplify_outlines_examples() -> None:
