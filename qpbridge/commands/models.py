@@ -92,8 +92,9 @@ def register(app: typer.Typer) -> None:
         # A card's metrics are the validation figures, or {"validation": {...}, "held_out": {...}} once evaluated.
         validation = metrics.get("validation", metrics) if isinstance(metrics.get("validation"), dict) else metrics
         if validation:
-            shown = {k: validation.get(k) for k in ("mean_dice_foreground", "mean_iou_foreground", "pixel_accuracy",
-                                                      "mean_auc", "val_loss") if validation.get(k) is not None}
+            keys = ("mean_dice_foreground", "mean_iou_foreground", "pixel_accuracy", "mean_auc", "aji", "dice", "pq",
+                    "f1", "val_loss")
+            shown = {k: validation.get(k) for k in keys if isinstance(validation.get(k), (int, float))}
             lines.append("validation:    " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
         held_out = metrics.get("held_out")
         if isinstance(held_out, dict):
