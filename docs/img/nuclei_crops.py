@@ -7,7 +7,7 @@ Usage (from the repository root, after the two predictions)::
         -o /tmp/a7.geojson --nuclei-only
     python docs/img/nuclei_crops.py /tmp/cmu1.geojson:../shared/data/wsi/cmu-1-small-region.svs:900:1300:400 \\
         /tmp/a7.geojson:../shared/data/monuseg-train/images/TCGA-A7-A13E-01Z-00-DX1.tif:300:300:400 \\
-        -o docs/img/nuclei_real.png
+        -o docs/img/nuclei_real.jpg
 
 Each argument is ``GEOJSON:SLIDE:X:Y:SIDE`` (a level-0 crop); the crops are scaled to 480 px and put side by side.
 """
@@ -58,7 +58,7 @@ def main() -> None:
     out = Image.new("RGB", (SIDE_OUT * len(images) + 8 * (len(images) - 1), SIDE_OUT), (255, 255, 255))
     for k, image in enumerate(images):
         out.paste(image, (k * (SIDE_OUT + 8), 0))
-    out.save(args.output, optimize=True)
+    out.save(args.output, quality=85, optimize=True)  # .jpg (small) or .png
     print(f"wrote {args.output} ({out.width} x {out.height})")
 
 
