@@ -241,3 +241,14 @@ def test_real_nuclei_meet_the_output_targets() -> None:
                                 labels.shape)
     exact_dice = 2 * ((exact > 0) & (labels > 0)).sum() / ((exact > 0).sum() + (labels > 0).sum())
     assert exact_dice - dice <= 0.005
+
+
+def test_fill_holes_is_scipys() -> None:
+    from scipy import ndimage
+
+    from qpbridge.nuclei.postprocess import fill_holes
+
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        mask = rng.random((int(rng.integers(1, 50)), int(rng.integers(1, 50)))) > rng.uniform(0.2, 0.8)
+        assert (fill_holes(mask) == ndimage.binary_fill_holes(mask)).all()

@@ -34,7 +34,7 @@ from scipy import ndimage
 from qpbridge.cards import NucleiParams
 from qpbridge.errors import InputError
 
-__all__ = ["contour_targets", "instances_from_probabilities"]
+__all__ = ["contour_targets", "fill_holes", "instances_from_probabilities"]
 
 def contour_targets(instances: np.ndarray, boundary_px: int) -> np.ndarray:
     """uint8 training targets of an instance image: 0 background, 1 interior, 2 the band of ``boundary_px``
@@ -50,6 +50,23 @@ def contour_targets(instances: np.ndarray, boundary_px: int) -> np.ndarray:
     out = inside.astype(np.uint8)
     out[inside & ((grown != instances) | (shrunk != instances))] = 2
     return out
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes(mask)`` in one labelling pass: the 4-connected background pieces that do
+    not touch the border are holes (the same result; scipy's iterated dilation took ~30 ms per 2300 px block).
+
+    >>> m = np.zeros((5, 7), bool); m[1:4, 1:4] = True; m[2, 2] = False; m[1:4, 5] = True
+    >>> fill_holes(m).astype(int)[2].tolist()
+    [0, 1, 1, 1, 0, 1, 0]
+    """
+    background, n = ndimage.label(~mask)
+    if n == 0:
+        return mask.copy()
+    hole = np.ones(n + 1, dtype=bool)
+    hole[0] = False
+    hole[np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])] = False
+    return mask | hole[background]
 
 
 def _drop_small(labels: np.ndarray, min_px: int) -> np.ndarray:
@@ -72,7 +89,7 @@ def instances_from_probabilities(probabilities: np.ndarray, params: NucleiParams
     if probabilities.ndim != 3 or probabilities.shape[0] != 3:
         raise InputError(f"contour probabilities are (3, H, W), got shape {probabilities.shape}")
     interior = probabilities[1]
-    foreground = ndimage.binary_fill_holes((1.0 - probabilities[0]) >= params.foreground_threshold)
+    foreground = fill_holes((1.0 - probabilities[0]) >= params.foreground_threshold)
     px_um2 = mpp * mpp
     markers, _ = ndimage.label((interior >= params.marker_threshold) & foreground)
     markers = _drop_small(markers, int(round(params.min_marker_um2 / px_um2)))
