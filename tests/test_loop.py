@@ -31,18 +31,19 @@ runner = CliRunner()
 FAST_TRAINING = ("--epochs 5", "--steps 2 --batch-size 2")
 
 
-def loop_commands() -> list[str]:
-    """The shell lines of the ```bash blocks of docs/loop.md, in order."""
-    blocks = re.findall(r"```bash\n(.*?)```", DOC.read_text(), flags=re.S)
+def loop_commands(fence: str = "bash") -> list[str]:
+    """The shell lines of the ```bash blocks of docs/loop.md (```sh: its nuclei section), in order."""
+    blocks = re.findall(rf"```{fence}\n(.*?)```", DOC.read_text(), flags=re.S)
     return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
 
 
-def run(line: str) -> str:
+def run(line: str, fast: tuple[str, str] = FAST_TRAINING) -> str:
+    """Run one line of docs/loop.md (``fast`` replaces its training length) and return what it printed."""
     if line.startswith("mkdir -p "):
         Path(line.split()[-1]).mkdir(parents=True, exist_ok=True)
         return ""
     assert line.startswith("qpbridge "), f"docs/loop.md runs only qpbridge and mkdir, not: {line}"
-    result = runner.invoke(app, shlex.split(line.replace(*FAST_TRAINING))[1:])
+    result = runner.invoke(app, shlex.split(line.replace(*fast))[1:])
     assert result.exit_code == 0, f"{line}\n{result.output}"
     return result.stdout
 

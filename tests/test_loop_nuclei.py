@@ -9,43 +9,32 @@ train --init-from (a few steps) -> predict with the fine-tuned model.
 from __future__ import annotations
 
 import json
-import re
-import shlex
 from pathlib import Path
 
 import numpy as np
 import pytest
 import shapely
 from shapely.geometry import shape
-from typer.testing import CliRunner
 
-from qpbridge.cli import app
 from qpbridge.diff import diff_files
 from qpbridge.models import load_model
 from qpbridge.tiles import read_tile, read_tile_dataset
 from tests.conftest import nuclei_model_installed
 from tests.qupath_sim import QuPathObject, export_corrections, import_predictions
+from tests.test_loop import loop_commands
+from tests.test_loop import run as run_loop_line
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "loop.md"
-runner = CliRunner()
 FAST_TRAINING = ("--steps 500", "--steps 2 --batch-size 2")
 IMAGE = {"image_name": "nuclei.svs", "width_px": 1536, "height_px": 1536, "pixel_size_um": 0.25}
 
 
 def nuclei_commands() -> list[str]:
     """The shell lines of the ```sh blocks of docs/loop.md (the nuclei section), in order."""
-    blocks = re.findall(r"```sh\n(.*?)```", DOC.read_text(), flags=re.S)
-    return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+    return loop_commands("sh")
 
 
 def run(line: str) -> str:
-    if line.startswith("mkdir -p "):
-        Path(line.split()[-1]).mkdir(parents=True, exist_ok=True)
-        return ""
-    assert line.startswith("qpbridge "), f"docs/loop.md runs only qpbridge and mkdir, not: {line}"
-    result = runner.invoke(app, shlex.split(line.replace(*FAST_TRAINING))[1:])
-    assert result.exit_code == 0, f"{line}\n{result.output}"
-    return result.stdout
+    return run_loop_line(line, FAST_TRAINING)
 
 
 def pathologist(objects: list[QuPathObject]) -> tuple[list[shapely.Geometry], list[shapely.Geometry]]:
