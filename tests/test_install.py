@@ -25,8 +25,10 @@ def test_a_plain_install_finds_the_shipped_models(tmp_path: Path) -> None:
     if not (REPO / "models" / "deepbatch-synth-cell" / "card.json").exists():
         pytest.skip("shipped models absent")
     prefix = tmp_path / "prefix"
+    # --ignore-installed: without it pip first uninstalls the qpbridge of the running environment (the editable
+    # install the rest of the suite and its worker processes import).
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--ignore-installed",
          "--no-warn-script-location", "--prefix", str(prefix), str(REPO)], capture_output=True, text=True, cwd=tmp_path,
         env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
     assert build.returncode == 0, build.stderr
