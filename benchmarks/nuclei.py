@@ -49,7 +49,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -67,7 +66,7 @@ import torch  # noqa: E402
 from qpbridge.instance_metrics import InstanceScores  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from predict import ensure_slide, peak_rss_mb, pure_forward_seconds  # noqa: E402
+from predict import ensure_slide, machine_line, peak_rss_mb, pure_forward_seconds  # noqa: E402
 
 QUICK = ("3000x2000", "6000x4000")
 
@@ -307,9 +306,7 @@ def main() -> None:
     device = torch.device(args.device)
     threads = configure_threads(None) if device.type == "cpu" else None
     args.workdir.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-          + (f", {threads} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}" if threads else ""))
+    print(machine_line(device, threads))
     args.model_nuclei, line = choose_model(args)
     print(line, flush=True)
     w, h = (int(v) for v in args.small.split("x"))

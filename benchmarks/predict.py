@@ -122,6 +122,13 @@ def ensure_slide(workdir: Path, width: int, height: int, seed: int) -> Path:
     return path
 
 
+def machine_line(device: torch.device, threads: int | None) -> str:
+    """The line that says where the figures come from: CPU, cores, torch, device, threads, OpenMP waiting."""
+    cpu = platform.processor() or platform.machine()
+    return (f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+            + (f", {threads} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}" if threads else ""))
+
+
 def peak_rss_mb() -> float:
     """This process's peak RSS. On Linux VmHWM: ``ru_maxrss`` would also count the parent's memory, which
     a child started with fork/vfork + exec carries over in its rusage."""
@@ -257,9 +264,7 @@ def main() -> None:
     device = torch.device(args.device)
     threads = configure_threads(None) if device.type == "cpu" else None
     args.workdir.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-          + (f", {threads} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}" if threads else ""))
+    print(machine_line(device, threads))
 
     refs = {layout: conv_reference_gflops(device, layout) for layout in ("nchw", "channels_last")}
     ref = max(refs.values())
