@@ -125,8 +125,9 @@ def ensure_slide(workdir: Path, width: int, height: int, seed: int) -> Path:
 def machine_line(device: torch.device, threads: int | None) -> str:
     """The line that says where the figures come from: CPU, cores, torch, device, threads, OpenMP waiting."""
     cpu = platform.processor() or platform.machine()
-    return (f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-            + (f", {threads} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}" if threads else ""))
+    gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    omp = f", {threads} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}" if threads else ""
+    return f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, device {device}{gpu}{omp}"
 
 
 def peak_rss_mb() -> float:
