@@ -1,9 +1,10 @@
 """``evaluate --instances``: nuclei of two files (GeoJSON polygons or instance masks) -> instance scores.
 
-Each side is a QuPath GeoJSON (or JSON) file, whose polygon objects are the instances -- detections,
-annotations, and cells by their ``nucleusGeometry`` (their nucleus; the cell outline when it has none); tiles
-are left out -- or an instance mask image (PNG/TIFF: 0 background, one id per nucleus). Polygons are
-rasterized (:func:`qpbridge.instance_metrics.rasterize_instances`) on one grid:
+Each side is an annotation file of any vector format :func:`qpbridge.formats.read_annotations` reads (QuPath
+GeoJSON, ASAP or ImageScope XML such as MoNuSeg's outlines, DSA JSON), whose polygon objects are the instances
+-- detections, annotations, and cells by their ``nucleusGeometry`` (their nucleus; the cell outline when it has
+none); tiles are left out -- or an instance mask image (PNG/TIFF: 0 background, one id per nucleus). Polygons
+are rasterized (:func:`qpbridge.instance_metrics.rasterize_instances`) on one grid:
 
 - both GeoJSON: level-0 pixels by default, or ``grid_mpp`` um/px (which needs the slide's um/px: ``slide``
   or ``slide_mpp``), over the box around both files' polygons (not the whole slide);
@@ -39,12 +40,12 @@ __all__ = ["evaluate_instances", "instance_polygons"]
 
 
 def instance_polygons(path: str | os.PathLike[str]) -> np.ndarray:
-    """The instance polygons of a GeoJSON file (level-0 px): its polygon objects except tiles, cells by their
+    """The instance polygons of an annotation file (level-0 px): its polygon objects except tiles, cells by their
     nucleus."""
-    from qpbridge.qupath import read_geojson
+    from qpbridge.formats import read_annotations
 
     geoms = []
-    for feature in read_geojson(path).features:
+    for feature in read_annotations(path).features:
         if feature.object_type == "tile":
             continue
         geom = feature.nucleus_geometry if feature.object_type == "cell" and feature.nucleus_geometry else (
@@ -100,9 +101,6 @@ def evaluate_instances(
     for path in paths:
         if not path.is_file():
             raise InputError(f"{path} not found: check the path")
-        if path.suffix.lower() == ".xml":
-            raise InputError(f"{path}: --instances compares QuPath GeoJSON or instance masks (PNG/TIFF); turn "
-                             "XML annotations into GeoJSON with qpbridge convert")
     geo = [is_annotation_path(p) for p in paths]
     scale = _scale(grid_mpp, _slide_mpp(slide, slide_mpp))
     if not any(geo):

@@ -68,3 +68,18 @@ def test_grid_mpp_and_masks(tmp_path: Path) -> None:
         evaluate_instances(pred, truth, grid_mpp=1.0)
     result = runner.invoke(app, ["evaluate", str(pred), str(truth), "--instances", "--role", "roi"])
     assert result.exit_code != 0 and "error: --role score class regions, not --instances" in result.output
+
+
+def test_monuseg_imagescope_xml_is_a_truth(tmp_path: Path) -> None:
+    """MoNuSeg's own ImageScope XML outlines score as instances, like their GeoJSON conversion."""
+    from tests.conftest import shared_file
+
+    xml = shared_file("monuseg-train", "xml", "TCGA-B0-5698-01Z-00-DX1.xml")
+    converted = tmp_path / "truth.geojson"
+    result = runner.invoke(app, ["convert", str(xml), "-o", str(converted)])
+    assert result.exit_code == 0, result.output
+    s = evaluate_instances(converted, xml)
+    assert s.n_pred == s.n_ref == s.tp == 357 and s.aji > 0.99  # the GeoJSON rounds coordinates to 0.01 px
+    result = runner.invoke(app, ["evaluate", str(converted), str(xml), "--instances", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["n_ref"] == 357

@@ -57,9 +57,11 @@ def register(app: typer.Typer) -> None:
             "  qpbridge evaluate pred.geojson A01.xml --slide A01.svs --grid-mpp 2\n\n"
             "  qpbridge evaluate pred.geojson truth.geojson --slide slide.svs --grid-mpp 2 --role roi\n\n"
             "Nuclei (--instances): pixel Dice, AJI, PQ (SQ, RQ) and F1 at IoU > 0.5 between predicted and reference "
-            "instances, each a GeoJSON (detections, cells by their nucleus, annotations) or an instance mask "
-            "(PNG/TIFF, one id per nucleus); polygons are rasterized on level-0 pixels, or on --grid-mpp um/px:\n\n"
+            "instances, each an annotation file (GeoJSON detections, cells by their nucleus, annotations; ASAP or "
+            "ImageScope XML such as MoNuSeg's outlines; DSA JSON) or an instance mask (PNG/TIFF, one id per "
+            "nucleus); polygons are rasterized on level-0 pixels, or on --grid-mpp um/px:\n\n"
             "  qpbridge evaluate nuclei.geojson truth.geojson --instances --json\n\n"
+            "  qpbridge evaluate nuclei.geojson TCGA-B0-5698-01Z-00-DX1.xml --instances\n\n"
             "  qpbridge evaluate nuclei.geojson truth_instances.tif --instances --slide slide.svs --grid-mpp 0.5"
         ),
     )
